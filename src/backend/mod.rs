@@ -1,0 +1,178 @@
+//! Isolation backends: one module per tier, all behind [`Backend`].
+//!
+//! A backend is created for one run, `prepare`d once (rootfs, initramfs, cgroup parents: every
+//! resource recorded in the run's ledger before it is created), then asked to `run_once` many
+//! times, and finally `finish`ed. `run_once` launches the agent, measures on the host's monotonic
+//! clock (launch -> ready, launch -> exit, exit -> every resource released) and returns what the
+//! agent reported.
+
+pub mod bare;
+pub mod child;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostFacts;
+use crate::protocol::{AgentReport, Task};
+use crate::state::RunState;
+use crate::tier::Tier;
+
+/// Errors of a backend, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{tier} is unavailable: {reason}")]
+    Unavailable { tier: Tier, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the agent did not report within {0:?} (output tail: {1})")]
+    Timeout(Duration, String),
+    #[error("the agent failed: {0}")]
+    Agent(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        BackendError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+    pub fn sys(what: impl Into<String>, source: nix::Error) -> Self {
+        BackendError::Sys {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Whether a tier can run on this host, and if not, why and how to fix it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Availability {
+    Available {
+        /// What it will run as (e.g. "QEMU 7.2 microvm, TCG (emulated)").
+        detail: String,
+    },
+    Unavailable {
+        reason: String,
+        fix: String,
+    },
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available { .. })
+    }
+    pub fn unavailable(reason: impl Into<String>, fix: impl Into<String>) -> Self {
+        Availability::Unavailable {
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The CPU and memory every tier gets, so that a difference is the tier's cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Host CPUs the sandbox may use (bare/chroot are pinned to them; container cpuset/quota;
+    /// VMs get this many vCPUs).
+    pub cpus: Vec<usize>,
+    /// Memory limit (container cgroup limit, VM RAM).
+    pub memory_mib: u64,
+}
+
+/// Options that select how a backend runs (from CLI and scenario).
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// Guest kernel for VM tiers (`--kernel`); None = the cached Debian kernel.
+    pub kernel: Option<PathBuf>,
+    /// Extra backend settings (`key=value`), e.g. `qemu=/usr/bin/qemu-system-x86_64`.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Everything a backend needs from the run.
+#[derive(Clone)]
+pub struct RunEnv {
+    /// The agent binary (byte-identical in every tier).
+    pub agent: PathBuf,
+    /// The run's ledger of created resources, and its scratch directory.
+    pub state: Arc<RunState>,
+    /// Cache for artefacts kept across runs (guest kernel, ...).
+    pub cache_dir: PathBuf,
+    pub budget: Budget,
+    pub options: BackendOptions,
+    pub host: HostFacts,
+    /// Set on Ctrl-C; backends stop waiting and tear down.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Host-clock timings of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub launch_to_ready: Duration,
+    pub launch_to_exit: Duration,
+    pub teardown: Duration,
+}
+
+/// What one launch produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub timings: Timings,
+    pub report: AgentReport,
+    /// Exit code of the agent (or of the VMM for VM tiers).
+    pub exit_code: Option<i32>,
+}
+
+/// One isolation tier's implementation.
+pub trait Backend {
+    fn tier(&self) -> Tier;
+    /// One-time preparation for the run. Records every resource before creating it.
+    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError>;
+    /// Launch the agent once, wait for its report and exit, tear the sandbox down.
+    fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError>;
+    /// Release run-level resources. Idempotent; called on success, failure and Ctrl-C.
+    fn finish(&mut self) -> Result<(), BackendError>;
+    /// Version of what runs underneath (host kernel, QEMU + guest kernel, ...).
+    fn versions(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    /// How the tier ran (accelerator, VMM, rootfs kind, ...), recorded in results.json.
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+}
+
+/// Can `tier` run here? Pure function of the host facts and options.
+pub fn availability(tier: Tier, host: &HostFacts, _opts: &BackendOptions) -> Availability {
+    match tier {
+        Tier::Bare => bare::availability(host),
+        _ => Availability::unavailable("not implemented yet", "wait for a newer isobench"),
+    }
+}
+
+/// Make the backend for `tier`.
+pub fn make(tier: Tier) -> Box<dyn Backend> {
+    match tier {
+        Tier::Bare => Box::new(bare::Bare::default()),
+        other => unimplemented!("backend {other}"),
+    }
+}

@@ -1,0 +1,4 @@
+//! `isobench-agent`: the one workload binary, byte-identical in every tier.
+fn main() {
+    isobench::agent::main()
+}
