@@ -1,22 +1,240 @@
 //! Workload definitions and their parameters, shared by the scenario file, the host and the agent.
-//! The implementations live in the agent (`src/agent/`); this module only says what to run.
+//! The implementations live in the agent (`src/agent/workloads/`); this module only says what to
+//! run.
+//!
+//! Every workload is bounded twice: by size (a fixed amount of work, the same in every tier) and
+//! by time (`time_budget_ms`), so a slow tier (an emulated VM) does less work instead of running
+//! for an hour. The agent reports how much it did next to how fast it did it.
 
 use serde::{Deserialize, Serialize};
 
 /// One workload with its parameters. Parameters have defaults so a scenario can say just
-/// `kind = "cpu"`.
+/// `kind = "cpu"`; an unknown parameter is an error, so a typo in a scenario file is caught.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Workload {
     /// Start, report, exit: startup cost only.
     #[default]
     Noop,
+    /// Deterministic integer hashing, on one thread and on every allowed CPU.
+    Cpu(CpuParams),
+    /// STREAM-style copy/triad bandwidth and dependent pointer-chase latency.
+    Memory(MemoryParams),
+    /// Sequential and random I/O, metadata ops and fsync latency in one directory.
+    Fs(FsParams),
+    /// TCP stream throughput and request/response latency against the host's `NetPeer`.
+    Net(NetParams),
 }
 
 impl Workload {
     pub fn name(&self) -> &'static str {
         match self {
             Workload::Noop => "noop",
+            Workload::Cpu(_) => "cpu",
+            Workload::Memory(_) => "memory",
+            Workload::Fs(_) => "fs",
+            Workload::Net(_) => "net",
         }
+    }
+}
+
+/// `cpu`: rounds of a 256-bit integer mixing function (one op = one round).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuParams {
+    /// Rounds each thread runs (the same on one thread and on each of the N threads).
+    pub ops_per_thread: u64,
+    /// Threads for the multi-threaded phase; 0 = one per CPU the agent may run on.
+    pub threads: usize,
+    /// Cap on each phase (single, multi).
+    pub time_budget_ms: u64,
+}
+
+impl Default for CpuParams {
+    fn default() -> Self {
+        CpuParams {
+            ops_per_thread: 500_000_000,
+            threads: 0,
+            time_budget_ms: 10_000,
+        }
+    }
+}
+
+/// `memory`: STREAM copy/triad over three f64 arrays and a random pointer chase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryParams {
+    /// Size of each of the three STREAM arrays, MiB (keep it far above the LLC).
+    pub array_mib: u64,
+    /// STREAM repetitions; the best (fastest) one is reported, as STREAM does.
+    pub repeats: u32,
+    /// Pointer-chase buffer, MiB.
+    pub chase_mib: u64,
+    /// Dependent loads in the pointer chase.
+    pub chase_accesses: u64,
+    /// Cap on the bandwidth repetitions and, separately, on the chase.
+    pub time_budget_ms: u64,
+}
+
+impl Default for MemoryParams {
+    fn default() -> Self {
+        MemoryParams {
+            array_mib: 64,
+            repeats: 5,
+            chase_mib: 256,
+            chase_accesses: 10_000_000,
+            time_budget_ms: 10_000,
+        }
+    }
+}
+
+/// `fs`: sequential write/read, random 4 KiB read/write, metadata ops, fsync latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsParams {
+    /// Directory to work in (the host points it at the tier's data path). The agent creates one
+    /// private subdirectory there and removes it, with everything in it, when done.
+    pub dir: String,
+    /// Size of the sequential file, MiB.
+    pub file_mib: u64,
+    /// Block size for sequential I/O, KiB (a multiple of 4).
+    pub seq_block_kib: u64,
+    /// Random 4 KiB reads, and separately random 4 KiB writes.
+    pub rand_ops: u64,
+    /// Files created, stat'ed and unlinked in the metadata phase.
+    pub meta_files: u64,
+    /// Small write+fsync pairs in the fsync-latency phase.
+    pub fsync_ops: u64,
+    /// Try O_DIRECT; without it (or where it is refused) reads are made cold with
+    /// posix_fadvise(DONTNEED) after fsync.
+    pub direct: bool,
+    /// Cap on each phase.
+    pub time_budget_ms: u64,
+}
+
+impl Default for FsParams {
+    fn default() -> Self {
+        FsParams {
+            dir: "/tmp".into(),
+            file_mib: 256,
+            seq_block_kib: 1024,
+            rand_ops: 20_000,
+            meta_files: 2_000,
+            fsync_ops: 200,
+            direct: true,
+            time_budget_ms: 10_000,
+        }
+    }
+}
+
+/// `net`: the agent is the client of the host's `isobench::netpeer::NetPeer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetParams {
+    /// The peer, `host:port`; filled in by the host for each tier.
+    pub peer: String,
+    /// Length of the stream phase.
+    pub stream_duration_ms: u64,
+    /// Byte cap of the stream phase, MiB.
+    pub stream_max_mib: u64,
+    /// Size of each write in the stream phase, KiB.
+    pub stream_block_kib: u64,
+    /// Request/response transactions.
+    pub rr_transactions: u64,
+    pub rr_request_bytes: u32,
+    pub rr_response_bytes: u32,
+    /// Cap on the request/response phase.
+    pub time_budget_ms: u64,
+    /// Give up connecting after this long.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NetParams {
+    fn default() -> Self {
+        NetParams {
+            peer: String::new(),
+            stream_duration_ms: 3_000,
+            stream_max_mib: 16_384,
+            stream_block_kib: 128,
+            rr_transactions: 20_000,
+            rr_request_bytes: 100,
+            rr_response_bytes: 200,
+            time_budget_ms: 10_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Scenario {
+        workload: Workload,
+    }
+
+    fn parse(toml_text: &str) -> Result<Workload, String> {
+        toml::from_str::<Scenario>(toml_text)
+            .map(|s| s.workload)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn kind_alone_gives_defaults() {
+        assert_eq!(
+            parse("[workload]\nkind = \"cpu\"\n").unwrap(),
+            Workload::Cpu(CpuParams::default())
+        );
+        assert_eq!(
+            parse("[workload]\nkind = \"memory\"\n").unwrap(),
+            Workload::Memory(MemoryParams::default())
+        );
+        assert_eq!(
+            parse("[workload]\nkind = \"fs\"\n").unwrap(),
+            Workload::Fs(FsParams::default())
+        );
+        assert_eq!(
+            parse("[workload]\nkind = \"net\"\n").unwrap(),
+            Workload::Net(NetParams::default())
+        );
+        assert_eq!(
+            parse("[workload]\nkind = \"noop\"\n").unwrap(),
+            Workload::Noop
+        );
+    }
+
+    #[test]
+    fn given_params_override_defaults() {
+        let w = parse("[workload]\nkind = \"fs\"\ndir = \"/data\"\nfile_mib = 8\n").unwrap();
+        assert_eq!(
+            w,
+            Workload::Fs(FsParams {
+                dir: "/data".into(),
+                file_mib: 8,
+                ..FsParams::default()
+            })
+        );
+        assert_eq!(w.name(), "fs");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = parse("[workload]\nkind = \"cpu\"\nops_per_thred = 5\n").unwrap_err();
+        assert!(e.contains("ops_per_thred"), "{e}");
+        assert!(parse("[workload]\nkind = \"noop\"\nfoo = 1\n").is_err());
+        assert!(parse("[workload]\nkind = \"gpu\"\n").is_err());
+    }
+
+    #[test]
+    fn json_roundtrip_is_flat() {
+        let w = Workload::Net(NetParams {
+            peer: "10.0.0.1:7000".into(),
+            ..NetParams::default()
+        });
+        let j = serde_json::to_value(&w).unwrap();
+        assert_eq!(j["kind"], "net");
+        assert_eq!(j["peer"], "10.0.0.1:7000");
+        assert_eq!(serde_json::from_value::<Workload>(j).unwrap(), w);
     }
 }

@@ -3,7 +3,9 @@
 //! The same code runs as a child process, inside a chroot, as PID 1 of a container and as /init
 //! of a VM guest. Nothing here may assume a /proc, a /sys or a writable /.
 
+pub mod guest;
 pub mod probe;
+pub mod workloads;
 
 use std::io::Write;
 
@@ -22,10 +24,23 @@ pub fn main() -> ! {
         Ok(s) => Task::decode(&s),
         Err(_) => Err(format!("no task: set {TASK_ENV} (the host does this)")),
     };
+    let mut in_vm = false;
     let (report, code) = match task {
         Ok(task) => {
             let code = task.exit_code.unwrap_or(0);
-            (run(&task), code)
+            in_vm = task.guest.is_some();
+            // As /init of a VM: mounts, modules, network, disk before the workload.
+            match task.guest.as_ref().map(guest::setup) {
+                Some(Err(e)) => (
+                    AgentReport {
+                        workload: task.workload.name().into(),
+                        error: Some(format!("guest setup: {e}")),
+                        ..Default::default()
+                    },
+                    code,
+                ),
+                _ => (run(&task), code),
+            }
         }
         Err(e) => (
             AgentReport {
@@ -40,6 +55,10 @@ pub fn main() -> ! {
     let _ = writeln!(out, "{}", report.to_line());
     let _ = out.flush();
     drop(out);
+    if in_vm {
+        // PID 1 of a VM: exiting would panic the kernel; power off instead (ends QEMU).
+        guest::power_off()
+    }
     std::process::exit(code)
 }
 
@@ -54,6 +73,7 @@ pub fn run(task: &Task) -> AgentReport {
     }
     let result: Result<Vec<crate::protocol::Metric>, String> = match &task.workload {
         Workload::Noop => Ok(vec![]),
+        other => workloads::run(other),
     };
     match result {
         Ok(m) => report.metrics = m,

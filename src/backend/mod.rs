@@ -8,6 +8,9 @@
 
 pub mod bare;
 pub mod child;
+pub mod chroot;
+pub mod container;
+pub mod vm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -101,12 +104,26 @@ pub struct Budget {
 }
 
 /// Options that select how a backend runs (from CLI and scenario).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BackendOptions {
     /// Guest kernel for VM tiers (`--kernel`); None = the cached Debian kernel.
     pub kernel: Option<PathBuf>,
+    /// Cache kept across runs (guest kernels): $ISOBENCH_CACHE_DIR or /var/cache/isobench.
+    pub cache_dir: PathBuf,
     /// Extra backend settings (`key=value`), e.g. `qemu=/usr/bin/qemu-system-x86_64`.
     pub settings: BTreeMap<String, String>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            kernel: None,
+            cache_dir: std::env::var_os("ISOBENCH_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/isobench")),
+            settings: BTreeMap::new(),
+        }
+    }
 }
 
 /// Everything a backend needs from the run.
@@ -161,11 +178,14 @@ pub trait Backend {
     }
 }
 
-/// Can `tier` run here? Pure function of the host facts and options.
-pub fn availability(tier: Tier, host: &HostFacts, _opts: &BackendOptions) -> Availability {
+/// Can `tier` run here? Pure function of the host facts and options (VM tiers also look for a
+/// cached guest kernel).
+pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Availability {
     match tier {
         Tier::Bare => bare::availability(host),
-        _ => Availability::unavailable("not implemented yet", "wait for a newer isobench"),
+        Tier::Chroot => chroot::availability(host),
+        Tier::Container => container::availability(host),
+        Tier::Microvm | Tier::Emulated => vm::availability(tier, host, opts),
     }
 }
 
@@ -173,6 +193,8 @@ pub fn availability(tier: Tier, host: &HostFacts, _opts: &BackendOptions) -> Ava
 pub fn make(tier: Tier) -> Box<dyn Backend> {
     match tier {
         Tier::Bare => Box::new(bare::Bare::default()),
-        other => unimplemented!("backend {other}"),
+        Tier::Chroot => Box::new(chroot::Chroot::default()),
+        Tier::Container => Box::new(container::Container::default()),
+        Tier::Microvm | Tier::Emulated => Box::new(vm::Vm::new(tier)),
     }
 }

@@ -1,0 +1,145 @@
+//! `chroot`: the agent chrooted into a hand-prepared minimal rootfs (the agent and its shared
+//! libraries), pinned to the budget's CPUs.
+//!
+//! Not a security boundary: a root process can leave a chroot. It isolates the file view only;
+//! pids, network, hostname and mounts are the host's.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::bare::{child_common, cpuset, measure_command};
+use super::{Availability, Backend, BackendError, Outcome, RunEnv};
+use crate::cleanup::safe_remove_tree;
+use crate::host::HostFacts;
+use crate::protocol::Task;
+use crate::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::state::{Resource, RunState};
+use crate::tier::Tier;
+
+pub fn availability(host: &HostFacts) -> Availability {
+    if !host.is_root {
+        return Availability::unavailable(
+            "chroot(2) needs CAP_SYS_CHROOT",
+            "run isobench as root (sudo)",
+        );
+    }
+    Availability::Available {
+        detail: "chroot into a minimal rootfs (agent + ldd libraries)".into(),
+    }
+}
+
+#[derive(Default)]
+pub struct Chroot {
+    rootfs: PathBuf,
+    state: Option<Arc<RunState>>,
+    cpus: Vec<usize>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Mark every fd above stderr close-on-exec (one syscall; Linux 5.11+), falling back to a loop
+/// of fcntl on older kernels. Async-signal-safe, no allocation.
+pub fn cloexec_from_3() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags; integer arguments.
+    let rc = unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if rc == 0 {
+        return Ok(());
+    }
+    for fd in 3..4096 {
+        // SAFETY: fcntl(F_SETFD) on a possibly-closed fd only fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+impl Backend for Chroot {
+    fn tier(&self) -> Tier {
+        Tier::Chroot
+    }
+
+    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+        if let Availability::Unavailable { reason, fix } = availability(&env.host) {
+            return Err(BackendError::Unavailable {
+                tier: Tier::Chroot,
+                reason: format!("{reason}: {fix}"),
+            });
+        }
+        let dir = env.state.scratch().join("rootfs");
+        super::container::refuse_existing(&dir)?;
+        env.state
+            .record(Resource::Dir { path: dir.clone() })
+            .map_err(|e| BackendError::io("recording the chroot rootfs in the ledger", e))?;
+        if let Err(e) = rootfs::build(&env.agent, &dir) {
+            if safe_remove_tree(&dir).is_ok() {
+                let _ = env.state.release(&Resource::Dir { path: dir });
+            }
+            return Err(BackendError::Other(format!(
+                "building the chroot rootfs: {e}"
+            )));
+        }
+        self.rootfs = dir;
+        self.state = Some(env.state.clone());
+        self.cpus = env.budget.cpus.clone();
+        self.cancel = env.cancel.clone();
+        Ok(())
+    }
+
+    fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
+        if self.state.is_none() {
+            return Err(BackendError::Other(
+                "chroot backend used before prepare(): call prepare first".into(),
+            ));
+        }
+        let set = cpuset(&self.cpus)?;
+        let root = CString::new(self.rootfs.as_os_str().as_bytes())
+            .map_err(|_| BackendError::Other("rootfs path contains a NUL byte".into()))?;
+        let mut cmd = Command::new(AGENT_IN_ROOTFS);
+        cmd.env_clear().env("PATH", "/bin");
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe syscalls (prctl, sched_setaffinity, chroot, chdir, close_range) on
+        // data prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                child_common(&set)?;
+                // Enter the jail, then make sure the working directory is inside it
+                // (RELIABILITY rule 5): chroot alone leaves cwd on the host.
+                nix::unistd::chroot(root.as_c_str())?;
+                nix::unistd::chdir(c"/")?;
+                // No inherited fd may reach into the sandbox (a host directory fd would undo
+                // the chroot).
+                cloexec_from_3()
+            });
+        }
+        // Exec resolves /bin/isobench-agent after pre_exec, i.e. inside the jail.
+        measure_command(cmd, task, &self.cancel, || Ok(()))
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        if let Some(state) = self.state.take() {
+            safe_remove_tree(&self.rootfs).map_err(|e| {
+                BackendError::io(
+                    format!("removing the chroot rootfs {}", self.rootfs.display()),
+                    e,
+                )
+            })?;
+            state
+                .release(&Resource::Dir {
+                    path: self.rootfs.clone(),
+                })
+                .map_err(|e| BackendError::io("updating the run ledger", e))?;
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("cpus".into(), format!("{:?}", self.cpus)),
+            ("rootfs".into(), "minimal (agent + ldd libraries)".into()),
+        ])
+    }
+}

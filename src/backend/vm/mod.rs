@@ -1,0 +1,673 @@
+//! The VM tiers: one [`Vm`] backend, parameterized by accelerator.
+//!
+//! - `microvm`: `qemu-system-x86_64 -M microvm -accel kvm -cpu host` (needs hardware KVM);
+//! - `emulated`: the same guest with `-accel tcg` (software emulation).
+//!
+//! The guest is Debian's stock kernel (see [`kernel`]) booted straight into an initramfs that
+//! isobench writes itself (see [`initramfs`]) whose `/init` is the agent. The task travels on the
+//! kernel command line (`ISOBENCH_TASK=hex:...`, which the kernel hands to /init's environment);
+//! the agent's READY and RESULT lines come back on the serial console (QEMU's stdout).
+//!
+//! Per launch: the launch instant is taken just before spawning QEMU, ready when READY appears
+//! on the console, exit when QEMU exits (pidfd), teardown = exit -> the launch's files removed.
+//! QEMU runs in its own process group with PR_SET_PDEATHSIG, is recorded in the ledger by
+//! (pid, start time) right after spawn and released after it is reaped, and is killed on the
+//! deadline or on cancel. Not protected against: the guest's network traffic is not filtered.
+
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use self::kernel::{GuestKernel, KernelError};
+use self::qemu::{Accel, LaunchSpec, Qemu, Vmm, VmmKind};
+use super::bare::{child_common, cpuset};
+use super::child::{into_report, read_agent, Waiter};
+use super::{Availability, Backend, BackendError, BackendOptions, Outcome, RunEnv, Timings};
+use crate::host::{HostFacts, KvmKind};
+use crate::protocol::{GuestSetup, Task, TASK_ENV};
+use crate::state::{process_start_time, Resource, RunState};
+use crate::tier::Tier;
+
+/// Longest a TCG launch may take (boot to userspace is several seconds, workloads are slow).
+pub const TCG_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest a KVM launch may take.
+pub const KVM_DEADLINE: Duration = Duration::from_secs(30);
+/// Below this the guest cannot hold the kernel and the initramfs.
+pub const MIN_MEMORY_MIB: u64 = 128;
+/// x86 COMMAND_LINE_SIZE, terminating NUL included.
+pub const MAX_CMDLINE: usize = 2048;
+
+fn accel_of(tier: Tier) -> Accel {
+    if tier == Tier::Microvm {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+/// Can the VM `tier` run here? Looks only at the host facts, the options and the kernel cache.
+pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Availability {
+    let kernel = kernel::locate(&opts.cache_dir, opts.kernel.as_deref());
+    decide(tier, host, opts, kernel.as_ref())
+}
+
+/// The decision itself, pure: unit-tested for every KVM kind.
+pub fn decide(
+    tier: Tier,
+    host: &HostFacts,
+    opts: &BackendOptions,
+    kernel: Result<&GuestKernel, &KernelError>,
+) -> Availability {
+    let accel = accel_of(tier);
+    if accel == Accel::Kvm {
+        if let Some(refusal) = kvm_refusal(&host.kvm) {
+            return refusal;
+        }
+    }
+    let (qemu, version) = match vmm_binary(host, opts) {
+        Ok(q) => q,
+        Err(a) => return a,
+    };
+    let k = match kernel {
+        Ok(k) => k,
+        Err(e) => return Availability::unavailable(e.to_string(), "run `isobench fetch-kernel`"),
+    };
+    let kvm = match &host.kvm {
+        KvmKind::Hardware { module } => format!(", {module}"),
+        _ => String::new(),
+    };
+    Availability::Available {
+        detail: format!(
+            "QEMU {} ({}) microvm, {}{kvm}, guest kernel {} ({})",
+            version.as_deref().unwrap_or("?"),
+            qemu.display(),
+            accel.label(),
+            k.version,
+            k.image_kind()
+        ),
+    }
+}
+
+/// Why the KVM tier cannot run with this /dev/kvm (None when it is hardware KVM).
+fn kvm_refusal(kvm: &KvmKind) -> Option<Availability> {
+    Some(match kvm {
+        KvmKind::Hardware { .. } => return None,
+        KvmKind::ParavirtOnly { module } => Availability::unavailable(
+            format!(
+                "/dev/kvm is a paravirtual-only nested hypervisor ({module}, no vmx/svm): a stock \
+                 guest kernel stops with 'KVM internal error / emulation failure'"
+            ),
+            "run on a host with hardware virtualization (vmx/svm), or use the emulated tier",
+        ),
+        KvmKind::Unusable { reason } => Availability::unavailable(
+            format!("/dev/kvm is not usable: {reason}"),
+            "run as root or add the user to group kvm, or use the emulated tier",
+        ),
+        KvmKind::Missing => Availability::unavailable(
+            "/dev/kvm is missing: this host offers no KVM",
+            "enable VT-x/AMD-V in the firmware (or nested virtualization on the outer \
+             hypervisor) and load kvm_intel or kvm_amd, or use the emulated tier",
+        ),
+    })
+}
+
+/// The QEMU binary to use and its version, or why there is none.
+fn vmm_binary(
+    host: &HostFacts,
+    opts: &BackendOptions,
+) -> Result<(PathBuf, Option<String>), Availability> {
+    let kind = VmmKind::parse(opts.settings.get("vmm").map(String::as_str))
+        .map_err(|e| Availability::unavailable(e, "use --set vmm=qemu (the default)"))?;
+    if !kind.implemented() {
+        return Err(match kind.find() {
+            None => Availability::unavailable(
+                format!("not installed: {} not on PATH", kind.binary()),
+                format!("install {} or use vmm=qemu (the default)", kind.name()),
+            ),
+            Some(p) => Availability::unavailable(
+                format!("{} ({}) is installed but isobench drives only QEMU so far", kind.name(), p.display()),
+                "use vmm=qemu (the default)",
+            ),
+        });
+    }
+    match opts.settings.get("qemu") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                return Err(Availability::unavailable(
+                    format!("qemu={} (from --set) is not a file", p.display()),
+                    "give the path of qemu-system-x86_64, or drop --set qemu=",
+                ));
+            }
+            let v = Qemu::version(&p);
+            Ok((p, v))
+        }
+        None => match &host.qemu {
+            Some(p) => Ok((p.clone(), host.qemu_version.clone())),
+            None => Err(Availability::unavailable(
+                "qemu-system-x86_64 is not installed (not on PATH)",
+                "apt-get install qemu-system-x86",
+            )),
+        },
+    }
+}
+
+/// Host TSC frequency in kHz, measured against the monotonic clock. Under TCG the guest's TSC
+/// is the host's, and the microvm guest has no other clock to calibrate it (no HPET, and PIT
+/// calibration fails under emulation), so it is given on the command line (`tsc_early_khz=`).
+pub fn host_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let i0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let ns = i0.elapsed().as_nanos();
+        let khz = u128::from(t1.checked_sub(t0)?) * 1_000_000 / ns.max(1);
+        u64::try_from(khz).ok().filter(|&k| k > 0)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// The kernel command line without the task: console on the serial port, quiet (every console
+/// byte is an emulated UART write), reboot by triple fault and at once on panic (QEMU has
+/// `-no-reboot`, so both end it), and for TCG the TSC frequency.
+pub fn base_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut s = String::from("console=ttyS0 quiet reboot=t panic=-1 tsc=reliable");
+    if let (Accel::Tcg, Some(k)) = (accel, tsc_khz) {
+        s.push_str(&format!(" tsc_early_khz={k}"));
+    }
+    s
+}
+
+/// The full command line with the task; refuses one the kernel would truncate.
+pub fn cmdline(base: &str, task: &Task) -> Result<String, BackendError> {
+    let s = format!("{base} {TASK_ENV}={}", task.to_hex());
+    if s.len() >= MAX_CMDLINE {
+        return Err(BackendError::Other(format!(
+            "the kernel command line would be {} bytes, over the {MAX_CMDLINE}-byte limit: \
+             shorten the task (fewer probe paths or modules)",
+            s.len()
+        )));
+    }
+    Ok(s)
+}
+
+/// What `prepare` sets up for a run.
+struct Prepared {
+    state: Arc<RunState>,
+    cancel: Arc<AtomicBool>,
+    qemu: Qemu,
+    qemu_version: Option<String>,
+    kernel: GuestKernel,
+    /// `<scratch>/<tier>`: the initramfs and the per-launch directories.
+    work: PathBuf,
+    initrd: PathBuf,
+    modules: Vec<String>,
+    cpus: Vec<usize>,
+    memory_mib: u64,
+    base_cmdline: String,
+    deadline: Duration,
+}
+
+/// A VM tier.
+pub struct Vm {
+    tier: Tier,
+    accel: Accel,
+    prep: Option<Prepared>,
+    launches: u64,
+}
+
+impl Vm {
+    pub fn new(tier: Tier) -> Self {
+        assert!(tier.is_vm(), "Vm backend for a non-VM tier {tier}");
+        Vm {
+            tier,
+            accel: accel_of(tier),
+            prep: None,
+            launches: 0,
+        }
+    }
+}
+
+fn record(state: &RunState, r: &Resource) -> Result<(), BackendError> {
+    state
+        .record(r.clone())
+        .map_err(|e| BackendError::io("writing the run ledger", e))
+}
+
+fn release(state: &RunState, r: &Resource) -> Result<(), BackendError> {
+    state
+        .release(r)
+        .map_err(|e| BackendError::io("writing the run ledger", e))
+}
+
+/// Remove a directory isobench made (plain files only, never across a mount) and forget it.
+fn remove_dir(state: &RunState, dir: &Path) -> Result<(), BackendError> {
+    if dir.exists() {
+        kernel::remove_plain_tree(dir).map_err(|e| BackendError::Other(e.to_string()))?;
+    }
+    release(state, &Resource::Dir { path: dir.into() })
+}
+
+impl Backend for Vm {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+        // Validate everything before any side effect.
+        let opts = BackendOptions {
+            cache_dir: env.cache_dir.clone(),
+            ..env.options.clone()
+        };
+        let kernel = kernel::locate(&opts.cache_dir, opts.kernel.as_deref());
+        if let Availability::Unavailable { reason, fix } =
+            decide(self.tier, &env.host, &opts, kernel.as_ref())
+        {
+            return Err(BackendError::Unavailable {
+                tier: self.tier,
+                reason: format!("{reason}; {fix}"),
+            });
+        }
+        let kernel = kernel.map_err(|e| BackendError::Other(e.to_string()))?;
+        let (qemu, qemu_version) = vmm_binary(&env.host, &opts).map_err(|a| match a {
+            Availability::Unavailable { reason, fix } => BackendError::Unavailable {
+                tier: self.tier,
+                reason: format!("{reason}; {fix}"),
+            },
+            Availability::Available { .. } => unreachable!("vmm_binary errs only unavailable"),
+        })?;
+        if env.budget.cpus.is_empty() {
+            return Err(BackendError::Other(
+                "the budget has no CPUs: give the VM at least one (--cpus)".into(),
+            ));
+        }
+        if env.budget.memory_mib < MIN_MEMORY_MIB {
+            return Err(BackendError::Other(format!(
+                "{} MiB is too little for the guest (kernel + initramfs): give at least {MIN_MEMORY_MIB} MiB",
+                env.budget.memory_mib
+            )));
+        }
+        let tsc_khz = match self.accel {
+            Accel::Tcg => host_tsc_khz(),
+            Accel::Kvm => None,
+        };
+
+        let work = env.state.scratch().join(self.tier.as_str());
+        record(&env.state, &Resource::Dir { path: work.clone() })?;
+        std::fs::create_dir_all(&work).map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
+        let initrd = work.join(
+            initramfs::cache_name(&env.agent, &kernel).map_err(|e| BackendError::Other(e.to_string()))?,
+        );
+        let modules = initramfs::build(&env.agent, &kernel, &initrd)
+            .map_err(|e| BackendError::Other(format!("building the initramfs: {e}")))?;
+        self.prep = Some(Prepared {
+            state: env.state.clone(),
+            cancel: env.cancel.clone(),
+            qemu: Qemu { binary: qemu },
+            qemu_version,
+            kernel,
+            work,
+            initrd,
+            modules,
+            cpus: env.budget.cpus.clone(),
+            memory_mib: env.budget.memory_mib,
+            base_cmdline: base_cmdline(self.accel, tsc_khz),
+            deadline: match self.accel {
+                Accel::Tcg => TCG_DEADLINE,
+                Accel::Kvm => KVM_DEADLINE,
+            },
+        });
+        Ok(())
+    }
+
+    fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
+        self.launches += 1;
+        let n = self.launches;
+        let accel = self.accel;
+        let p = self
+            .prep
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+        let mut task = task.clone();
+        let mut g = task.guest.take().unwrap_or_default();
+        g.modules = p.modules.clone();
+        task.guest = Some(g);
+        let spec = LaunchSpec {
+            accel,
+            kernel: p.kernel.image.clone(),
+            initrd: p.initrd.clone(),
+            cmdline: cmdline(&p.base_cmdline, &task)?,
+            memory_mib: p.memory_mib,
+            vcpus: p.cpus.len(),
+        };
+        let set = cpuset(&p.cpus)?;
+
+        let launch_dir = p.work.join(format!("launch-{n}"));
+        record(&p.state, &Resource::Dir { path: launch_dir.clone() })?;
+        std::fs::create_dir(&launch_dir)
+            .map_err(|e| BackendError::io(format!("creating {}", launch_dir.display()), e))?;
+        let log = launch_dir.join("qemu.stderr");
+        let teardown = || remove_dir(&p.state, &launch_dir);
+        let stderr = match std::fs::File::create(&log) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = teardown();
+                return Err(BackendError::io(format!("creating {}", log.display()), e));
+            }
+        };
+
+        let mut cmd = p.qemu.command(&spec);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        // SAFETY: the closure calls only setpgid, prctl and sched_setaffinity (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own process group: a terminal's Ctrl-C reaches the harness, which tears down.
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+                    .map_err(std::io::Error::from)?;
+                child_common(&set)
+            });
+        }
+        let launch = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = teardown();
+                return Err(BackendError::io(
+                    format!("starting {}", p.qemu.binary.display()),
+                    e,
+                ));
+            }
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        let proc_res = Resource::Process {
+            pid: pid.as_raw(),
+            start_time: process_start_time(pid.as_raw()).unwrap_or(0),
+        };
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let kill = |w: Option<&Waiter>| {
+            let _ = killpg(pid, Signal::SIGKILL);
+            match w {
+                Some(w) => w.kill_and_reap(),
+                None => {
+                    let _ = child_wait(pid);
+                }
+            }
+        };
+        if let Err(e) = record(&p.state, &proc_res) {
+            kill(None);
+            let _ = teardown();
+            return Err(e);
+        }
+        let waiter = match Waiter::new(pid) {
+            Ok(w) => w,
+            Err(e) => {
+                kill(None);
+                let _ = release(&p.state, &proc_res);
+                let _ = teardown();
+                return Err(e);
+            }
+        };
+        let deadline = launch + p.deadline;
+        let fail = |e: BackendError| {
+            kill(Some(&waiter));
+            let _ = release(&p.state, &proc_res);
+            let said = qemu_said(&log);
+            let _ = teardown();
+            match e {
+                BackendError::Timeout(_, tail) => BackendError::Timeout(
+                    p.deadline,
+                    format!("{tail}{said} (the {} guest did not finish in time)", accel.as_str()),
+                ),
+                other => other,
+            }
+        };
+        let stream = match read_agent(stdout.as_fd(), deadline, &p.cancel) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(e)),
+        };
+        let (exited, code) = match waiter.wait(deadline, &p.cancel) {
+            Ok(x) => x,
+            Err(e) => return Err(fail(e)),
+        };
+        drop(stdout);
+        release(&p.state, &proc_res)?;
+        let said = qemu_said(&log);
+        teardown()?;
+        let released = Instant::now();
+        let report = into_report(&stream, code).map_err(|e| match e {
+            BackendError::Agent(m) if !said.is_empty() => BackendError::Agent(format!("{m}{said}")),
+            other => other,
+        })?;
+        let ready = stream
+            .ready_at
+            .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
+        Ok(Outcome {
+            timings: Timings {
+                launch_to_ready: ready - launch,
+                launch_to_exit: exited - launch,
+                teardown: released - exited,
+            },
+            report,
+            exit_code: Some(code),
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        if let Some(p) = self.prep.take() {
+            remove_dir(&p.state, &p.work)?;
+        }
+        Ok(())
+    }
+
+    fn versions(&self) -> BTreeMap<String, String> {
+        let mut v = BTreeMap::new();
+        if let Some(p) = &self.prep {
+            v.insert(
+                "qemu".into(),
+                p.qemu_version.clone().unwrap_or_else(|| "unknown".into()),
+            );
+            v.insert("guest_kernel".into(), p.kernel.version.clone());
+        }
+        v
+    }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        let mut s = BTreeMap::from([
+            ("accel".to_string(), self.accel.as_str().to_string()),
+            ("vmm".to_string(), "qemu".to_string()),
+            ("machine".to_string(), qemu::MICROVM.to_string()),
+        ]);
+        if let Some(p) = &self.prep {
+            s.insert("kernel_version".into(), p.kernel.version.clone());
+            s.insert("kernel_image".into(), p.kernel.image_kind().into());
+            s.insert("vcpus".into(), p.cpus.len().to_string());
+            s.insert("host_cpus".into(), format!("{:?}", p.cpus));
+            s.insert("memory_mib".into(), p.memory_mib.to_string());
+            s.insert("kernel_cmdline".into(), p.base_cmdline.clone());
+            s.insert("guest_modules".into(), p.modules.len().to_string());
+            if let Some(n) = &p.kernel.note {
+                s.insert("kernel_note".into(), n.clone());
+            }
+        }
+        s
+    }
+}
+
+/// Reap a child we could not wrap in a Waiter (bounded: it was just SIGKILLed).
+fn child_wait(pid: Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+    nix::sys::wait::waitpid(pid, None)
+}
+
+/// QEMU's own error output for a launch, formatted to append to an error ("" when silent).
+fn qemu_said(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let s = s.trim();
+    if s.is_empty() {
+        return String::new();
+    }
+    let tail: String = s.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("; qemu said: {}", tail.replace('\n', " | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::CgroupLayout;
+
+    fn host(kvm: KvmKind, qemu: bool) -> HostFacts {
+        HostFacts {
+            hostname: "h".into(),
+            cpu_model: "cpu".into(),
+            cores: 2,
+            memory_bytes: 1 << 30,
+            kernel: "6.1".into(),
+            os: "Debian".into(),
+            virtualized: true,
+            is_root: true,
+            cgroup_layout: CgroupLayout::V2,
+            kvm,
+            overlayfs: true,
+            namespaces: vec![],
+            qemu: qemu.then(|| PathBuf::from("/usr/bin/qemu-system-x86_64")),
+            qemu_version: qemu.then(|| "7.2.22".to_string()),
+        }
+    }
+
+    fn kernel() -> GuestKernel {
+        GuestKernel {
+            version: "6.1.0-56-amd64".into(),
+            vmlinuz: "/c/vmlinuz".into(),
+            image: "/c/vmlinux".into(),
+            modules: vec![],
+            note: None,
+            dir: None,
+        }
+    }
+
+    fn reason(a: &Availability) -> (String, String) {
+        match a {
+            Availability::Unavailable { reason, fix } => (reason.clone(), fix.clone()),
+            Availability::Available { detail } => panic!("unexpectedly available: {detail}"),
+        }
+    }
+
+    #[test]
+    fn microvm_for_every_kvm_kind() {
+        let opts = BackendOptions::default();
+        let k = kernel();
+        let hw = KvmKind::Hardware {
+            module: "kvm_intel".into(),
+        };
+        match decide(Tier::Microvm, &host(hw, true), &opts, Ok(&k)) {
+            Availability::Available { detail } => {
+                assert!(detail.contains("KVM") && detail.contains("kvm_intel"), "{detail}");
+                assert!(detail.contains("6.1.0-56-amd64"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let pvm = KvmKind::ParavirtOnly {
+            module: "kvm_pvm".into(),
+        };
+        let (r, f) = reason(&decide(Tier::Microvm, &host(pvm, true), &opts, Ok(&k)));
+        assert!(r.contains("paravirtual-only") && r.contains("kvm_pvm"), "{r}");
+        assert!(r.contains("KVM internal error / emulation failure"), "{r}");
+        assert!(f.contains("vmx/svm") && f.contains("emulated tier"), "{f}");
+        let unusable = KvmKind::Unusable {
+            reason: "cannot open /dev/kvm: Permission denied".into(),
+        };
+        let (r, f) = reason(&decide(Tier::Microvm, &host(unusable, true), &opts, Ok(&k)));
+        assert!(r.contains("Permission denied"), "{r}");
+        assert!(f.contains("group kvm"), "{f}");
+        let (r, f) = reason(&decide(Tier::Microvm, &host(KvmKind::Missing, true), &opts, Ok(&k)));
+        assert!(r.contains("/dev/kvm is missing"), "{r}");
+        assert!(f.contains("kvm_intel") && f.contains("emulated tier"), "{f}");
+    }
+
+    #[test]
+    fn emulated_ignores_kvm_and_never_says_kvm() {
+        let opts = BackendOptions::default();
+        let k = kernel();
+        for kvm in [
+            KvmKind::Hardware {
+                module: "kvm_amd".into(),
+            },
+            KvmKind::ParavirtOnly {
+                module: "kvm_pvm".into(),
+            },
+            KvmKind::Unusable { reason: "x".into() },
+            KvmKind::Missing,
+        ] {
+            match decide(Tier::Emulated, &host(kvm.clone(), true), &opts, Ok(&k)) {
+                Availability::Available { detail } => {
+                    assert!(detail.contains("TCG"), "{detail}");
+                    assert!(!detail.contains("KVM") && !detail.contains("kvm"), "{detail}");
+                }
+                other => panic!("{kvm:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_qemu_kernel_or_vmm() {
+        let opts = BackendOptions::default();
+        let k = kernel();
+        let hw = KvmKind::Hardware {
+            module: "kvm_intel".into(),
+        };
+        for tier in [Tier::Microvm, Tier::Emulated] {
+            let (r, f) = reason(&decide(tier, &host(hw.clone(), false), &opts, Ok(&k)));
+            assert!(r.contains("qemu-system-x86_64"), "{r}");
+            assert_eq!(f, "apt-get install qemu-system-x86");
+            let e = KernelError::NotCached("/var/cache/isobench".into());
+            let (r, f) = reason(&decide(tier, &host(hw.clone(), true), &opts, Err(&e)));
+            assert!(r.contains("no guest kernel cached"), "{r}");
+            assert!(f.contains("isobench fetch-kernel"), "{f}");
+        }
+        let mut fc = BackendOptions::default();
+        fc.settings.insert("vmm".into(), "firecracker".into());
+        let (r, _) = reason(&decide(Tier::Emulated, &host(hw, true), &fc, Ok(&k)));
+        if VmmKind::Firecracker.find().is_none() {
+            assert_eq!(r, "not installed: firecracker not on PATH");
+        } else {
+            assert!(r.contains("drives only QEMU"), "{r}");
+        }
+    }
+
+    #[test]
+    fn command_line_carries_the_task_and_refuses_overflow() {
+        let base = base_cmdline(Accel::Tcg, Some(2_596_128));
+        assert!(base.contains("tsc_early_khz=2596128") && base.contains("reboot=t panic=-1"));
+        assert!(!base_cmdline(Accel::Kvm, Some(1)).contains("tsc_early_khz"));
+        let mut t = Task::default();
+        t.guest = Some(GuestSetup {
+            modules: (0..12).map(|i| initramfs::module_path(&format!("mod{i}"))).collect(),
+            ..Default::default()
+        });
+        let c = cmdline(&base, &t).unwrap();
+        let hex = c.split_once("ISOBENCH_TASK=").unwrap().1;
+        assert_eq!(Task::decode(hex).unwrap(), t);
+        t.probe_paths = vec!["x".repeat(1200)];
+        assert!(cmdline(&base, &t).unwrap_err().to_string().contains("2048"));
+    }
+}

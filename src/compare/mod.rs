@@ -1,0 +1,352 @@
+//! Regression tracking: compare two runs metric by metric and decide, with statistics, which
+//! metrics regressed. Method and defaults: docs/compare.md.
+//!
+//! Per (tier, workload, metric) present in both runs: the ratio of medians (new / base) with its
+//! bootstrap interval, a two-sided Mann-Whitney U test on the raw samples, Holm's correction over
+//! every metric compared at once. A metric is `regressed` only when the adjusted p-value is at
+//! most alpha, the change is beyond the metric's noise threshold, and it goes the bad way.
+
+pub mod mwu;
+pub mod render;
+#[doc(hidden)]
+pub mod synthetic;
+pub mod thresholds;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::protocol::Better;
+use crate::results::Results;
+use crate::stats;
+use crate::tier::Tier;
+
+pub use mwu::Method;
+pub use thresholds::{CompareSpec, Thresholds, ThresholdsError};
+
+/// The verdict on one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Regressed,
+    Improved,
+    Unchanged,
+    /// Too few samples, or present on one side only.
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Regressed => "regressed",
+            Verdict::Improved => "improved",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// How to compare.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub thresholds: Thresholds,
+    /// Bootstrap resamples for the interval of the ratio (0: no interval). The verdict does not
+    /// depend on it.
+    pub resamples: usize,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            thresholds: Thresholds::default(),
+            resamples: stats::BOOTSTRAP_RESAMPLES,
+        }
+    }
+}
+
+/// Identity of one side of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRef {
+    /// What the user gave (a path, `history`, ...).
+    pub label: String,
+    pub run_id: String,
+    pub started_at: String,
+    pub hostname: String,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub scenario: String,
+}
+
+impl RunRef {
+    pub fn of(label: &str, r: &Results) -> Self {
+        RunRef {
+            label: label.into(),
+            run_id: r.run_id.clone(),
+            started_at: r.started_at.clone(),
+            hostname: r.host.hostname.clone(),
+            cpu_model: r.host.cpu_model.clone(),
+            kernel: r.host.kernel.clone(),
+            scenario: r.scenario.name.clone(),
+        }
+    }
+}
+
+/// One (tier, workload, metric) compared.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricComparison {
+    pub tier: Tier,
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    pub base_n: usize,
+    pub new_n: usize,
+    pub base_median: Option<f64>,
+    pub new_median: Option<f64>,
+    /// new median / base median.
+    pub ratio: Option<f64>,
+    /// 95% bootstrap interval of the ratio.
+    pub ratio_ci: Option<(f64, f64)>,
+    /// Two-sided Mann-Whitney p-value, and after Holm's correction.
+    pub p_value: Option<f64>,
+    pub p_adjusted: Option<f64>,
+    pub test_method: Option<Method>,
+    /// Relative noise threshold applied (0.1 = 10%).
+    pub threshold: f64,
+    pub verdict: Verdict,
+    /// Why the verdict is what it is, when that is not obvious.
+    pub note: Option<String>,
+}
+
+impl MetricComparison {
+    /// "container/noop/launch_to_exit_ms"
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.tier, self.workload, self.metric)
+    }
+
+    /// Relative change of the median in percent (+ = larger).
+    pub fn change_pct(&self) -> Option<f64> {
+        self.ratio.map(|r| (r - 1.0) * 100.0)
+    }
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub base: RunRef,
+    pub new: RunRef,
+    pub test: &'static str,
+    pub correction: &'static str,
+    pub alpha: f64,
+    pub min_samples: usize,
+    /// Loud caveats (different hosts or kernels, interrupted runs, ...).
+    pub warnings: Vec<String>,
+    pub metrics: Vec<MetricComparison>,
+}
+
+impl Comparison {
+    pub fn regressed(&self) -> impl Iterator<Item = &MetricComparison> {
+        self.metrics
+            .iter()
+            .filter(|m| m.verdict == Verdict::Regressed)
+    }
+
+    pub fn count(&self, v: Verdict) -> usize {
+        self.metrics.iter().filter(|m| m.verdict == v).count()
+    }
+}
+
+type Key = (Tier, String, String);
+
+struct Group {
+    unit: String,
+    better: Better,
+    values: Vec<f64>,
+}
+
+fn groups(r: &Results) -> BTreeMap<Key, Group> {
+    let mut g: BTreeMap<Key, Group> = BTreeMap::new();
+    for s in &r.samples {
+        let e = g
+            .entry((s.tier, s.workload.clone(), s.metric.clone()))
+            .or_insert_with(|| Group {
+                unit: s.unit.clone(),
+                better: s.better,
+                values: vec![],
+            });
+        if s.value.is_finite() {
+            e.values.push(s.value);
+        }
+    }
+    g
+}
+
+/// Compare `new` against `base`. Pure: the same inputs always give the same output.
+pub fn compare(
+    base: &Results,
+    base_label: &str,
+    new: &Results,
+    new_label: &str,
+    opts: &CompareOptions,
+) -> Comparison {
+    let th = &opts.thresholds;
+    let (gb, gn) = (groups(base), groups(new));
+    let mut keys: Vec<&Key> = gb.keys().chain(gn.keys()).collect();
+    keys.sort();
+    keys.dedup();
+
+    let mut metrics = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (b, n) = (gb.get(key), gn.get(key));
+        let any = b.or(n).expect("key from one side");
+        let (tier, workload, metric) = key.clone();
+        let threshold = th.threshold(tier, &metric, &any.unit);
+        let base_n = b.map_or(0, |g| g.values.len());
+        let new_n = n.map_or(0, |g| g.values.len());
+        let med = |g: Option<&Group>| {
+            g.filter(|g| !g.values.is_empty())
+                .map(|g| stats::median(&g.values))
+        };
+        let (base_median, new_median) = (med(b), med(n));
+        let mut m = MetricComparison {
+            tier,
+            workload,
+            metric,
+            unit: any.unit.clone(),
+            better: n.map_or(any.better, |g| g.better),
+            base_n,
+            new_n,
+            base_median,
+            new_median,
+            ratio: ratio(base_median, new_median),
+            ratio_ci: None,
+            p_value: None,
+            p_adjusted: None,
+            test_method: None,
+            threshold,
+            verdict: Verdict::Inconclusive,
+            note: None,
+        };
+        match (b, n) {
+            (None, _) => m.note = Some("only in the new run".into()),
+            (_, None) => m.note = Some("only in the base run".into()),
+            (Some(_), Some(_)) if base_n < th.min_samples || new_n < th.min_samples => {
+                m.note = Some(format!(
+                    "too few samples (need {} per side)",
+                    th.min_samples
+                ));
+            }
+            (Some(b), Some(n)) => {
+                let t = mwu::mann_whitney(&n.values, &b.values);
+                m.p_value = Some(t.p);
+                m.test_method = Some(t.method);
+                if opts.resamples > 0 {
+                    m.ratio_ci = stats::ratio_of_medians(&n.values, &b.values, opts.resamples)
+                        .map(|r| (r.ci_low, r.ci_high));
+                }
+            }
+        }
+        metrics.push(m);
+    }
+
+    // Holm over every metric that was tested.
+    let tested: Vec<usize> = (0..metrics.len())
+        .filter(|&i| metrics[i].p_value.is_some())
+        .collect();
+    let raw: Vec<f64> = tested
+        .iter()
+        .map(|&i| metrics[i].p_value.expect("tested"))
+        .collect();
+    for (&i, adj) in tested.iter().zip(mwu::holm(&raw)) {
+        metrics[i].p_adjusted = Some(adj);
+        decide(&mut metrics[i], th.alpha);
+    }
+
+    Comparison {
+        base: RunRef::of(base_label, base),
+        new: RunRef::of(new_label, new),
+        test: "mann-whitney-u (two-sided)",
+        correction: "holm",
+        alpha: th.alpha,
+        min_samples: th.min_samples,
+        warnings: warnings(base, new),
+        metrics,
+    }
+}
+
+fn ratio(base: Option<f64>, new: Option<f64>) -> Option<f64> {
+    match (base?, new?) {
+        (b, n) if b == 0.0 && n == 0.0 => Some(1.0),
+        (b, n) if b == 0.0 => Some(if n > 0.0 {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }),
+        (b, n) => Some(n / b),
+    }
+}
+
+/// Significant, beyond the threshold, and in which direction.
+fn decide(m: &mut MetricComparison, alpha: f64) {
+    let (Some(p), Some(r)) = (m.p_adjusted, m.ratio) else {
+        m.verdict = Verdict::Inconclusive;
+        return;
+    };
+    let significant = p <= alpha;
+    let beyond = r > 1.0 + m.threshold || r < 1.0 - m.threshold;
+    let worse = match m.better {
+        Better::Lower => r > 1.0,
+        Better::Higher => r < 1.0,
+    };
+    m.verdict = match (significant, beyond) {
+        (true, true) if worse => Verdict::Regressed,
+        (true, true) => Verdict::Improved,
+        (true, false) => {
+            m.note = Some(format!(
+                "significant but within the ±{:.0}% noise threshold",
+                m.threshold * 100.0
+            ));
+            Verdict::Unchanged
+        }
+        (false, true) => {
+            m.note = Some(format!(
+                "beyond ±{:.0}% but not significant at alpha {alpha} (Holm)",
+                m.threshold * 100.0
+            ));
+            Verdict::Unchanged
+        }
+        (false, false) => Verdict::Unchanged,
+    };
+}
+
+/// Caveats that make a comparison less trustworthy; printed loudly in every format.
+pub fn warnings(base: &Results, new: &Results) -> Vec<String> {
+    let mut w = vec![];
+    let (hb, hn) = (&base.host, &new.host);
+    if hb.hostname != hn.hostname {
+        w.push(format!("runs come from different hosts ({} vs {}): differences may be the machine, not the change", hb.hostname, hn.hostname));
+    }
+    if hb.cpu_model != hn.cpu_model {
+        w.push(format!("runs come from different CPUs ({} vs {}): differences may be the machine, not the change", hb.cpu_model, hn.cpu_model));
+    }
+    if hb.kernel != hn.kernel {
+        w.push(format!("runs come from different host kernels ({} vs {}): differences may be the kernel, not the change", hb.kernel, hn.kernel));
+    }
+    if base.scenario.name != new.scenario.name {
+        w.push(format!(
+            "runs used different scenarios ({} vs {})",
+            base.scenario.name, new.scenario.name
+        ));
+    }
+    for (side, r) in [("base", base), ("new", new)] {
+        if r.interrupted {
+            w.push(format!(
+                "the {side} run was interrupted: it has fewer samples than planned"
+            ));
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! `isobench doctor`: what this host can run, and for what it cannot, why and the fix.
+
+use serde::Serialize;
+
+use crate::backend::{self, Availability, BackendOptions};
+use crate::host::HostFacts;
+use crate::tier::Tier;
+
+#[derive(Debug, Serialize)]
+pub struct TierLine {
+    pub tier: Tier,
+    pub description: &'static str,
+    #[serde(flatten)]
+    pub availability: Availability,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub host: HostFacts,
+    pub tiers: Vec<TierLine>,
+}
+
+pub fn diagnose(host: HostFacts, opts: &BackendOptions) -> Report {
+    let tiers = Tier::ALL
+        .iter()
+        .map(|&t| TierLine {
+            tier: t,
+            description: t.describe(),
+            availability: backend::availability(t, &host, opts),
+        })
+        .collect();
+    Report { host, tiers }
+}
+
+/// Human-readable doctor output.
+pub fn render(r: &Report) -> String {
+    let h = &r.host;
+    let mut s = String::new();
+    s.push_str(&format!(
+        "host      {} ({} cores, {:.1} GiB), {}\n",
+        h.cpu_model,
+        h.cores,
+        h.memory_bytes as f64 / (1u64 << 30) as f64,
+        h.os
+    ));
+    s.push_str(&format!(
+        "kernel    {}{}\n",
+        h.kernel,
+        if h.virtualized {
+            " (the host itself is a VM)"
+        } else {
+            ""
+        }
+    ));
+    s.push_str(&format!(
+        "root      {}\n",
+        if h.is_root {
+            "yes"
+        } else {
+            "no (only bare can run; use sudo)"
+        }
+    ));
+    s.push_str(&format!("cgroups   {:?}\n", h.cgroup_layout).to_lowercase());
+    s.push_str(&format!("kvm       {}\n", h.kvm.label()));
+    s.push_str(&format!(
+        "overlayfs {}\n",
+        if h.overlayfs { "yes" } else { "no" }
+    ));
+    s.push_str(&format!(
+        "qemu      {}\n\n",
+        match (&h.qemu, &h.qemu_version) {
+            (Some(p), Some(v)) => format!("{} ({v})", p.display()),
+            (Some(p), None) => p.display().to_string(),
+            _ => "not installed (apt-get install qemu-system-x86)".into(),
+        }
+    ));
+    for t in &r.tiers {
+        match &t.availability {
+            Availability::Available { detail } => {
+                s.push_str(&format!("  ok    {:<10} {detail}\n", t.tier.as_str()))
+            }
+            Availability::Unavailable { reason, fix } => s.push_str(&format!(
+                "  no    {:<10} {reason}\n  {:<16} fix: {fix}\n",
+                t.tier.as_str(),
+                ""
+            )),
+        }
+    }
+    s
+}

@@ -1,0 +1,149 @@
+//! What the user reads: progress, warnings and tables. Diagnostics go through `tracing`.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, CellAlignment, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backend::Availability;
+use crate::results::{MetricSummary, Results, TierStatus};
+use crate::tier::Tier;
+
+/// Format a value with a precision that suits its magnitude.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if !v.is_finite() {
+        "-".into()
+    } else if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// "1.23× [1.10, 1.40]"
+pub fn ratio_cell(m: &MetricSummary) -> String {
+    match m.ratio_to_bare {
+        Some(r) => format!("{:.2}× [{:.2}, {:.2}]", r.ratio, r.ci_low, r.ci_high),
+        None if m.tier == Tier::Bare => "1 (reference)".into(),
+        None => "-".into(),
+    }
+}
+
+/// The run table: per workload and metric, per tier: median, 95% CI, ratio to bare.
+pub fn results_table(r: &Results) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "workload",
+        "metric",
+        "tier",
+        "n",
+        "median",
+        "95% CI of median",
+        "ratio to bare [95% CI]",
+    ]);
+    let mut rows: Vec<&MetricSummary> = r.summaries.iter().collect();
+    let wl_order = |w: &str| {
+        r.scenario
+            .workloads
+            .iter()
+            .position(|x| x.name() == w)
+            .unwrap_or(usize::MAX)
+    };
+    rows.sort_by(|a, b| {
+        (
+            wl_order(&a.workload),
+            &a.workload,
+            metric_rank(&a.metric),
+            &a.metric,
+            a.tier,
+        )
+            .cmp(&(
+                wl_order(&b.workload),
+                &b.workload,
+                metric_rank(&b.metric),
+                &b.metric,
+                b.tier,
+            ))
+    });
+    for m in rows {
+        t.add_row(vec![
+            Cell::new(&m.workload),
+            Cell::new(format!("{} ({})", m.metric, m.unit)),
+            Cell::new(m.tier.as_str()),
+            Cell::new(m.stats.n).set_alignment(CellAlignment::Right),
+            Cell::new(num(m.stats.median)).set_alignment(CellAlignment::Right),
+            Cell::new(format!(
+                "[{}, {}]",
+                num(m.stats.ci_low),
+                num(m.stats.ci_high)
+            ))
+            .set_alignment(CellAlignment::Right),
+            Cell::new(ratio_cell(m)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Startup metrics first, in launch order.
+fn metric_rank(m: &str) -> u8 {
+    match m {
+        "launch_to_ready_ms" => 0,
+        "launch_to_exit_ms" => 1,
+        "teardown_ms" => 2,
+        _ => 3,
+    }
+}
+
+/// Lines about tiers that did not run, or ran with notes.
+pub fn tier_notes(r: &Results) -> Vec<String> {
+    let mut v = vec![];
+    for t in &r.tiers {
+        match (&t.status, &t.availability) {
+            (TierStatus::Skipped, Availability::Unavailable { reason, fix }) => {
+                v.push(format!("skipped {}: {reason} (fix: {fix})", t.tier))
+            }
+            (TierStatus::Failed, _) => v.push(format!(
+                "failed {}: {}",
+                t.tier,
+                t.failures
+                    .last()
+                    .map(|f| f.message.as_str())
+                    .unwrap_or("no launch succeeded")
+            )),
+            _ => {}
+        }
+        if let Some(n) = &t.note {
+            v.push(format!("note {}: {n}", t.tier));
+        }
+        if t.status == TierStatus::Ran && !t.failures.is_empty() {
+            v.push(format!(
+                "{} had {} failed launch(es); first: {}",
+                t.tier,
+                t.failures.len(),
+                t.failures[0].message
+            ));
+        }
+    }
+    v
+}
+
+/// A progress bar on stderr (hidden when not a terminal or when quiet).
+pub fn progress(total: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} launches {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}

@@ -1,0 +1,709 @@
+//! The five claims of the Docker guide, each judged on this run's numbers by an explicit rule.
+//! The rules and thresholds are documented in docs/claims.md; keep the two in step.
+//!
+//! A claim is a list of checks. Each check is Supported, Contradicted or Inconclusive on its own
+//! evidence; the claim is Contradicted when any check is, Supported when every check is, and
+//! Inconclusive otherwise (a metric not measured, a tier missing, an interval straddling the
+//! threshold, a VM that ran emulated where the claim is about hardware virtualization).
+
+use serde::Serialize;
+
+use super::metrics::{self as m, cost_ratio};
+use crate::output::num;
+use crate::protocol::{Better, IsolationView};
+use crate::results::{Results, TierStatus};
+use crate::stats::{self, Ratio};
+use crate::tier::Tier;
+
+/// "Near-zero loss": the cost ratio's 95% CI lies within 1 ± this.
+pub const NEAR_ZERO_LOSS: f64 = 0.05;
+/// "Fast start": a container adds at most this much to bare's launch-to-ready time, ms.
+pub const FAST_START_ADDED_MS: f64 = 50.0;
+/// "Far faster": the VM / container cost ratio's CI lies at or above this.
+pub const FAR_FASTER: f64 = 1.5;
+/// "Heavier" / "costlier": the cost ratio's CI lies at or above this.
+pub const COSTLIER: f64 = 1.10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Supported,
+    Contradicted,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Supported => "supported",
+            Verdict::Contradicted => "contradicted",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// One piece of a claim, judged on its own evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub verdict: Verdict,
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimVerdict {
+    pub id: u8,
+    pub claim: &'static str,
+    pub rule: &'static str,
+    pub verdict: Verdict,
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+}
+
+/// Claim = any contradicted → contradicted; all supported → supported; else inconclusive.
+pub fn combine(checks: &[Check]) -> Verdict {
+    if checks.iter().any(|c| c.verdict == Verdict::Contradicted) {
+        Verdict::Contradicted
+    } else if !checks.is_empty() && checks.iter().all(|c| c.verdict == Verdict::Supported) {
+        Verdict::Supported
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+/// Cost ratio's CI inside 1 ± tol: supported; entirely above 1 + tol: contradicted.
+pub fn within_band(c: Ratio, tol: f64) -> Verdict {
+    if c.ci_low >= 1.0 - tol && c.ci_high <= 1.0 + tol {
+        Verdict::Supported
+    } else if c.ci_low > 1.0 + tol {
+        Verdict::Contradicted
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+/// Cost ratio's CI at or above `t`: supported; entirely below: contradicted.
+pub fn at_least(c: Ratio, t: f64) -> Verdict {
+    if c.ci_low >= t {
+        Verdict::Supported
+    } else if c.ci_high < t {
+        Verdict::Contradicted
+    } else {
+        Verdict::Inconclusive
+    }
+}
+
+fn ran(r: &Results, tier: Tier) -> bool {
+    r.tiers
+        .iter()
+        .any(|t| t.tier == tier && t.status == TierStatus::Ran)
+        || r.summaries.iter().any(|s| s.tier == tier)
+}
+
+/// True when a VM tier ran without hardware assistance (the emulated tier, or accel=tcg).
+pub fn ran_emulated(r: &Results, tier: Tier) -> bool {
+    tier == Tier::Emulated
+        || r.tiers.iter().any(|t| {
+            t.tier == tier
+                && t.settings
+                    .get("accel")
+                    .is_some_and(|a| a.to_ascii_lowercase().contains("tcg"))
+        })
+}
+
+/// Cost ratio (> 1 = costlier) of `num` over `den` for one metric, from the raw samples.
+pub fn tier_cost(
+    r: &Results,
+    workload: &str,
+    metric: &str,
+    num_tier: Tier,
+    den_tier: Tier,
+) -> Option<(Ratio, Better, String)> {
+    let s = r.summary(num_tier, workload, metric)?;
+    let values = |t: Tier| -> Vec<f64> {
+        r.samples
+            .iter()
+            .filter(|x| x.tier == t && x.workload == workload && x.metric == metric)
+            .map(|x| x.value)
+            .collect()
+    };
+    let ratio = if den_tier == Tier::Bare && s.ratio_to_bare.is_some() {
+        s.ratio_to_bare?
+    } else {
+        stats::ratio_of_medians(
+            &values(num_tier),
+            &values(den_tier),
+            stats::BOOTSTRAP_RESAMPLES,
+        )?
+    };
+    Some((cost_ratio(ratio, s.better), s.better, s.unit.clone()))
+}
+
+fn fmt_cost(c: Ratio) -> String {
+    format!("×{:.2} [{:.2}, {:.2}]", c.ratio, c.ci_low, c.ci_high)
+}
+
+/// A check on the cost ratio of one metric between two tiers.
+fn ratio_check(
+    r: &Results,
+    wl: &str,
+    metric: &str,
+    num_tier: Tier,
+    den_tier: Tier,
+    rule: impl Fn(Ratio) -> Verdict,
+) -> Check {
+    let what = format!("{wl}/{metric}: {num_tier} vs {den_tier}");
+    match tier_cost(r, wl, metric, num_tier, den_tier) {
+        Some((c, better, unit)) => {
+            let med = |t: Tier| {
+                r.summary(t, wl, metric)
+                    .map(|s| num(s.stats.median))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let dir = if better == Better::Higher {
+                "higher is better"
+            } else {
+                "lower is better"
+            };
+            Check {
+                what,
+                verdict: rule(c),
+                evidence: format!(
+                    "cost {} (medians {} vs {} {unit}, {dir})",
+                    fmt_cost(c),
+                    med(num_tier),
+                    med(den_tier)
+                ),
+            }
+        }
+        None => {
+            let missing: Vec<String> = [num_tier, den_tier]
+                .iter()
+                .filter(|t| r.summary(**t, wl, metric).is_none())
+                .map(|t| {
+                    if ran(r, *t) {
+                        format!("{t} has no {metric}")
+                    } else {
+                        format!("{t} did not run")
+                    }
+                })
+                .collect();
+            Check {
+                what,
+                verdict: Verdict::Inconclusive,
+                evidence: format!("not measured ({})", missing.join(", ")),
+            }
+        }
+    }
+}
+
+/// Claim 1: container vs bare, near-zero loss.
+fn claim1(r: &Results) -> ClaimVerdict {
+    let mut checks: Vec<Check> = [
+        (m::CPU, m::CPU_SINGLE),
+        (m::CPU, m::CPU_MULTI),
+        (m::MEMORY, m::MEM_COPY),
+        (m::MEMORY, m::MEM_TRIAD),
+        (m::MEMORY, m::MEM_LATENCY),
+        (m::NOOP, m::AGENT_PEAK_RSS_KIB),
+    ]
+    .iter()
+    .map(|(wl, metric)| {
+        ratio_check(r, wl, metric, Tier::Container, Tier::Bare, |c| {
+            within_band(c, NEAR_ZERO_LOSS)
+        })
+    })
+    .collect();
+    checks.push(startup_added(r));
+    ClaimVerdict {
+        id: 1,
+        claim: "Containers only isolate processes, so they are light and fast: CPU and memory are used only as much as the process needs, with almost no performance loss.",
+        rule: "container/bare cost ratio's 95% CI within ±5% for cpu single/multi, memory copy/triad/latency and the agent's peak RSS; container adds ≤ 50 ms to bare's launch-to-ready time (interval of the difference of medians).",
+        verdict: combine(&checks),
+        checks,
+        notes: vec![],
+    }
+}
+
+fn startup_added(r: &Results) -> Check {
+    let what = format!(
+        "{}/{}: container − bare ≤ {FAST_START_ADDED_MS} ms",
+        m::NOOP,
+        m::LAUNCH_TO_READY_MS
+    );
+    match (
+        r.summary(Tier::Container, m::NOOP, m::LAUNCH_TO_READY_MS),
+        r.summary(Tier::Bare, m::NOOP, m::LAUNCH_TO_READY_MS),
+    ) {
+        (Some(c), Some(b)) => {
+            let (lo, hi) = (
+                c.stats.ci_low - b.stats.ci_high,
+                c.stats.ci_high - b.stats.ci_low,
+            );
+            let verdict = if hi <= FAST_START_ADDED_MS {
+                Verdict::Supported
+            } else if lo > FAST_START_ADDED_MS {
+                Verdict::Contradicted
+            } else {
+                Verdict::Inconclusive
+            };
+            Check {
+                what,
+                verdict,
+                evidence: format!(
+                    "added {} ms [{}, {}] (medians {} vs {} ms)",
+                    num(c.stats.median - b.stats.median),
+                    num(lo),
+                    num(hi),
+                    num(c.stats.median),
+                    num(b.stats.median)
+                ),
+            }
+        }
+        _ => Check {
+            what,
+            verdict: Verdict::Inconclusive,
+            evidence: "not measured (noop startup missing for container or bare)".into(),
+        },
+    }
+}
+
+const CLAIM2_METRICS: [(&str, &str); 10] = [
+    (m::MEMORY, m::MEM_COPY),
+    (m::MEMORY, m::MEM_TRIAD),
+    (m::MEMORY, m::MEM_LATENCY),
+    (m::FS, m::FS_SEQ_WRITE),
+    (m::FS, m::FS_SEQ_READ),
+    (m::FS, m::FS_RAND_READ),
+    (m::FS, m::FS_RAND_WRITE),
+    (m::FS, m::FS_FSYNC_P50),
+    (m::NET, m::NET_STREAM),
+    (m::NET, m::NET_RR_P50),
+];
+
+/// Why a hardware-VM comparison cannot be judged, if it cannot.
+fn hardware_vm_missing(r: &Results) -> Option<String> {
+    if !ran(r, Tier::Microvm) {
+        Some("microvm (hardware KVM) did not run".into())
+    } else if ran_emulated(r, Tier::Microvm) {
+        Some("microvm ran under TCG emulation (accel=tcg), not hardware virtualization".into())
+    } else {
+        None
+    }
+}
+
+/// Turn checks against an unusable microvm into inconclusive ones, with emulated as context.
+fn demote(mut c: Check, why: &str) -> Check {
+    c.verdict = Verdict::Inconclusive;
+    c.evidence = format!("{why}; {}", c.evidence);
+    c
+}
+
+/// Claim 2: container far faster than a hardware VM at memory, fs, net.
+fn claim2(r: &Results) -> ClaimVerdict {
+    let mut notes = vec![];
+    let checks: Vec<Check> = match hardware_vm_missing(r) {
+        None => CLAIM2_METRICS
+            .iter()
+            .map(|(wl, metric)| {
+                ratio_check(r, wl, metric, Tier::Microvm, Tier::Container, |c| {
+                    at_least(c, FAR_FASTER)
+                })
+            })
+            .collect(),
+        Some(why) => {
+            if ran(r, Tier::Emulated) {
+                notes.push("emulated (TCG) numbers are shown as context only: the claim is about hardware-assisted virtualization".into());
+            }
+            CLAIM2_METRICS
+                .iter()
+                .map(|(wl, metric)| {
+                    demote(
+                        ratio_check(r, wl, metric, Tier::Emulated, Tier::Container, |c| {
+                            at_least(c, FAR_FASTER)
+                        }),
+                        &why,
+                    )
+                })
+                .collect()
+        }
+    };
+    if r.host.virtualized {
+        notes.push("the host is itself a VM: the microvm is nested".into());
+    }
+    ClaimVerdict {
+        id: 2,
+        claim: "Docker has no hardware-virtualization layer, so memory access, the filesystem and the network are far faster than in a VM.",
+        rule: "microvm/container cost ratio's 95% CI ≥ 1.5 for memory copy/triad/latency, fs seq write/read, random read/write IOPS, fsync p50, net stream throughput and rr latency p50; inconclusive when microvm did not run with hardware KVM.",
+        verdict: combine(&checks),
+        checks,
+        notes,
+    }
+}
+
+/// Claim 3: emulated heavier than microvm; microvm costlier than container and bare.
+fn claim3(r: &Results) -> ClaimVerdict {
+    let costlier = |c| at_least(c, COSTLIER);
+    let hw = hardware_vm_missing(r);
+    let mut checks = vec![];
+    for (wl, metric) in [
+        (m::NOOP, m::LAUNCH_TO_READY_MS),
+        (m::DENSITY_PREFIX, m::DENSITY_MEM_PER_INSTANCE),
+    ] {
+        for (a, b) in [
+            (Tier::Emulated, Tier::Microvm),
+            (Tier::Microvm, Tier::Container),
+            (Tier::Microvm, Tier::Bare),
+        ] {
+            let c = ratio_check(r, wl, metric, a, b, costlier);
+            checks.push(match &hw {
+                Some(why) if a == Tier::Microvm || b == Tier::Microvm => demote(c, why),
+                _ => c,
+            });
+        }
+    }
+    checks.push(ratio_check(
+        r,
+        m::NOOP,
+        m::LAUNCH_TO_READY_MS,
+        Tier::Emulated,
+        Tier::Container,
+        costlier,
+    ));
+    let mut notes = vec![];
+    if r.host.virtualized {
+        notes.push("the host is itself a VM: the microvm is nested".into());
+    }
+    ClaimVerdict {
+        id: 3,
+        claim: "Full (hosted) virtualization runs a whole guest OS and is heavy and slow; KVM and Xen improved it, but a guest OS still costs.",
+        rule: "cost ratio's 95% CI ≥ 1.10 for startup (noop launch-to-ready) and memory per instance: emulated over microvm, microvm over container, microvm over bare; and emulated over container for startup. Checks involving microvm are inconclusive when it did not run with hardware KVM.",
+        verdict: combine(&checks),
+        checks,
+        notes,
+    }
+}
+
+fn view(r: &Results, tier: Tier) -> Option<&IsolationView> {
+    r.tiers
+        .iter()
+        .find(|t| t.tier == tier)
+        .and_then(|t| t.isolation.as_ref())
+}
+
+/// Some(true) when `kind`'s namespace differs from bare's, None when either is unknown.
+pub fn own_namespace(v: &IsolationView, bare: Option<&IsolationView>, kind: &str) -> Option<bool> {
+    let mine = v.namespaces.get(kind)?;
+    let theirs = bare?.namespaces.get(kind)?;
+    Some(mine != theirs)
+}
+
+fn check(what: &str, verdict: Verdict, evidence: String) -> Check {
+    Check {
+        what: what.into(),
+        verdict,
+        evidence,
+    }
+}
+
+fn yes_no(b: bool, yes: Verdict) -> Verdict {
+    match (b, yes) {
+        (true, v) => v,
+        (false, Verdict::Supported) => Verdict::Contradicted,
+        (false, _) => Verdict::Supported,
+    }
+}
+
+/// A namespace check: `want_own` says whether the claim expects a namespace of its own.
+fn ns_check(
+    what: &str,
+    v: &IsolationView,
+    bare: Option<&IsolationView>,
+    kind: &str,
+    want_own: bool,
+) -> Check {
+    match own_namespace(v, bare, kind) {
+        Some(own) => check(
+            what,
+            yes_no(own == want_own, Verdict::Supported),
+            format!(
+                "{kind} ns {} ({})",
+                if own { "own" } else { "shared with bare" },
+                v.namespaces[kind]
+            ),
+        ),
+        None => check(
+            what,
+            Verdict::Inconclusive,
+            format!("{kind} namespace not observable (no /proc, or bare's view missing)"),
+        ),
+    }
+}
+
+fn missing_view(id: u8, claim: &'static str, rule: &'static str, tier: Tier) -> ClaimVerdict {
+    let checks = vec![check(
+        "isolation view",
+        Verdict::Inconclusive,
+        format!("{tier} was not observed (tier did not run or its probe failed)"),
+    )];
+    ClaimVerdict {
+        id,
+        claim,
+        rule,
+        verdict: combine(&checks),
+        checks,
+        notes: vec![],
+    }
+}
+
+/// Claim 4: chroot changes only the path view.
+fn claim4(r: &Results) -> ClaimVerdict {
+    let claim = "chroot isolates only the view of the filesystem path: a jail prepared by hand, not a full virtual environment (processes, network and users stay shared).";
+    let rule = "observed from inside chroot, compared with bare: same pid namespace (or pid ≠ 1 and other processes visible), same network namespace/interfaces, same uid and user namespace, and the marker path outside the jail invisible.";
+    let Some(v) = view(r, Tier::Chroot) else {
+        return missing_view(4, claim, rule, Tier::Chroot);
+    };
+    let bare = view(r, Tier::Bare);
+    let procs = v
+        .visible_processes
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "? (no /proc)".into());
+    let pid = match own_namespace(v, bare, "pid") {
+        Some(own) => check(
+            "processes shared",
+            yes_no(!own, Verdict::Supported),
+            format!(
+                "pid ns {}; pid {}, {procs} processes visible",
+                if own { "own" } else { "shared with bare" },
+                v.pid
+            ),
+        ),
+        None => check(
+            "processes shared",
+            yes_no(v.pid != 1, Verdict::Supported),
+            format!(
+                "pid {} (a new pid namespace would make it 1); {procs} processes visible",
+                v.pid
+            ),
+        ),
+    };
+    let net = match (own_namespace(v, bare, "net"), bare) {
+        (Some(own), _) => check(
+            "network shared",
+            yes_no(!own, Verdict::Supported),
+            format!(
+                "net ns {}; interfaces {}",
+                if own { "own" } else { "shared with bare" },
+                v.interfaces.join(", ")
+            ),
+        ),
+        (None, Some(b)) if b.interfaces.iter().any(|i| i != "lo") => check(
+            "network shared",
+            yes_no(v.interfaces == b.interfaces, Verdict::Supported),
+            format!(
+                "interfaces {} (bare: {})",
+                v.interfaces.join(", "),
+                b.interfaces.join(", ")
+            ),
+        ),
+        _ => check(
+            "network shared",
+            Verdict::Inconclusive,
+            format!(
+                "interfaces {} and no namespace ids to compare",
+                v.interfaces.join(", ")
+            ),
+        ),
+    };
+    let users = match bare {
+        Some(b) => {
+            let same_ns = own_namespace(v, bare, "user")
+                .map(|own| !own)
+                .unwrap_or(true);
+            check(
+                "users shared",
+                yes_no(v.uid == b.uid && same_ns, Verdict::Supported),
+                format!(
+                    "uid {} (bare: {}), user ns {}",
+                    v.uid,
+                    b.uid,
+                    if same_ns {
+                        "shared or not observable"
+                    } else {
+                        "own"
+                    }
+                ),
+            )
+        }
+        None => check(
+            "users shared",
+            Verdict::Inconclusive,
+            "bare's view missing".into(),
+        ),
+    };
+    let paths = if v.visible_paths.is_empty() {
+        check(
+            "host path outside the jail invisible",
+            Verdict::Inconclusive,
+            "no marker path was probed".into(),
+        )
+    } else {
+        let seen: Vec<&str> = v
+            .visible_paths
+            .iter()
+            .filter(|(_, vis)| *vis)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let all: Vec<&str> = v.visible_paths.iter().map(|(p, _)| p.as_str()).collect();
+        check(
+            "host path outside the jail invisible",
+            yes_no(seen.is_empty(), Verdict::Supported),
+            if seen.is_empty() {
+                format!("invisible: {}", all.join(", "))
+            } else {
+                format!("visible: {}", seen.join(", "))
+            },
+        )
+    };
+    let checks = vec![pid, net, users, paths];
+    ClaimVerdict {
+        id: 4,
+        claim,
+        rule,
+        verdict: combine(&checks),
+        checks,
+        notes: vec![],
+    }
+}
+
+/// Claim 5: the container has namespaces of its own and a cgroup limit.
+fn claim5(r: &Results) -> ClaimVerdict {
+    let claim = "LXC and Docker use cgroups and namespaces to give a complete isolated space.";
+    let rule = "observed from inside container, compared with bare: own pid namespace with the agent as pid 1, own network namespace (only lo, or interfaces of its own), own uts namespace and hostname, own ipc and mount namespaces, a cgroup memory limit in force.";
+    let Some(v) = view(r, Tier::Container) else {
+        return missing_view(5, claim, rule, Tier::Container);
+    };
+    let bare = view(r, Tier::Bare);
+    let pid = match own_namespace(v, bare, "pid") {
+        Some(own) => check(
+            "own pid namespace",
+            yes_no(own, Verdict::Supported),
+            format!(
+                "pid ns {}; pid {}",
+                if own { "own" } else { "shared with bare" },
+                v.pid
+            ),
+        ),
+        None if v.pid == 1 => check("own pid namespace", Verdict::Supported, "pid 1".into()),
+        None => check(
+            "own pid namespace",
+            Verdict::Inconclusive,
+            format!("pid {} and no namespace ids to compare", v.pid),
+        ),
+    };
+    let net = {
+        let mut c = ns_check("own network namespace", v, bare, "net", true);
+        if c.verdict == Verdict::Inconclusive
+            && v.interfaces.iter().all(|i| i == "lo")
+            && !v.interfaces.is_empty()
+        {
+            c.verdict = Verdict::Supported;
+        }
+        c.evidence = format!("{}; interfaces {}", c.evidence, v.interfaces.join(", "));
+        c
+    };
+    let mut uts = ns_check("own hostname (uts namespace)", v, bare, "uts", true);
+    uts.evidence = format!(
+        "{}; hostname {:?}{}",
+        uts.evidence,
+        v.hostname,
+        bare.map(|b| format!(" (bare: {:?})", b.hostname))
+            .unwrap_or_default()
+    );
+    let ipc = ns_check("own ipc namespace", v, bare, "ipc", true);
+    let mut mnt = ns_check("own mount namespace", v, bare, "mnt", true);
+    if let Some(n) = v.mounts {
+        mnt.evidence = format!("{}; {n} mounts", mnt.evidence);
+    }
+    let cg = match (v.memory_limit_bytes, &v.cgroup) {
+        (Some(b), _) => check(
+            "cgroup limit in force",
+            Verdict::Supported,
+            format!(
+                "memory limit {} MiB, {} CPUs allowed",
+                b / (1024 * 1024),
+                v.cpus_allowed
+            ),
+        ),
+        (None, Some(_)) => check(
+            "cgroup limit in force",
+            Verdict::Contradicted,
+            format!("no memory limit visible; {} CPUs allowed", v.cpus_allowed),
+        ),
+        (None, None) => check(
+            "cgroup limit in force",
+            Verdict::Inconclusive,
+            "cgroup not observable (no /proc)".into(),
+        ),
+    };
+    let checks = vec![pid, net, uts, ipc, mnt, cg];
+    let notes = vec!["the user namespace and the kernel stay shared with the host (as with Docker's defaults); see the isolation matrix".into()];
+    ClaimVerdict {
+        id: 5,
+        claim,
+        rule,
+        verdict: combine(&checks),
+        checks,
+        notes,
+    }
+}
+
+/// Judge every claim on this run's results.
+pub fn judge(r: &Results) -> Vec<ClaimVerdict> {
+    vec![claim1(r), claim2(r), claim3(r), claim4(r), claim5(r)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(ratio: f64, lo: f64, hi: f64) -> Ratio {
+        Ratio {
+            ratio,
+            ci_low: lo,
+            ci_high: hi,
+        }
+    }
+
+    #[test]
+    fn band_and_threshold_rules() {
+        assert_eq!(within_band(r(1.0, 0.97, 1.03), 0.05), Verdict::Supported);
+        assert_eq!(within_band(r(1.2, 1.1, 1.3), 0.05), Verdict::Contradicted);
+        assert_eq!(within_band(r(1.04, 1.0, 1.08), 0.05), Verdict::Inconclusive);
+        assert_eq!(at_least(r(2.0, 1.6, 2.4), 1.5), Verdict::Supported);
+        assert_eq!(at_least(r(1.0, 0.9, 1.1), 1.5), Verdict::Contradicted);
+        assert_eq!(at_least(r(1.5, 1.2, 1.8), 1.5), Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn combine_rules() {
+        let c = |v| Check {
+            what: String::new(),
+            verdict: v,
+            evidence: String::new(),
+        };
+        assert_eq!(
+            combine(&[c(Verdict::Supported), c(Verdict::Supported)]),
+            Verdict::Supported
+        );
+        assert_eq!(
+            combine(&[c(Verdict::Supported), c(Verdict::Inconclusive)]),
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            combine(&[c(Verdict::Inconclusive), c(Verdict::Contradicted)]),
+            Verdict::Contradicted
+        );
+        assert_eq!(combine(&[]), Verdict::Inconclusive);
+    }
+}

@@ -1,0 +1,103 @@
+//! summary.md: a compact Markdown summary for a CI job summary or a pull-request comment.
+
+use std::fmt::Write;
+
+use super::charts::tiers_present;
+use super::claims::ClaimVerdict;
+use super::honesty_warnings;
+use super::metrics::{LAUNCH_TO_EXIT_MS, LAUNCH_TO_READY_MS, NOOP};
+use crate::output::num;
+use crate::results::Results;
+use crate::tier::Tier;
+
+/// Table cells must not break the table.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn startup_cell(r: &Results, t: Tier, metric: &str) -> (String, String) {
+    match r.summary(t, NOOP, metric) {
+        Some(s) => (
+            format!(
+                "{} [{}, {}]",
+                num(s.stats.median),
+                num(s.stats.ci_low),
+                num(s.stats.ci_high)
+            ),
+            match s.ratio_to_bare {
+                Some(x) => format!("×{:.2} [{:.2}, {:.2}]", x.ratio, x.ci_low, x.ci_high),
+                None if t == Tier::Bare => "1 (reference)".into(),
+                None => "-".into(),
+            },
+        ),
+        None => ("-".into(), "-".into()),
+    }
+}
+
+pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
+    let mut o = String::new();
+    let h = &r.host;
+    let _ = writeln!(o, "## isobench report: {}\n", cell(&r.run_id));
+    let _ = writeln!(
+        o,
+        "**Host:** {} · {} · {} cores · kernel {} · KVM {} · {}\n",
+        cell(&h.hostname),
+        cell(&h.cpu_model),
+        h.cores,
+        cell(&h.kernel),
+        cell(&h.kvm.label()),
+        if h.virtualized {
+            "the host is itself a VM"
+        } else {
+            "bare metal"
+        }
+    );
+    for w in honesty_warnings(r) {
+        let _ = writeln!(o, "> ⚠️ {}", cell(&w));
+    }
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "### Startup (noop workload, ms: median [95% CI], ratio to bare [95% CI])\n"
+    );
+    let _ = writeln!(
+        o,
+        "| tier | {LAUNCH_TO_READY_MS} | ratio | {LAUNCH_TO_EXIT_MS} | ratio | n |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+    for t in tiers_present(r) {
+        let (ready, ready_ratio) = startup_cell(r, t, LAUNCH_TO_READY_MS);
+        let (exit, exit_ratio) = startup_cell(r, t, LAUNCH_TO_EXIT_MS);
+        let n = r
+            .summary(t, NOOP, LAUNCH_TO_EXIT_MS)
+            .or(r.summary(t, NOOP, LAUNCH_TO_READY_MS))
+            .map(|s| s.stats.n.to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "| {t} | {ready} | {ready_ratio} | {exit} | {exit_ratio} | {n} |"
+        );
+    }
+    let _ = writeln!(o, "\n### Claims\n");
+    let _ = writeln!(o, "| # | claim | verdict | evidence |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for c in claims {
+        let decisive: Vec<String> = c
+            .checks
+            .iter()
+            .filter(|k| k.verdict == c.verdict)
+            .take(3)
+            .map(|k| format!("{}: {}", k.what, k.evidence))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | **{}** | {} |",
+            c.id,
+            cell(c.claim),
+            c.verdict.label(),
+            cell(&decisive.join("; "))
+        );
+    }
+    let _ = writeln!(o, "\nFull report: `index.html` (charts, every metric, Felter 2015 and Firecracker comparisons, isolation matrix); rules in docs/claims.md.");
+    o
+}

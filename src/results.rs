@@ -1,0 +1,280 @@
+//! The result files of a run: `results.json` (everything) and `samples.csv` (the raw samples,
+//! one row per value, columns from the same [`Sample`] struct). Both are rewritten atomically
+//! after every round, so an interrupted run keeps what it completed. Schema: docs/results.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Availability, Budget};
+use crate::host::HostFacts;
+use crate::protocol::Better;
+use crate::scenario::{ResolvedPlan, Scenario};
+use crate::state::write_atomic;
+use crate::stats::{self, Ratio};
+use crate::tier::Tier;
+
+/// Bumped on every incompatible change of [`Results`]; documented in docs/results.md.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One measured value of one launch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub tier: Tier,
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    /// Round of the interleaved schedule this launch ran in (0-based).
+    pub round: u32,
+    pub value: f64,
+}
+
+/// Per (tier, workload, metric): the summary and the ratio to `bare`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    pub tier: Tier,
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: Better,
+    #[serde(flatten)]
+    pub stats: stats::Summary,
+    /// This tier's median over bare's, with a 95% bootstrap interval (None for bare itself or
+    /// when bare did not run).
+    pub ratio_to_bare: Option<Ratio>,
+}
+
+/// What happened to one requested tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierRecord {
+    pub tier: Tier,
+    pub availability: Availability,
+    /// Ran (at least one sample), skipped (unavailable) or failed (all launches failed).
+    pub status: TierStatus,
+    #[serde(default)]
+    pub plan: Option<ResolvedPlan>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+    /// Failed launches: (workload, round, message).
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    /// Launches done per workload, warmups excluded.
+    #[serde(default)]
+    pub launches: BTreeMap<String, u32>,
+    /// Why fewer launches ran than planned (time budget, failures, interruption).
+    #[serde(default)]
+    pub note: Option<String>,
+    /// What the agent saw from inside this tier (one unrecorded probe launch).
+    #[serde(default)]
+    pub isolation: Option<crate::protocol::IsolationView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierStatus {
+    Ran,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub workload: String,
+    pub round: u32,
+    pub message: String,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// True when the run was stopped (Ctrl-C) before its plan was complete.
+    pub interrupted: bool,
+    pub host: HostFacts,
+    /// isobench, qemu, guest kernel, ...
+    pub versions: BTreeMap<String, String>,
+    pub scenario: Scenario,
+    pub budget: Budget,
+    pub tiers: Vec<TierRecord>,
+    pub summaries: Vec<MetricSummary>,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid isobench results file: {message} (was the run interrupted while writing, or the file edited by hand?)")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has schema version {found}, this isobench reads version {SCHEMA_VERSION}: re-run the benchmark or use a matching isobench")]
+    Version { path: PathBuf, found: u32 },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Results {
+    /// Recompute every summary from the raw samples.
+    pub fn summarize(&mut self) {
+        self.summaries = summarize_samples(&self.samples);
+    }
+
+    pub fn summary(&self, tier: Tier, workload: &str, metric: &str) -> Option<&MetricSummary> {
+        self.summaries
+            .iter()
+            .find(|s| s.tier == tier && s.workload == workload && s.metric == metric)
+    }
+
+    /// Write results.json and samples.csv into `dir` atomically.
+    pub fn write(&self, dir: &Path) -> Result<(), ResultsError> {
+        std::fs::create_dir_all(dir).map_err(|source| ResultsError::Write {
+            path: dir.into(),
+            source,
+        })?;
+        let json = dir.join("results.json");
+        let data = serde_json::to_vec_pretty(self).expect("results serialise");
+        write_atomic(&json, &data).map_err(|source| ResultsError::Write {
+            path: json.clone(),
+            source,
+        })?;
+        let csv_path = dir.join("samples.csv");
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for s in &self.samples {
+            w.serialize(s).expect("sample serialises to CSV");
+        }
+        let bytes = w.into_inner().expect("in-memory CSV");
+        write_atomic(&csv_path, &bytes).map_err(|source| ResultsError::Write {
+            path: csv_path,
+            source,
+        })
+    }
+
+    /// Read `results.json` from a run directory or a file path.
+    pub fn load(path: &Path) -> Result<Results, ResultsError> {
+        let file = if path.is_dir() {
+            path.join("results.json")
+        } else {
+            path.to_path_buf()
+        };
+        let bytes = std::fs::read(&file).map_err(|source| ResultsError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ResultsError::Parse {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+        let found = v
+            .get("schema_version")
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0);
+        if found != u64::from(SCHEMA_VERSION) {
+            return Err(ResultsError::Version {
+                path: file,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+            });
+        }
+        serde_json::from_value(v).map_err(|e| ResultsError::Parse {
+            path: file,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Group samples by (tier, workload, metric) and summarise each, with ratios to bare.
+pub fn summarize_samples(samples: &[Sample]) -> Vec<MetricSummary> {
+    type Key = (Tier, String, String);
+    let mut groups: BTreeMap<Key, (String, Better, Vec<f64>)> = BTreeMap::new();
+    for s in samples {
+        groups
+            .entry((s.tier, s.workload.clone(), s.metric.clone()))
+            .or_insert_with(|| (s.unit.clone(), s.better, Vec::new()))
+            .2
+            .push(s.value);
+    }
+    let mut out = Vec::new();
+    for ((tier, workload, metric), (unit, better, values)) in &groups {
+        let Some(st) = stats::summarize(values) else {
+            continue;
+        };
+        let ratio_to_bare = if *tier == Tier::Bare {
+            None
+        } else {
+            groups
+                .get(&(Tier::Bare, workload.clone(), metric.clone()))
+                .and_then(|(_, _, base)| {
+                    stats::ratio_of_medians(values, base, stats::BOOTSTRAP_RESAMPLES)
+                })
+        };
+        out.push(MetricSummary {
+            tier: *tier,
+            workload: workload.clone(),
+            metric: metric.clone(),
+            unit: unit.clone(),
+            better: *better,
+            stats: st,
+            ratio_to_bare,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tier: Tier, v: f64) -> Sample {
+        Sample {
+            tier,
+            workload: "noop".into(),
+            metric: "launch_to_exit_ms".into(),
+            unit: "ms".into(),
+            better: Better::Lower,
+            round: 0,
+            value: v,
+        }
+    }
+
+    #[test]
+    fn summaries_carry_ratio_to_bare() {
+        let mut s: Vec<Sample> = (1..=10).map(|i| sample(Tier::Bare, f64::from(i))).collect();
+        s.extend((1..=10).map(|i| sample(Tier::Container, f64::from(i) * 3.0)));
+        let sum = summarize_samples(&s);
+        let c = sum.iter().find(|m| m.tier == Tier::Container).unwrap();
+        assert!((c.ratio_to_bare.unwrap().ratio - 3.0).abs() < 1e-9);
+        assert!(sum
+            .iter()
+            .find(|m| m.tier == Tier::Bare)
+            .unwrap()
+            .ratio_to_bare
+            .is_none());
+    }
+
+    #[test]
+    fn csv_columns_come_from_the_struct() {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(sample(Tier::Chroot, 1.5)).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            "tier,workload,metric,unit,better,round,value"
+        );
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5"
+        );
+    }
+}

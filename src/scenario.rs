@@ -1,0 +1,234 @@
+//! Scenario files (`scenarios/*.toml`): which workloads, how many repetitions per tier, and the
+//! CPU/memory budget every tier gets. Parsed strictly: a typo is an error that names the line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tier::Tier;
+use crate::workload::Workload;
+
+/// The embedded default scenario, used when `scenarios/default.toml` is not in reach.
+pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
+
+/// Repetitions of one tier (every field optional; unset fields fall back to `[defaults]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatPlan {
+    /// Measured launches per workload.
+    pub runs: Option<u32>,
+    /// Unrecorded launches first, per workload.
+    pub warmup: Option<u32>,
+    /// Stop measuring this tier once it has used this much wall time per workload (seconds),
+    /// as long as it has `min_runs`.
+    pub time_budget_s: Option<f64>,
+    /// Fewest measured launches even when the time budget is spent.
+    pub min_runs: Option<u32>,
+}
+
+/// A fully resolved plan for one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedPlan {
+    pub runs: u32,
+    pub warmup: u32,
+    pub time_budget_s: Option<f64>,
+    pub min_runs: u32,
+}
+
+/// CPU and memory budget, identical for every tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Number of host CPUs (the first ones the harness may use).
+    #[serde(default = "default_cpus")]
+    pub cpus: usize,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+}
+
+fn default_cpus() -> usize {
+    1
+}
+fn default_memory() -> u64 {
+    512
+}
+
+impl Default for BudgetSpec {
+    fn default() -> Self {
+        BudgetSpec {
+            cpus: default_cpus(),
+            memory_mib: default_memory(),
+        }
+    }
+}
+
+/// A scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Tiers to run; empty = every tier.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    #[serde(default)]
+    pub defaults: RepeatPlan,
+    /// Per-tier overrides, keyed by tier name.
+    #[serde(default)]
+    pub tier: BTreeMap<Tier, RepeatPlan>,
+    #[serde(default)]
+    pub budget: BudgetSpec,
+    #[serde(rename = "workload")]
+    pub workloads: Vec<Workload>,
+    /// Significance level and noise thresholds for `isobench compare` (docs/compare.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<crate::compare::CompareSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source} (give the path of a scenarios/*.toml file)")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message} (fix the scenario file; see docs/scenarios.md)")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Scenario::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: origin.into(),
+            message: one_line(&e),
+        })?;
+        s.validate().map_err(|message| ScenarioError::Invalid {
+            path: origin.into(),
+            message,
+        })?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.workloads.is_empty() {
+            return Err(
+                "no [[workload]] given: add at least one, e.g. [[workload]] kind = \"noop\"".into(),
+            );
+        }
+        if self.budget.cpus == 0 || self.budget.memory_mib < 64 {
+            return Err("[budget] needs cpus >= 1 and memory_mib >= 64".into());
+        }
+        for (name, p) in std::iter::once(("defaults".to_string(), &self.defaults))
+            .chain(self.tier.iter().map(|(t, p)| (format!("tier.{t}"), p)))
+        {
+            if p.runs == Some(0) {
+                return Err(format!("[{name}] runs must be at least 1"));
+            }
+            if let Some(b) = p.time_budget_s {
+                if !(b.is_finite() && b > 0.0) {
+                    return Err(format!(
+                        "[{name}] time_budget_s must be a positive number of seconds"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan for `tier`: tier override, then `[defaults]`, then built-in defaults;
+    /// `runs_override` (the CLI's `-n`) wins over the file.
+    pub fn plan(&self, tier: Tier, runs_override: Option<u32>) -> ResolvedPlan {
+        let t = self.tier.get(&tier).cloned().unwrap_or_default();
+        let d = &self.defaults;
+        let runs = runs_override.or(t.runs).or(d.runs).unwrap_or(20);
+        ResolvedPlan {
+            runs,
+            warmup: t.warmup.or(d.warmup).unwrap_or(2),
+            time_budget_s: t.time_budget_s.or(d.time_budget_s),
+            min_runs: t.min_runs.or(d.min_runs).unwrap_or(3).min(runs),
+        }
+    }
+
+    /// The tiers this scenario asks for (all, when it names none).
+    pub fn tiers(&self) -> Vec<Tier> {
+        if self.tiers.is_empty() {
+            Tier::ALL.to_vec()
+        } else {
+            self.tiers.clone()
+        }
+    }
+}
+
+/// toml errors span several lines with a caret; keep the first line and the message.
+fn one_line(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("at byte {}: {msg}", span.start),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_scenario_parses() {
+        let s = Scenario::parse(DEFAULT_SCENARIO, "default").unwrap();
+        assert!(!s.workloads.is_empty());
+        assert!(s.plan(Tier::Emulated, None).runs <= s.plan(Tier::Bare, None).runs);
+    }
+
+    #[test]
+    fn every_shipped_scenario_parses() {
+        for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn typos_are_errors_with_location() {
+        let e = Scenario::parse(
+            "name='x'\n[defaults]\nrnus = 3\n[[workload]]\nkind='noop'\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("x.toml") && m.contains("rnus"), "{m}");
+        assert!(!m.contains('\n'), "one line: {m}");
+        let e = Scenario::parse(
+            "name='x'\ntiers=['bare','vmware']\n[[workload]]\nkind='noop'\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("vmware"));
+        let e = Scenario::parse("name='x'\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("workload"));
+    }
+
+    #[test]
+    fn plan_resolution_order() {
+        let s = Scenario::parse("name='x'\n[defaults]\nruns=10\nwarmup=1\n[tier.emulated]\nruns=3\ntime_budget_s=60\n[[workload]]\nkind='noop'\n", "x").unwrap();
+        assert_eq!(s.plan(Tier::Bare, None).runs, 10);
+        assert_eq!(s.plan(Tier::Emulated, None).runs, 3);
+        assert_eq!(s.plan(Tier::Emulated, None).time_budget_s, Some(60.0));
+        assert_eq!(s.plan(Tier::Emulated, Some(50)).runs, 50);
+        assert_eq!(s.plan(Tier::Emulated, None).warmup, 1);
+    }
+}

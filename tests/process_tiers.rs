@@ -1,0 +1,486 @@
+//! Privileged tests of the chroot and container tiers: they really chroot, clone namespaces,
+//! mount overlays and create cgroups, then check from inside (the agent's probe) and take a leak
+//! census (mounts, cgroup dirs, processes, run directory) after each test.
+//!
+//! Without root each test prints `SKIPPED <test>: needs root`; with
+//! `ISOBENCH_REQUIRE_PRIVILEGED=1` it fails instead.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isobench::backend::container::Container;
+use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
+use isobench::cgroup::CgroupManager;
+use isobench::cleanup;
+use isobench::host::HostFacts;
+use isobench::protocol::Task;
+use isobench::state::{process_start_time, write_atomic, Ledger, Owner, Resource, StateDir};
+use isobench::tier::Tier;
+use isobench::workload::Workload;
+
+/// Privileged tests share host-global state (cgroup roots, the census): one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("SKIPPED {test}: needs root");
+    assert!(
+        std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
+    );
+    false
+}
+
+/// What a test must not leave behind.
+#[derive(Debug, PartialEq)]
+struct Census {
+    mounts: Vec<String>,
+    cgroups: BTreeSet<PathBuf>,
+    children: Vec<i32>,
+}
+
+fn census(tmp: &Path) -> Census {
+    let tmp = tmp.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&tmp))
+        .map(String::from)
+        .collect();
+    let mut cgroups = BTreeSet::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut levels = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        levels.extend(rd.flatten().map(|e| e.path()));
+    }
+    for l in levels {
+        if let Ok(rd) = std::fs::read_dir(&l) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("isobench-") {
+                    cgroups.insert(e.path());
+                }
+            }
+        }
+    }
+    Census {
+        mounts,
+        cgroups,
+        children: children_of_self(),
+    }
+}
+
+/// Live (non-zombie-reaped) children of this test process.
+fn children_of_self() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(s) = std::fs::read_to_string(e.path().join("stat")) {
+            if let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.get(1) == Some(&me.as_str()) {
+                    v.push(name.parse().unwrap());
+                }
+            }
+        }
+    }
+    v
+}
+
+fn budget() -> Budget {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .take(2)
+        .collect();
+    Budget {
+        cpus,
+        memory_mib: 512,
+    }
+}
+
+fn run_env(state: &StateDir, run_id: &str, tmp: &Path) -> RunEnv {
+    RunEnv {
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
+        state: Arc::new(state.begin_run(run_id).unwrap()),
+        cache_dir: tmp.join("cache"),
+        budget: budget(),
+        options: BackendOptions::default(),
+        host: HostFacts::detect(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+/// Prepare `backend`, run `body`, finish (even on panic), then check that nothing leaked.
+fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&mut B, &RunEnv)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let before = census(tmp.path());
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let env = run_env(
+        &sd,
+        &format!("t-{}-{}", tier, std::process::id()),
+        tmp.path(),
+    );
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        b.prepare(&env).unwrap();
+        body(b, &env);
+    }));
+    let fin = b.finish();
+    if res.is_err() {
+        // Safety net so a failed test does not leave the host dirty.
+        let ledger = Ledger {
+            run_id: env.state.id.clone(),
+            owner: None,
+            resources: env.state.resources(),
+        };
+        let c = cleanup::cleanup_run(&env.state.dir, &ledger);
+        eprintln!("cleanup after failure: {c:?}");
+    }
+    if let Err(e) = res {
+        resume_unwind(e);
+    }
+    fin.unwrap();
+    // Leak census: every resource released, nothing mounted, no cgroup, no child process.
+    assert_eq!(
+        env.state.resources(),
+        vec![],
+        "ledger still lists resources"
+    );
+    let after = census(tmp.path());
+    assert_eq!(before, after, "leak census differs");
+    let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
+    assert!(left.is_empty(), "scratch not empty: {left:?}");
+    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+}
+
+fn host_ns(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn probe_task(paths: Vec<String>) -> Task {
+    Task {
+        probe: true,
+        probe_paths: paths,
+        ..Task::new(Workload::Noop)
+    }
+}
+
+#[test]
+fn container_isolation_seen_from_inside() {
+    if !privileged("container_isolation_seen_from_inside") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    with_backend(Tier::Container, &mut Container::default(), |b, env| {
+        let out = b
+            .run_once(&probe_task(vec![
+                "/bin/isobench-agent".into(),
+                "/etc/passwd".into(),
+            ]))
+            .unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        let v = out.report.isolation.expect("probe requested");
+        assert_eq!(v.pid, 1, "the agent is PID 1 of its pid namespace");
+        assert_eq!(v.hostname, "isobench");
+        assert_eq!(v.interfaces, vec!["lo".to_string()]);
+        assert_eq!(v.visible_processes, Some(1));
+        for ns in ["pid", "mnt", "net", "uts", "ipc", "cgroup"] {
+            assert_ne!(
+                v.namespaces.get(ns),
+                Some(&host_ns(ns)),
+                "{ns} namespace shared"
+            );
+        }
+        assert!(v.extra_fds.is_empty(), "leaked fds: {:?}", v.extra_fds);
+        assert_eq!(v.cwd, "/");
+        assert!(v.root_entries.contains(&"bin".to_string()));
+        assert!(!v.root_entries.contains(&"home".to_string()));
+        assert_eq!(
+            v.visible_paths,
+            vec![
+                ("/bin/isobench-agent".to_string(), true),
+                ("/etc/passwd".to_string(), false)
+            ]
+        );
+        assert_eq!(v.cpus_allowed, env.budget.cpus.len());
+        // The cgroup namespace roots the agent at its own cgroup; the limit is the budget's.
+        let cg = v.cgroup.expect("/proc is mounted");
+        assert!(
+            cg.lines().all(|l| l.ends_with(":/")),
+            "cgroup not namespaced: {cg}"
+        );
+        assert_eq!(v.memory_limit_bytes, Some(512 * 1024 * 1024));
+    });
+}
+
+#[test]
+fn container_exit_code_passes_through_and_launches_repeat() {
+    if !privileged("container_exit_code_passes_through_and_launches_repeat") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    with_backend(Tier::Container, &mut Container::default(), |b, _env| {
+        for code in [7, 0, 42] {
+            let t = Task {
+                exit_code: Some(code),
+                ..Task::new(Workload::Noop)
+            };
+            let out = b.run_once(&t).unwrap();
+            assert_eq!(out.exit_code, Some(code));
+            assert!(out.timings.launch_to_ready <= out.timings.launch_to_exit);
+        }
+    });
+}
+
+/// SIGTERM to the container's PID 1 ends it with 128 + 15: the agent installs handlers (PID 1
+/// gets no default action, so without them the signal would be dropped and the exit code 0).
+/// The agent is held mid-run by a result line larger than the pipe, which the host does not
+/// read until after the signal. (Whether the line arrives whole depends on who runs first after
+/// the signal: the kernel finishes a pipe write whose reader made room before the writer ran.)
+#[test]
+fn container_sigterm_to_pid1_gives_143() {
+    if !privileged("container_sigterm_to_pid1_gives_143") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    with_backend(Tier::Container, &mut Container::default(), |b, _env| {
+        // About 100 KiB of task (under the 128 KiB limit of one environment string) makes a
+        // result line well beyond the 64 KiB pipe buffer.
+        let paths: Vec<String> = (0..1800)
+            .map(|i| format!("/no/such/path/that/pads/the/result/line/beyond/a/pipe/{i:06}"))
+            .collect();
+        for (sig, code) in [
+            (nix::sys::signal::Signal::SIGTERM, 143),
+            (nix::sys::signal::Signal::SIGINT, 130),
+        ] {
+            let raw = b
+                .run_raw(&probe_task(paths.clone()), |pid| {
+                    // Let the agent start, install its handlers and block writing its report
+                    // (write(2) on fd 1 is syscall 1 on x86_64; elsewhere just wait).
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < Duration::from_secs(10) {
+                        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                            .unwrap_or_default();
+                        if (cfg!(target_arch = "x86_64") && sc.starts_with("1 0x1 "))
+                            || (!cfg!(target_arch = "x86_64")
+                                && t0.elapsed() > Duration::from_millis(500))
+                        {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    nix::sys::signal::kill(pid, sig).unwrap();
+                })
+                .unwrap();
+            assert_eq!(raw.exit_code, code, "{sig}");
+            assert!(raw.stream.ready_at.is_some());
+        }
+    });
+}
+
+#[test]
+fn chroot_hides_the_host() {
+    if !privileged("chroot_hides_the_host") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut chroot = backend::make(Tier::Chroot);
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("host-marker");
+    std::fs::write(&marker, b"host").unwrap();
+    // A host fd without close-on-exec must not reach the jail.
+    let leaky = std::fs::File::open(marker_dir.path()).unwrap();
+    let leaky_fd = std::os::fd::AsRawFd::as_raw_fd(&leaky);
+    nix::fcntl::fcntl(
+        leaky_fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    with_backend(Tier::Chroot, &mut *chroot, |b, env| {
+        let m = marker.to_string_lossy().into_owned();
+        let out = b
+            .run_once(&probe_task(vec![m.clone(), "/bin/isobench-agent".into()]))
+            .unwrap();
+        let v = out.report.isolation.unwrap();
+        assert_eq!(
+            v.visible_paths,
+            vec![(m, false), ("/bin/isobench-agent".to_string(), true)]
+        );
+        let mut jail: Vec<String> = std::fs::read_dir(env.state.scratch().join("rootfs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        jail.sort();
+        assert_eq!(v.root_entries, jail);
+        assert!(v.extra_fds.is_empty(), "leaked fds: {:?}", v.extra_fds);
+        assert_eq!(v.cwd, "/");
+        // /proc is an empty directory in the jail: no process and no mount table is visible.
+        assert_eq!(v.visible_processes.unwrap_or(0), 0);
+        assert_eq!(v.mounts, None);
+        let t = Task {
+            exit_code: Some(7),
+            ..Task::new(Workload::Noop)
+        };
+        assert_eq!(b.run_once(&t).unwrap().exit_code, Some(7));
+    });
+    drop(leaky);
+}
+
+/// A run whose owner is gone (pid alive but start time different = recycled pid) with a live
+/// process in its cgroup, a mount in its scratch area and a bind mount of host data below it is
+/// fully removed by `cleanup`, and the host data survives. A run whose owner lives is skipped.
+#[test]
+fn cleanup_removes_a_killed_run() {
+    if !privileged("cleanup_removes_a_killed_run") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let before = census(tmp.path());
+    let host_data = tmp.path().join("host-data");
+    std::fs::create_dir(&host_data).unwrap();
+    std::fs::write(host_data.join("precious"), b"keep").unwrap();
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let host = HostFacts::detect();
+    let run_id = format!("dead-{}", std::process::id());
+    let rs = sd.begin_run(&run_id).unwrap();
+    let _alive = sd.begin_run("alive").unwrap();
+
+    // What a killed container run leaves: cgroups with a process, launch dirs, mounts.
+    let cg = CgroupManager::create(
+        host.cgroup_layout,
+        Path::new(&format!("isobench-{run_id}/launch-1")),
+        &budget(),
+        &rs,
+    )
+    .unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let spid = i32::try_from(sleeper.id()).unwrap();
+    rs.record(Resource::Process {
+        pid: spid,
+        start_time: process_start_time(spid).unwrap(),
+    })
+    .unwrap();
+    cg.add_pid(nix::unistd::Pid::from_raw(spid)).unwrap();
+    let reaper = std::thread::spawn(move || sleeper.wait().unwrap());
+    let launch = rs.scratch().join("container/launch-1");
+    rs.record(Resource::Dir {
+        path: rs.scratch().join("container"),
+    })
+    .unwrap();
+    for d in ["upper", "work", "merged", "bind"] {
+        std::fs::create_dir_all(launch.join(d)).unwrap();
+    }
+    let merged = launch.join("merged");
+    rs.record(Resource::Mount {
+        path: merged.clone(),
+    })
+    .unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &merged,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    std::fs::write(merged.join("file"), b"x").unwrap();
+    // Not recorded: found through /proc/self/mountinfo because it lies below the run dir.
+    nix::mount::mount(
+        Some(&host_data),
+        &launch.join("bind"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+
+    // The owner "dies": same pid, another start time.
+    let ledger_path = rs.dir.join("ledger.json");
+    let mut l: Ledger = serde_json::from_slice(&std::fs::read(&ledger_path).unwrap()).unwrap();
+    let me = i32::try_from(std::process::id()).unwrap();
+    l.owner = Some(Owner {
+        pid: me,
+        start_time: process_start_time(me).unwrap() + 1,
+    });
+    write_atomic(&ledger_path, &serde_json::to_vec(&l).unwrap()).unwrap();
+
+    let report = cleanup::cleanup(&sd);
+    let status = reaper.join().unwrap();
+    let dead = report
+        .runs
+        .iter()
+        .find(|r| r.run_dir == rs.dir)
+        .expect("dead run reported");
+    let alive = report
+        .runs
+        .iter()
+        .find(|r| r.run_dir.ends_with("alive"))
+        .expect("live run reported");
+    assert!(alive.skipped.is_some(), "{alive:?}");
+    assert!(sd.runs_dir().join("alive/ledger.json").exists());
+    assert!(dead.errors.is_empty(), "{:?}", dead.errors);
+    assert!(dead.dir_removed, "{dead:?}");
+    assert_eq!(dead.killed, vec![spid]);
+    assert_eq!(status.code(), None, "sleep was killed by a signal");
+    assert_eq!(dead.unmounted.len(), 2, "{:?}", dead.unmounted);
+    assert!(!rs.dir.exists());
+    for d in cg.dirs() {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+    assert_eq!(
+        std::fs::read(host_data.join("precious")).unwrap(),
+        b"keep",
+        "host data behind a bind mount must survive"
+    );
+    assert_eq!(census(tmp.path()), before);
+}
+
+/// Median launch->exit over 50 runs of bare, chroot and container (run with --ignored).
+#[test]
+#[ignore = "timing report, run with --ignored --nocapture"]
+fn launch_timings_median() {
+    if !privileged("launch_timings_median") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+    for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
+        with_backend(tier, &mut *backend::make(tier), |b, _| {
+            let t = Task::new(Workload::Noop);
+            b.run_once(&t).unwrap(); // warm-up
+            let (mut ready, mut exit, mut td) = (vec![], vec![], vec![]);
+            for _ in 0..50 {
+                let o = b.run_once(&t).unwrap();
+                ready.push(o.timings.launch_to_ready);
+                exit.push(o.timings.launch_to_exit);
+                td.push(o.timings.teardown);
+            }
+            println!(
+                "TIMING {tier:<10} median launch->ready {:>10.3?}  launch->exit {:>10.3?}  teardown {:>10.3?}",
+                median(ready),
+                median(exit),
+                median(td)
+            );
+        });
+    }
+}
