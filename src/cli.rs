@@ -41,6 +41,12 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Compare two runs metric by metric; exit 0 none regressed, 1 regressed, 2 error.
+    Compare(CompareArgs),
+    /// Same-host A/B: two variants of one tier (backend settings), interleaved, then compared.
+    Ab(AbArgs),
+    /// Per-metric trends of the stored runs, and a trend chart per metric.
+    History(HistoryArgs),
     /// (Re)draw the report of a run: index.html, charts/*.svg|png and summary.md in its folder.
     Report {
         /// The run's folder (holding results.json).
@@ -84,6 +90,78 @@ pub struct RunArgs {
     /// No progress bar or table; only errors.
     #[arg(short, long)]
     pub quiet: bool,
+    /// After the run, compare against a run (its folder or results.json) or `history` (the last
+    /// runs of this host and scenario) and exit as `isobench compare` does.
+    #[arg(long, value_name = "PATH|history")]
+    pub baseline: Option<String>,
+    /// Thresholds and alpha for --baseline (TOML, see docs/compare.md).
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// History database the run is stored in.
+    #[arg(long, value_name = "PATH", default_value = crate::history::DEFAULT_PATH)]
+    pub history: PathBuf,
+    /// Do not store the run in the history database.
+    #[arg(long)]
+    pub no_history: bool,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// The baseline: a run folder or its results.json.
+    pub base: PathBuf,
+    /// The run to judge: a run folder or its results.json.
+    pub new: PathBuf,
+    #[arg(long, value_enum, default_value_t = crate::compare::render::Format::Table)]
+    pub format: crate::compare::render::Format,
+    /// Thresholds and alpha (TOML, see docs/compare.md) [default: the new run's scenario
+    /// `[compare]` table, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AbArgs {
+    /// Scenario file [default: scenarios/default.toml, or the built-in default].
+    pub scenario: Option<PathBuf>,
+    /// The one tier both variants run in.
+    #[arg(long, alias = "tier", value_name = "TIER")]
+    pub backends: String,
+    /// Variant A's settings, key=value (repeatable): kernel=PATH is the guest kernel, anything
+    /// else a backend setting (as --set).
+    #[arg(long = "a", value_name = "KEY=VALUE", required = true)]
+    pub a: Vec<String>,
+    /// Variant B's settings, as --a.
+    #[arg(long = "b", value_name = "KEY=VALUE", required = true)]
+    pub b: Vec<String>,
+    /// Measured launches per variant and workload (overrides the scenario).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub runs: Option<u32>,
+    /// Output directory (results in <DIR>/a and <DIR>/b) [default: reports/ab-<timestamp>-<host>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = crate::compare::render::Format::Table)]
+    pub format: crate::compare::render::Format,
+    /// Thresholds and alpha (TOML, see docs/compare.md).
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// No progress bar; only the comparison and errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HistoryArgs {
+    /// History database.
+    #[arg(long, value_name = "PATH", default_value = crate::history::DEFAULT_PATH)]
+    pub history: PathBuf,
+    /// Only this metric (e.g. launch_to_exit_ms).
+    #[arg(long, value_name = "NAME")]
+    pub metric: Option<String>,
+    /// How many of the latest runs to show.
+    #[arg(long, value_name = "K", default_value_t = 20)]
+    pub last: usize,
 }

@@ -1,5 +1,6 @@
 //! isobench: one identical workload under each tier of the virtualization spectrum, measured.
 
+pub mod ab;
 pub mod agent;
 pub mod backend;
 pub mod cgroup;

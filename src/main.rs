@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use isobench::backend::BackendOptions;
-use isobench::cli::{Cli, Command, CommonArgs, RunArgs};
+use isobench::cli::{AbArgs, Cli, Command, CommonArgs, CompareArgs, HistoryArgs, RunArgs};
 use isobench::exit_codes::ExitCode;
 use isobench::host::HostFacts;
 use isobench::runner::{self, RunConfig};
@@ -27,10 +27,7 @@ fn main() {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISOBENCH_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ISOBENCH_LOG").unwrap_or_else(|_| filter.into()))
         .without_time()
         .init();
     let code = match dispatch(cli.command) {
@@ -55,10 +52,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::Success)
         }
         Command::Run(args) => run(args),
+        Command::Compare(args) => compare_cmd(&args),
+        Command::Ab(args) => ab_cmd(args),
+        Command::History(args) => history_cmd(&args),
         Command::Cleanup { common } => {
             let root = state_root(&common);
-            let state = StateDir::open(&root)
-                .with_context(|| format!("opening state directory {}", root.display()))?;
+            let state = StateDir::open(&root).with_context(|| format!("opening state directory {}", root.display()))?;
             let report = isobench::cleanup::cleanup(&state);
             if report.runs.is_empty() {
                 println!("nothing to clean in {}", root.display());
@@ -77,16 +76,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     ),
                 }
             }
-            Ok(if report.is_clean() {
-                ExitCode::Success
-            } else {
-                ExitCode::Failure
-            })
+            Ok(if report.is_clean() { ExitCode::Success } else { ExitCode::Failure })
         }
         Command::Report { run_dir, open } => report(&run_dir, open),
         Command::FetchKernel { common } => {
-            let _ = common;
-            bail!("TEMP")
+            let k = isobench::backend::vm::kernel::fetch(&cache_dir(&common)).context("fetching the guest kernel")?;
+            println!("guest kernel {} cached at {}", k.version, k.vmlinuz.display());
+            Ok(ExitCode::Success)
         }
     }
 }
@@ -115,17 +111,11 @@ fn cache_dir(c: &CommonArgs) -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/cache/isobench");
     }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/isobench"))
-        .unwrap_or_else(|| std::env::temp_dir().join("isobench-cache"))
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/isobench")).unwrap_or_else(|| std::env::temp_dir().join("isobench-cache"))
 }
 
 fn backend_options(c: &CommonArgs, settings: &[String]) -> anyhow::Result<BackendOptions> {
-    let mut opts = BackendOptions {
-        kernel: c.kernel.clone(),
-        cache_dir: cache_dir(c),
-        ..Default::default()
-    };
+    let mut opts = BackendOptions { kernel: c.kernel.clone(), cache_dir: cache_dir(c), ..Default::default() };
     if let Some(k) = &opts.kernel {
         if !k.is_file() {
             bail!("--kernel {}: no such file (give the path of a bzImage, or drop --kernel to use the cached Debian kernel)", k.display());
@@ -135,14 +125,14 @@ fn backend_options(c: &CommonArgs, settings: &[String]) -> anyhow::Result<Backen
         let Some((k, v)) = s.split_once('=') else {
             bail!("--set {s}: expected key=value, e.g. --set qemu=/usr/bin/qemu-system-x86_64");
         };
-        opts.settings
-            .insert(k.trim().to_string(), v.trim().to_string());
+        opts.settings.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(opts)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Validate every input before any side effect.
+    check_baseline(&args)?;
     let scenario = match &args.scenario {
         Some(p) => Scenario::load(p)?,
         None => {
@@ -166,16 +156,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("-n 0: give at least one launch per tier");
     }
     if explicit && !is_root() {
-        let need: Vec<&str> = tiers
-            .iter()
-            .filter(|t| **t != Tier::Bare)
-            .map(|t| t.as_str())
-            .collect();
+        let need: Vec<&str> = tiers.iter().filter(|t| **t != Tier::Bare).map(|t| t.as_str()).collect();
         if !need.is_empty() {
-            bail!(
-                "{} need root: run `sudo isobench run ...`, or ask only for --backends bare",
-                need.join(", ")
-            );
+            bail!("{} need root: run `sudo isobench run ...`, or ask only for --backends bare", need.join(", "));
         }
     }
     let options = backend_options(&args.common, &args.settings)?;
@@ -184,10 +167,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => (p.clone(), false),
         None => {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            (
-                PathBuf::from("reports").join(format!("{stamp}-{}", host.hostname)),
-                true,
-            )
+            (PathBuf::from("reports").join(format!("{stamp}-{}", host.hostname)), true)
         }
     };
     let cfg = RunConfig {
@@ -205,8 +185,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancel.clone())
-            .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, cancel.clone()).context("installing the Ctrl-C handler")?;
     }
     let outcome = runner::run(&cfg, cancel, host)?;
     let r = &outcome.results;
@@ -215,56 +194,211 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         for line in output::tier_notes(r) {
             println!("{line}");
         }
-        println!(
-            "results: {}",
-            outcome.out_dir.join("results.json").display()
-        );
+        println!("results: {}", outcome.out_dir.join("results.json").display());
         println!("samples: {}", outcome.out_dir.join("samples.csv").display());
     }
+    // The report reads the result files only; a failure to draw it never loses the results.
+    match isobench::report::write_report(&outcome.out_dir, r) {
+        Ok(files) if !cfg.quiet => println!("report:  {}", files.index_html.display()),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: the report could not be drawn ({e}); the results are kept, retry with `isobench report {}`", outcome.out_dir.display()),
+    }
     if r.interrupted {
-        eprintln!(
-            "interrupted: the completed launches are kept in {}",
-            outcome.out_dir.display()
-        );
+        eprintln!("interrupted: the completed launches are kept in {}", outcome.out_dir.display());
         return Ok(ExitCode::Interrupted);
     }
-    let failed = r
-        .tiers
-        .iter()
-        .any(|t| t.status == isobench::results::TierStatus::Failed);
-    Ok(if failed {
-        ExitCode::Failure
-    } else {
-        ExitCode::Success
-    })
+    let failed = r.tiers.iter().any(|t| t.status == isobench::results::TierStatus::Failed);
+    let code = if failed { ExitCode::Failure } else { ExitCode::Success };
+    after_run(&args, r, code)
 }
 
 /// `isobench report DIR [--open]`: redraw the report of a finished (or interrupted) run.
 fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
     let results = isobench::results::Results::load(run_dir)?;
-    let files = isobench::report::write_report(run_dir, &results)
-        .with_context(|| format!("writing the report into {}", run_dir.display()))?;
+    let files = isobench::report::write_report(run_dir, &results).with_context(|| format!("writing the report into {}", run_dir.display()))?;
     println!("report: {}", files.index_html.display());
     println!("summary: {}", files.summary_md.display());
     if open {
-        let browser = ["xdg-open", "chromium"]
-            .into_iter()
-            .find_map(|b| isobench::host::which(b).map(|p| (b, p)));
+        let display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+        let browser = ["xdg-open", "chromium"].into_iter().filter(|_| display).find_map(|b| isobench::host::which(b).map(|p| (b, p)));
         match browser {
             Some((name, path)) => {
                 let mut cmd = std::process::Command::new(path);
                 if name == "chromium" && is_root() {
                     cmd.arg("--no-sandbox");
                 }
-                cmd.arg(&files.index_html)
-                    .spawn()
-                    .with_context(|| format!("starting {name}"))?;
+                cmd.arg(&files.index_html).spawn().with_context(|| format!("starting {name}"))?;
             }
-            None => println!(
-                "no browser found (neither xdg-open nor chromium): open {} yourself",
-                files.index_html.display()
-            ),
+            None => println!("no browser found (no xdg-open or chromium on a graphical display): open {} yourself", files.index_html.display()),
         }
+    }
+    Ok(ExitCode::Success)
+}
+
+// Regression tracking (issue 5): compare, history, A/B. Logic lives in isobench::{compare,
+// history, ab}; these functions only turn arguments into config and results into exit codes.
+
+use isobench::compare::render::{render, Format};
+use isobench::compare::{compare, CompareOptions, Comparison, Thresholds};
+use isobench::history::{self, History};
+use isobench::results::Results;
+
+/// Thresholds: --thresholds FILE, else the new run's scenario `[compare]`, else the defaults.
+fn compare_options(thresholds: Option<&std::path::Path>, new: &Results) -> anyhow::Result<CompareOptions> {
+    let thresholds = match (thresholds, &new.scenario.compare) {
+        (Some(p), _) => Thresholds::load(p)?,
+        (None, Some(spec)) => Thresholds::from_spec(spec.clone(), &format!("[compare] of scenario {}", new.scenario.name))?,
+        (None, None) => Thresholds::default(),
+    };
+    Ok(CompareOptions { thresholds, ..Default::default() })
+}
+
+/// Print a comparison; exit 1 naming every regressed metric, else 0.
+fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
+    print!("{}", render(c, format));
+    if format != Format::Table {
+        for w in &c.warnings {
+            eprintln!("WARNING: {w}");
+        }
+    }
+    let bad: Vec<String> = c.regressed().map(|m| format!("{} ({:+.1}%)", m.key(), m.change_pct().unwrap_or(f64::NAN))).collect();
+    if bad.is_empty() {
+        ExitCode::Success
+    } else {
+        eprintln!("regressed: {}", bad.join(", "));
+        ExitCode::Failure
+    }
+}
+
+fn compare_cmd(a: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let base = Results::load(&a.base)?;
+    let new = Results::load(&a.new)?;
+    let opts = compare_options(a.thresholds.as_deref(), &new)?;
+    let c = compare(&base, &a.base.display().to_string(), &new, &a.new.display().to_string(), &opts);
+    Ok(report_comparison(&c, a.format))
+}
+
+/// `run --baseline PATH`: a bad baseline or thresholds file fails before anything runs.
+fn check_baseline(args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(p) = args.baseline.as_deref().filter(|p| *p != "history") {
+        Results::load(std::path::Path::new(p))?;
+    }
+    if let Some(t) = &args.thresholds {
+        Thresholds::load(t)?;
+    }
+    Ok(())
+}
+
+/// After a run: load the baseline (before storing this run), store the run, compare.
+fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<ExitCode> {
+    let baseline = match args.baseline.as_deref() {
+        None => None,
+        Some("history") => {
+            let h = History::open(&args.history)?;
+            let k = history::DEFAULT_BASELINE_RUNS;
+            match h.pooled_baseline(&r.host.hostname, &r.scenario.name, k, Some(&r.run_id))? {
+                Some((b, rows)) => Some((b, format!("history: last {} run(s) in {}", rows.len(), args.history.display()))),
+                None => {
+                    eprintln!(
+                        "no earlier run of scenario {} on host {} in {}: nothing to compare against yet; this run becomes the baseline",
+                        r.scenario.name,
+                        r.host.hostname,
+                        args.history.display()
+                    );
+                    None
+                }
+            }
+        }
+        Some(p) => Some((Results::load(std::path::Path::new(p))?, p.to_string())),
+    };
+    if !args.no_history {
+        let id = history::record(&args.history, r)?;
+        if !args.quiet {
+            println!("history: stored as run #{id} in {}", args.history.display());
+        }
+    }
+    let Some((base, label)) = baseline else { return Ok(code) };
+    let opts = compare_options(args.thresholds.as_deref(), r)?;
+    let c = compare(&base, &label, r, &r.run_id, &opts);
+    Ok(report_comparison(&c, Format::Table))
+}
+
+fn scenario_or_default(p: Option<&std::path::Path>) -> anyhow::Result<Scenario> {
+    let default = PathBuf::from("scenarios/default.toml");
+    Ok(match p {
+        Some(p) => Scenario::load(p)?,
+        None if default.is_file() => Scenario::load(&default)?,
+        None => Scenario::parse(DEFAULT_SCENARIO, "built-in default scenario")?,
+    })
+}
+
+fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
+    let scenario = scenario_or_default(a.scenario.as_deref())?;
+    let tiers = Tier::parse_list(&a.backends)?;
+    let [tier] = tiers[..] else {
+        bail!("--backends {}: an A/B runs two variants of exactly one tier, e.g. --backends emulated", a.backends);
+    };
+    if tier != Tier::Bare && !is_root() {
+        bail!("{tier} needs root: run `sudo isobench ab ...`");
+    }
+    if a.runs == Some(0) {
+        bail!("-n 0: give at least one launch per variant");
+    }
+    let base = backend_options(&a.common, &[])?;
+    let (va, vb) = (isobench::ab::variant("a", &a.a, &base)?, isobench::ab::variant("b", &a.b, &base)?);
+    let thresholds = a.thresholds.as_deref().map(Thresholds::load).transpose()?;
+    let host = HostFacts::detect();
+    let out_dir = a.out.clone().unwrap_or_else(|| {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        PathBuf::from("reports").join(format!("ab-{stamp}-{}", host.hostname))
+    });
+    let cfg = isobench::ab::AbConfig {
+        scenario,
+        tier,
+        a: va,
+        b: vb,
+        runs_override: a.runs,
+        out_dir,
+        state_root: state_root(&a.common),
+        cache_dir: base.cache_dir.clone(),
+        agent: runner::locate_agent()?,
+        quiet: a.quiet,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, cancel.clone()).context("installing the Ctrl-C handler")?;
+    }
+    let (ra, rb) = isobench::ab::run(&cfg, cancel.clone(), host)?;
+    println!("results: {} and {}", cfg.out_dir.join("a").display(), cfg.out_dir.join("b").display());
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("interrupted: the completed launches are kept in {}", cfg.out_dir.display());
+        return Ok(ExitCode::Interrupted);
+    }
+    let opts = match thresholds {
+        Some(thresholds) => CompareOptions { thresholds, ..Default::default() },
+        None => compare_options(None, &rb)?,
+    };
+    let c = compare(&ra, &format!("A: {}", cfg.a.spec.join(" ")), &rb, &format!("B: {}", cfg.b.spec.join(" ")), &opts);
+    Ok(report_comparison(&c, a.format))
+}
+
+fn history_cmd(a: &HistoryArgs) -> anyhow::Result<ExitCode> {
+    if !a.history.is_file() {
+        bail!("no history database at {}: `isobench run` stores every run there (unless --no-history); or give --history PATH", a.history.display());
+    }
+    let h = History::open(&a.history)?;
+    let t = h.trends(a.metric.as_deref(), a.last)?;
+    if t.runs.is_empty() {
+        bail!("{} holds no runs yet: run `isobench run` first", a.history.display());
+    }
+    if t.trends.is_empty() {
+        bail!("no metric named {} in {}: `isobench history` without --metric lists them", a.metric.as_deref().unwrap_or("-"), a.history.display());
+    }
+    print!("{}", history::trends::table(&t));
+    let dir = a.history.parent().unwrap_or(std::path::Path::new(".")).join("trends");
+    match history::trends::charts(&t, &dir) {
+        Ok(files) => println!("trend charts: {} SVG file(s) in {}", files.len(), dir.display()),
+        Err(e) => eprintln!("warning: no trend charts: {e}"),
     }
     Ok(ExitCode::Success)
 }

@@ -125,7 +125,7 @@ impl TierRun {
 }
 
 /// Samples of one launch: host-clock startup metrics, then what the agent reported.
-fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sample> {
+pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sample> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut v = vec![
         (
@@ -178,7 +178,7 @@ fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sample
     v
 }
 
-fn now_string() -> String {
+pub fn now_string() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -493,7 +493,7 @@ fn interleave(
 
 /// Remove whatever the run's ledger still lists (normally nothing: backends release what they
 /// made) and then the run directory, without crossing mount points.
-fn finish_run(run: &RunState) -> anyhow::Result<()> {
+pub fn finish_run(run: &RunState) -> anyhow::Result<()> {
     let left = run.resources();
     if !left.is_empty() {
         tracing::warn!(?left, "resources left after teardown; removing them");

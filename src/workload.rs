@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// One workload with its parameters. Parameters have defaults so a scenario can say just
 /// `kind = "cpu"`; an unknown parameter is an error, so a typo in a scenario file is caught.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", from = "WorkloadRepr")]
 pub enum Workload {
     /// Start, report, exit: startup cost only.
     #[default]
@@ -24,16 +24,118 @@ pub enum Workload {
     Fs(FsParams),
     /// TCP stream throughput and request/response latency against the host's `NetPeer`.
     Net(NetParams),
+    /// Signal ready, then sit idle until stdin closes (or `max_s`): one instance of a density
+    /// measurement. Not listed in scenarios directly; `density` uses it.
+    Idle(IdleParams),
+    /// Host-side: what one more idle sandbox of the tier costs the host's memory. The runner
+    /// starts `instances` idle agents at once and reads host memory before and while they run.
+    Density(DensityParams),
 }
 
 impl Workload {
+    /// The name results are grouped by: the kind, plus the data path when it is not the default
+    /// (`fs_volume`, `net_nat`), so each path is reported separately.
     pub fn name(&self) -> &'static str {
         match self {
             Workload::Noop => "noop",
             Workload::Cpu(_) => "cpu",
             Workload::Memory(_) => "memory",
-            Workload::Fs(_) => "fs",
-            Workload::Net(_) => "net",
+            Workload::Fs(p) => match p.path {
+                DataPath::Rootfs => "fs",
+                DataPath::Volume => "fs_volume",
+            },
+            Workload::Net(p) => match p.path {
+                NetPath::Direct => "net",
+                NetPath::Nat => "net_nat",
+            },
+            Workload::Idle(_) => "idle",
+            Workload::Density(_) => "density",
+        }
+    }
+}
+
+/// Where the fs workload writes, as the tier sees it. `bare` and `chroot` use a host directory
+/// for both; `container` has its overlay rootfs (as Docker's image layers) and a bind-mounted
+/// volume; the VM tiers a virtio-blk disk backed by an ext4 image file on the same host
+/// filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPath {
+    #[default]
+    Rootfs,
+    Volume,
+}
+
+/// How the agent reaches the host's peer. `direct`: loopback for bare/chroot, a veth pair for
+/// the container, a tap device with virtio-net for VMs. `nat`: the path Docker uses by default,
+/// a bridge with NAT (the same as `direct` where a tier has no NAT path: bare, chroot, VMs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetPath {
+    #[default]
+    Direct,
+    Nat,
+}
+
+/// `idle`: the agent of one density instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdleParams {
+    /// Exit after this long even if stdin never closes (bounded: no instance outlives a run).
+    pub max_s: u64,
+}
+
+impl Default for IdleParams {
+    fn default() -> Self {
+        IdleParams { max_s: 300 }
+    }
+}
+
+/// `density`: memory per idle instance of a tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DensityParams {
+    /// Idle instances started at once.
+    pub instances: u32,
+    /// Wait after the last instance is ready before reading host memory, ms.
+    pub settle_ms: u64,
+}
+
+impl Default for DensityParams {
+    fn default() -> Self {
+        DensityParams { instances: 4, settle_ms: 1000 }
+    }
+}
+
+/// What a workload deserialises through. Serde ignores extra fields after the tag of a unit
+/// variant even under `deny_unknown_fields`, so `noop` goes through an empty struct that rejects
+/// them; every other variant is the same as in [`Workload`].
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WorkloadRepr {
+    Noop(NoParams),
+    Cpu(CpuParams),
+    Memory(MemoryParams),
+    Fs(FsParams),
+    Net(NetParams),
+    Idle(IdleParams),
+    Density(DensityParams),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+impl From<WorkloadRepr> for Workload {
+    fn from(r: WorkloadRepr) -> Self {
+        match r {
+            WorkloadRepr::Noop(NoParams {}) => Workload::Noop,
+            WorkloadRepr::Cpu(p) => Workload::Cpu(p),
+            WorkloadRepr::Memory(p) => Workload::Memory(p),
+            WorkloadRepr::Fs(p) => Workload::Fs(p),
+            WorkloadRepr::Net(p) => Workload::Net(p),
+            WorkloadRepr::Idle(p) => Workload::Idle(p),
+            WorkloadRepr::Density(p) => Workload::Density(p),
         }
     }
 }
@@ -95,6 +197,8 @@ pub struct FsParams {
     /// Directory to work in (the host points it at the tier's data path). The agent creates one
     /// private subdirectory there and removes it, with everything in it, when done.
     pub dir: String,
+    /// Which data path of the tier (the host sets `dir` from it).
+    pub path: DataPath,
     /// Size of the sequential file, MiB.
     pub file_mib: u64,
     /// Block size for sequential I/O, KiB (a multiple of 4).
@@ -116,6 +220,7 @@ impl Default for FsParams {
     fn default() -> Self {
         FsParams {
             dir: "/tmp".into(),
+            path: DataPath::Rootfs,
             file_mib: 256,
             seq_block_kib: 1024,
             rand_ops: 20_000,
@@ -133,6 +238,8 @@ impl Default for FsParams {
 pub struct NetParams {
     /// The peer, `host:port`; filled in by the host for each tier.
     pub peer: String,
+    /// Which network path of the tier (the host sets `peer` from it).
+    pub path: NetPath,
     /// Length of the stream phase.
     pub stream_duration_ms: u64,
     /// Byte cap of the stream phase, MiB.
@@ -153,6 +260,7 @@ impl Default for NetParams {
     fn default() -> Self {
         NetParams {
             peer: String::new(),
+            path: NetPath::Direct,
             stream_duration_ms: 3_000,
             stream_max_mib: 16_384,
             stream_block_kib: 128,

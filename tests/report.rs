@@ -17,7 +17,9 @@ use isobench::tier::Tier;
 
 /// A deterministic spread of ±`spread` around `base`, `n` values.
 fn spread(base: f64, spread: f64, n: u32) -> Vec<f64> {
-    (0..n).map(|i| base * (1.0 + spread * (f64::from((i * 7) % 11) - 5.0) / 5.0)).collect()
+    (0..n)
+        .map(|i| base * (1.0 + spread * (f64::from((i * 7) % 11) - 5.0) / 5.0))
+        .collect()
 }
 
 struct Builder {
@@ -51,7 +53,10 @@ impl Builder {
             host,
             versions: BTreeMap::from([("isobench".to_string(), "0.1.0".to_string())]),
             scenario: Scenario::parse(DEFAULT_SCENARIO, "default").unwrap(),
-            budget: Budget { cpus: vec![0, 1], memory_mib: 512 },
+            budget: Budget {
+                cpus: vec![0, 1],
+                memory_mib: 512,
+            },
             tiers: vec![],
             summaries: vec![],
             samples: vec![],
@@ -61,9 +66,14 @@ impl Builder {
 
     fn tier(mut self, tier: Tier, status: TierStatus, isolation: Option<IsolationView>) -> Self {
         let availability = if status == TierStatus::Skipped {
-            Availability::unavailable("/dev/kvm is missing", "run on a host with hardware virtualization")
+            Availability::unavailable(
+                "/dev/kvm is missing",
+                "run on a host with hardware virtualization",
+            )
         } else {
-            Availability::Available { detail: format!("synthetic {tier}") }
+            Availability::Available {
+                detail: format!("synthetic {tier}"),
+            }
         };
         let mut settings = BTreeMap::new();
         if tier == Tier::Emulated {
@@ -84,9 +94,25 @@ impl Builder {
         self
     }
 
-    fn metric(mut self, tier: Tier, workload: &str, metric: &str, unit: &str, better: Better, values: Vec<f64>) -> Self {
+    fn metric(
+        mut self,
+        tier: Tier,
+        workload: &str,
+        metric: &str,
+        unit: &str,
+        better: Better,
+        values: Vec<f64>,
+    ) -> Self {
         for (round, value) in (0u32..).zip(values) {
-            self.r.samples.push(Sample { tier, workload: workload.into(), metric: metric.into(), unit: unit.into(), better, round, value });
+            self.r.samples.push(Sample {
+                tier,
+                workload: workload.into(),
+                metric: metric.into(),
+                unit: unit.into(),
+                better,
+                round,
+                value,
+            });
         }
         self
     }
@@ -97,7 +123,15 @@ impl Builder {
     }
 }
 
-fn view(pid: i32, ns_id: u32, interfaces: &[&str], hostname: &str, kernel: &str, limit: Option<u64>, paths: Vec<(String, bool)>) -> IsolationView {
+fn view(
+    pid: i32,
+    ns_id: u32,
+    interfaces: &[&str],
+    hostname: &str,
+    kernel: &str,
+    limit: Option<u64>,
+    paths: Vec<(String, bool)>,
+) -> IsolationView {
     let namespaces = ["pid", "net", "mnt", "uts", "ipc", "user", "cgroup"]
         .iter()
         .map(|k| {
@@ -132,39 +166,221 @@ fn view(pid: i32, ns_id: u32, interfaces: &[&str], hostname: &str, kernel: &str,
 fn synthetic() -> Results {
     let marker = vec![("/var/lib/isobench/host-marker".to_string(), false)];
     let mut b = Builder::new()
-        .tier(Tier::Bare, TierStatus::Ran, Some(view(4242, 1, &["lo", "eth0"], "testhost", "6.1.0-test", None, vec![])))
-        .tier(Tier::Chroot, TierStatus::Ran, Some(view(4243, 1, &["lo", "eth0"], "testhost", "6.1.0-test", None, marker)))
-        .tier(Tier::Container, TierStatus::Ran, Some(view(1, 2, &["lo"], "isobench", "6.1.0-test", Some(512 << 20), vec![])))
+        .tier(
+            Tier::Bare,
+            TierStatus::Ran,
+            Some(view(
+                4242,
+                1,
+                &["lo", "eth0"],
+                "testhost",
+                "6.1.0-test",
+                None,
+                vec![],
+            )),
+        )
+        .tier(
+            Tier::Chroot,
+            TierStatus::Ran,
+            Some(view(
+                4243,
+                1,
+                &["lo", "eth0"],
+                "testhost",
+                "6.1.0-test",
+                None,
+                marker,
+            )),
+        )
+        .tier(
+            Tier::Container,
+            TierStatus::Ran,
+            Some(view(
+                1,
+                2,
+                &["lo"],
+                "isobench",
+                "6.1.0-test",
+                Some(512 << 20),
+                vec![],
+            )),
+        )
         .tier(Tier::Microvm, TierStatus::Skipped, None)
-        .tier(Tier::Emulated, TierStatus::Ran, Some(view(1, 3, &["lo", "eth0"], "isobench-guest", "6.1.0-guest", Some(512 << 20), vec![])));
+        .tier(
+            Tier::Emulated,
+            TierStatus::Ran,
+            Some(view(
+                1,
+                3,
+                &["lo", "eth0"],
+                "isobench-guest",
+                "6.1.0-guest",
+                Some(512 << 20),
+                vec![],
+            )),
+        );
     // (tier, startup ms, slowdown of compute, slowdown of io)
-    for (t, ready, cpu, io) in [(Tier::Bare, 1.2, 1.0, 1.0), (Tier::Chroot, 1.6, 1.0, 1.0), (Tier::Container, 9.0, 1.0, 1.05), (Tier::Emulated, 950.0, 12.0, 6.0)] {
+    for (t, ready, cpu, io) in [
+        (Tier::Bare, 1.2, 1.0, 1.0),
+        (Tier::Chroot, 1.6, 1.0, 1.0),
+        (Tier::Container, 9.0, 1.0, 1.05),
+        (Tier::Emulated, 950.0, 12.0, 6.0),
+    ] {
         b = b
-            .metric(t, "noop", "launch_to_ready_ms", "ms", Better::Lower, spread(ready, 0.15, 20))
-            .metric(t, "noop", "launch_to_exit_ms", "ms", Better::Lower, spread(ready * 1.4, 0.15, 20))
-            .metric(t, "noop", "teardown_ms", "ms", Better::Lower, spread(ready * 0.3, 0.2, 20))
-            .metric(t, "noop", "agent_peak_rss_kib", "KiB", Better::Lower, vec![2048.0; 20])
-            .metric(t, "cpu", "single_ops_per_s", "ops/s", Better::Higher, spread(5.0e7 / cpu, 0.01, 10))
-            .metric(t, "cpu", "multi_ops_per_s", "ops/s", Better::Higher, spread(9.8e7 / cpu, 0.01, 10))
-            .metric(t, "cpu", "multi_threads", "threads", Better::Higher, vec![2.0; 10])
-            .metric(t, "cpu", "launch_to_exit_ms", "ms", Better::Lower, spread(2000.0 * cpu, 0.02, 10))
-            .metric(t, "memory", "copy_gb_per_s", "GB/s", Better::Higher, spread(12.0 / cpu, 0.01, 10))
-            .metric(t, "memory", "triad_gb_per_s", "GB/s", Better::Higher, spread(13.0 / cpu, 0.01, 10))
-            .metric(t, "memory", "latency_ns", "ns", Better::Lower, spread(90.0 * cpu, 0.01, 10))
-            .metric(t, "fs", "seq_write_mb_per_s", "MB/s", Better::Higher, spread(900.0 / io, 0.05, 10))
-            .metric(t, "fs", "seq_read_mb_per_s", "MB/s", Better::Higher, spread(1500.0 / io, 0.05, 10))
-            .metric(t, "fs", "rand_read_iops", "ops/s", Better::Higher, spread(40000.0 / io, 0.05, 10))
-            .metric(t, "fs", "fsync_p50_us", "us", Better::Lower, spread(800.0 * io, 0.05, 10))
-            .metric(t, "net", "stream_gbit_per_s", "Gbit/s", Better::Higher, spread(20.0 / io, 0.05, 10))
-            .metric(t, "net", "rr_latency_p50_us", "us", Better::Lower, spread(30.0 * io, 0.05, 10));
+            .metric(
+                t,
+                "noop",
+                "launch_to_ready_ms",
+                "ms",
+                Better::Lower,
+                spread(ready, 0.15, 20),
+            )
+            .metric(
+                t,
+                "noop",
+                "launch_to_exit_ms",
+                "ms",
+                Better::Lower,
+                spread(ready * 1.4, 0.15, 20),
+            )
+            .metric(
+                t,
+                "noop",
+                "teardown_ms",
+                "ms",
+                Better::Lower,
+                spread(ready * 0.3, 0.2, 20),
+            )
+            .metric(
+                t,
+                "noop",
+                "agent_peak_rss_kib",
+                "KiB",
+                Better::Lower,
+                vec![2048.0; 20],
+            )
+            .metric(
+                t,
+                "cpu",
+                "single_ops_per_s",
+                "ops/s",
+                Better::Higher,
+                spread(5.0e7 / cpu, 0.01, 10),
+            )
+            .metric(
+                t,
+                "cpu",
+                "multi_ops_per_s",
+                "ops/s",
+                Better::Higher,
+                spread(9.8e7 / cpu, 0.01, 10),
+            )
+            .metric(
+                t,
+                "cpu",
+                "multi_threads",
+                "threads",
+                Better::Higher,
+                vec![2.0; 10],
+            )
+            .metric(
+                t,
+                "cpu",
+                "launch_to_exit_ms",
+                "ms",
+                Better::Lower,
+                spread(2000.0 * cpu, 0.02, 10),
+            )
+            .metric(
+                t,
+                "memory",
+                "copy_gb_per_s",
+                "GB/s",
+                Better::Higher,
+                spread(12.0 / cpu, 0.01, 10),
+            )
+            .metric(
+                t,
+                "memory",
+                "triad_gb_per_s",
+                "GB/s",
+                Better::Higher,
+                spread(13.0 / cpu, 0.01, 10),
+            )
+            .metric(
+                t,
+                "memory",
+                "latency_ns",
+                "ns",
+                Better::Lower,
+                spread(90.0 * cpu, 0.01, 10),
+            )
+            .metric(
+                t,
+                "fs",
+                "seq_write_mb_per_s",
+                "MB/s",
+                Better::Higher,
+                spread(900.0 / io, 0.05, 10),
+            )
+            .metric(
+                t,
+                "fs",
+                "seq_read_mb_per_s",
+                "MB/s",
+                Better::Higher,
+                spread(1500.0 / io, 0.05, 10),
+            )
+            .metric(
+                t,
+                "fs",
+                "rand_read_iops",
+                "ops/s",
+                Better::Higher,
+                spread(40000.0 / io, 0.05, 10),
+            )
+            .metric(
+                t,
+                "fs",
+                "fsync_p50_us",
+                "us",
+                Better::Lower,
+                spread(800.0 * io, 0.05, 10),
+            )
+            .metric(
+                t,
+                "net",
+                "stream_gbit_per_s",
+                "Gbit/s",
+                Better::Higher,
+                spread(20.0 / io, 0.05, 10),
+            )
+            .metric(
+                t,
+                "net",
+                "rr_latency_p50_us",
+                "us",
+                Better::Lower,
+                spread(30.0 * io, 0.05, 10),
+            );
     }
     b.done()
 }
 
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
-    assert!(bytes.len() > 2000, "{} is only {} bytes", path.display(), bytes.len());
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert!(
+        bytes.len() > 2000,
+        "{} is only {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
     assert_eq!(&bytes[12..16], b"IHDR");
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     (be(16), be(20))
@@ -172,11 +388,27 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 /// Every `<tag ...>` start position's attribute `attr` value, in order.
 fn attr_values(html: &str, needle: &str) -> Vec<String> {
-    html.match_indices(needle).map(|(i, _)| html[i + needle.len()..].split('"').next().unwrap_or("").to_string()).collect()
+    html.match_indices(needle)
+        .map(|(i, _)| {
+            html[i + needle.len()..]
+                .split('"')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
 }
 
 fn headings(html: &str) -> Vec<String> {
-    html.match_indices("<h2>").map(|(i, _)| html[i + 4..].split("</h2>").next().unwrap_or("").to_string()).collect()
+    html.match_indices("<h2>")
+        .map(|(i, _)| {
+            html[i + 4..]
+                .split("</h2>")
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -186,36 +418,94 @@ fn report_files_and_structure() {
     let files = write_report(dir.path(), &r).unwrap();
     assert!(files.index_html.is_file() && files.summary_md.is_file());
     assert!(files.charts.len() >= 10, "charts: {:?}", files.charts);
-    for stem in ["spectrum", "startup-launch_to_ready_ms", "startup-launch_to_exit_ms", "cpu", "memory", "fs", "net"] {
+    for stem in [
+        "spectrum",
+        "startup-launch_to_ready_ms",
+        "startup-launch_to_exit_ms",
+        "cpu",
+        "memory",
+        "fs",
+        "net",
+    ] {
         let (w, h) = png_size(&dir.path().join(format!("charts/{stem}.png")));
-        assert!((600..=2000).contains(&w) && (300..=4000).contains(&h), "{stem}.png is {w}x{h}");
+        assert!(
+            (600..=2000).contains(&w) && (300..=4000).contains(&h),
+            "{stem}.png is {w}x{h}"
+        );
         let svg = std::fs::read_to_string(dir.path().join(format!("charts/{stem}.svg"))).unwrap();
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{stem}.svg is not an SVG document");
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{stem}.svg is not an SVG document"
+        );
         assert!(svg.contains("<text"), "{stem}.svg has no labels");
     }
 
     let html = std::fs::read_to_string(&files.index_html).unwrap();
-    assert!(!html.contains("<script") && !html.contains("<link") && !html.contains(" src="), "the page must not fetch anything");
+    assert!(
+        !html.contains("<script") && !html.contains("<link") && !html.contains(" src="),
+        "the page must not fetch anything"
+    );
     assert!(html.matches("<svg").count() >= 7);
     let ids = attr_values(&html, "<section id=\"");
-    for id in ["host", "honesty", "tiers", "spectrum", "family-startup", "family-cpu", "family-memory", "family-fs", "family-net", "claims", "felter", "firecracker", "isolation", "raw-data"] {
-        assert!(ids.iter().any(|x| x == id), "section {id} missing from {ids:?}");
+    for id in [
+        "host",
+        "honesty",
+        "tiers",
+        "spectrum",
+        "family-startup",
+        "family-cpu",
+        "family-memory",
+        "family-fs",
+        "family-net",
+        "claims",
+        "felter",
+        "firecracker",
+        "isolation",
+        "raw-data",
+    ] {
+        assert!(
+            ids.iter().any(|x| x == id),
+            "section {id} missing from {ids:?}"
+        );
     }
     assert!(html.contains("href=\"results.json\"") && html.contains("href=\"samples.csv\""));
-    assert!(html.contains("secondary"), "Felter's confidence must be shown");
+    assert!(
+        html.contains("secondary"),
+        "Felter's confidence must be shown"
+    );
     assert!(html.contains("not a bare-metal") || html.contains("itself a virtual machine"));
-    insta::assert_snapshot!("html_sections", format!("ids: {}\nheadings:\n{}", ids.join(", "), headings(&html).join("\n")));
+    insta::assert_snapshot!(
+        "html_sections",
+        format!(
+            "ids: {}\nheadings:\n{}",
+            ids.join(", "),
+            headings(&html).join("\n")
+        )
+    );
 
     let md = std::fs::read_to_string(&files.summary_md).unwrap();
     let lines: Vec<&str> = md.lines().collect();
     let structure: Vec<String> = lines
         .iter()
         .enumerate()
-        .filter(|(i, l)| l.starts_with('#') || (l.starts_with('|') && lines.get(i + 1).is_some_and(|n| n.starts_with("|---"))))
+        .filter(|(i, l)| {
+            l.starts_with('#')
+                || (l.starts_with('|') && lines.get(i + 1).is_some_and(|n| n.starts_with("|---")))
+        })
         .map(|(_, l)| l.to_string())
         .collect();
-    assert!(md.contains("> ⚠️"), "honesty warnings belong in the summary");
+    assert!(
+        md.contains("> ⚠️"),
+        "honesty warnings belong in the summary"
+    );
     insta::assert_snapshot!("summary_md_structure", structure.join("\n"));
+
+    // To look at the synthetic report: ISOBENCH_KEEP_REPORT=/some/dir cargo test --test report
+    if let Some(keep) = std::env::var_os("ISOBENCH_KEEP_REPORT") {
+        let keep = Path::new(&keep);
+        r.write(keep).unwrap();
+        write_report(keep, &r).unwrap();
+    }
 }
 
 fn claim(r: &Results, id: u8) -> Verdict {
@@ -224,17 +514,73 @@ fn claim(r: &Results, id: u8) -> Verdict {
 
 /// Bare and container with the given container factors on compute (cost) and its noise.
 fn claim1_case(container_cost: f64, noise: f64) -> Results {
-    let mut b = Builder::new().tier(Tier::Bare, TierStatus::Ran, None).tier(Tier::Container, TierStatus::Ran, None);
-    for (t, cost, n) in [(Tier::Bare, 1.0, 0.005), (Tier::Container, container_cost, noise)] {
+    let mut b = Builder::new().tier(Tier::Bare, TierStatus::Ran, None).tier(
+        Tier::Container,
+        TierStatus::Ran,
+        None,
+    );
+    for (t, cost, n) in [
+        (Tier::Bare, 1.0, 0.005),
+        (Tier::Container, container_cost, noise),
+    ] {
         let ready = if t == Tier::Bare { 1.0 } else { 8.0 };
         b = b
-            .metric(t, "noop", "launch_to_ready_ms", "ms", Better::Lower, spread(ready, 0.1, 30))
-            .metric(t, "noop", "agent_peak_rss_kib", "KiB", Better::Lower, vec![2048.0; 30])
-            .metric(t, "cpu", "single_ops_per_s", "ops/s", Better::Higher, spread(5.0e7 / cost, n, 30))
-            .metric(t, "cpu", "multi_ops_per_s", "ops/s", Better::Higher, spread(9.0e7 / cost, n, 30))
-            .metric(t, "memory", "copy_gb_per_s", "GB/s", Better::Higher, spread(12.0 / cost, n, 30))
-            .metric(t, "memory", "triad_gb_per_s", "GB/s", Better::Higher, spread(13.0 / cost, n, 30))
-            .metric(t, "memory", "latency_ns", "ns", Better::Lower, spread(90.0 * cost, n, 30));
+            .metric(
+                t,
+                "noop",
+                "launch_to_ready_ms",
+                "ms",
+                Better::Lower,
+                spread(ready, 0.1, 30),
+            )
+            .metric(
+                t,
+                "noop",
+                "agent_peak_rss_kib",
+                "KiB",
+                Better::Lower,
+                vec![2048.0; 30],
+            )
+            .metric(
+                t,
+                "cpu",
+                "single_ops_per_s",
+                "ops/s",
+                Better::Higher,
+                spread(5.0e7 / cost, n, 30),
+            )
+            .metric(
+                t,
+                "cpu",
+                "multi_ops_per_s",
+                "ops/s",
+                Better::Higher,
+                spread(9.0e7 / cost, n, 30),
+            )
+            .metric(
+                t,
+                "memory",
+                "copy_gb_per_s",
+                "GB/s",
+                Better::Higher,
+                spread(12.0 / cost, n, 30),
+            )
+            .metric(
+                t,
+                "memory",
+                "triad_gb_per_s",
+                "GB/s",
+                Better::Higher,
+                spread(13.0 / cost, n, 30),
+            )
+            .metric(
+                t,
+                "memory",
+                "latency_ns",
+                "ns",
+                Better::Lower,
+                spread(90.0 * cost, n, 30),
+            );
     }
     b.done()
 }
@@ -264,7 +610,10 @@ fn claim1_inconclusive_when_a_metric_is_not_measured() {
     r.summarize();
     let c = judge(&r).remove(0);
     assert_eq!(c.verdict, Verdict::Inconclusive);
-    assert!(c.checks.iter().any(|k| k.evidence.starts_with("not measured")));
+    assert!(c
+        .checks
+        .iter()
+        .any(|k| k.evidence.starts_with("not measured")));
 }
 
 #[test]
@@ -274,7 +623,13 @@ fn claim2_inconclusive_when_only_emulated_ran() {
     assert_eq!(c.verdict, Verdict::Inconclusive);
     assert!(c.checks.iter().all(|k| k.verdict == Verdict::Inconclusive));
     // The emulated numbers are still shown as context.
-    assert!(c.checks.iter().any(|k| k.evidence.contains("emulated") && k.evidence.contains("cost ×")), "{:#?}", c.checks);
+    assert!(
+        c.checks
+            .iter()
+            .any(|k| k.what.contains("emulated vs container") && k.evidence.contains("cost ×")),
+        "{:#?}",
+        c.checks
+    );
 }
 
 #[test]
@@ -284,7 +639,11 @@ fn isolation_claims_judged_on_the_observed_views() {
     assert_eq!(claim(&r, 5), Verdict::Supported, "{:#?}", judge(&r)[4]);
     // A chroot that saw the host marker contradicts "the path outside is invisible".
     let mut leaky = r.clone();
-    let chroot = leaky.tiers.iter_mut().find(|t| t.tier == Tier::Chroot).unwrap();
+    let chroot = leaky
+        .tiers
+        .iter_mut()
+        .find(|t| t.tier == Tier::Chroot)
+        .unwrap();
     chroot.isolation.as_mut().unwrap().visible_paths[0].1 = true;
     assert_eq!(claim(&leaky, 4), Verdict::Contradicted);
     // No container view: inconclusive, not supported.
@@ -294,14 +653,21 @@ fn isolation_claims_judged_on_the_observed_views() {
 }
 
 fn chromium() -> Option<std::path::PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|b| isobench::host::which(b))
+    ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|b| isobench::host::which(b))
 }
 
 #[test]
 fn report_renders_in_chromium() {
     let Some(browser) = chromium() else {
-        println!("SKIPPED report_renders_in_chromium: chromium not installed (apt-get install chromium)");
-        assert!(std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"), "ISOBENCH_REQUIRE_PRIVILEGED=1 but chromium is not installed");
+        println!(
+            "SKIPPED report_renders_in_chromium: chromium not installed (apt-get install chromium)"
+        );
+        assert!(
+            std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "ISOBENCH_REQUIRE_PRIVILEGED=1 but chromium is not installed"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -313,22 +679,52 @@ fn report_renders_in_chromium() {
         let out = Command::new("timeout")
             .args(["--kill-after=5", "90"])
             .arg(&browser)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(&url)
             .output()
             .expect("running chromium");
-        assert!(out.status.success(), "chromium failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        assert!(
+            out.status.success(),
+            "chromium failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (_, log) = run(&[format!("--screenshot={}", shot.display()), "--window-size=1280,2400".into(), "--hide-scrollbars".into()]);
+    let (_, log) = run(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1280,2400".into(),
+        "--hide-scrollbars".into(),
+    ]);
     let (w, h) = png_size(&shot);
     assert_eq!((w, h), (1280, 2400));
-    assert!(std::fs::metadata(&shot).unwrap().len() > 50_000, "the screenshot is nearly empty");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 50_000,
+        "the screenshot is nearly empty"
+    );
     let (dom, log2) = run(&["--dump-dom".into()]);
     for l in log.lines().chain(log2.lines()) {
-        assert!(!l.contains(":CONSOLE(") && !l.contains("ERR_FILE_NOT_FOUND"), "console message or failed load: {l}");
+        assert!(
+            !l.contains(":CONSOLE(") && !l.contains("ERR_FILE_NOT_FOUND"),
+            "console message or failed load: {l}"
+        );
     }
     assert!(dom.matches("<svg").count() >= 7, "the DOM lacks the charts");
     assert!(dom.contains("id=\"claims-table\"") && dom.contains("id=\"isolation-table\""));

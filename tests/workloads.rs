@@ -182,3 +182,18 @@ fn a_failing_workload_is_reported_not_crashed() {
     assert!(r.error.unwrap().contains("peer"));
     assert!(r.metrics.is_empty());
 }
+
+/// Not a check: the net half of `scripts/accuracy.sh`, which needs a `NetPeer` on the host side.
+/// Starts one on 127.0.0.1, runs the agent with the `NetParams` JSON in `ISOBENCH_ACCURACY_NET`
+/// (`peer` filled in here) and prints the agent's result line.
+#[test]
+#[ignore = "accuracy tool: run by scripts/accuracy.sh with --ignored"]
+fn accuracy_net_run() {
+    let json = std::env::var("ISOBENCH_ACCURACY_NET").unwrap_or_else(|_| "{}".into());
+    let mut params: NetParams = serde_json::from_str(&json).expect("NetParams JSON");
+    let peer = NetPeer::start("127.0.0.1:0").unwrap();
+    params.peer = peer.local_addr().to_string();
+    let report = run_agent(Workload::Net(params));
+    println!("{}", report.to_line());
+    peer.stop();
+}

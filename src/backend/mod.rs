@@ -176,6 +176,25 @@ pub trait Backend {
     fn settings(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
+    /// Start one idle instance (the agent running `Workload::Idle`) and return once it has
+    /// signalled ready, leaving it running: the density measurement starts K of these at once.
+    /// Every resource is recorded in the ledger like a normal launch.
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        let _ = task;
+        Err(BackendError::Other(format!("{} cannot start idle instances yet", self.tier())))
+    }
+}
+
+/// A running idle sandbox, for the density measurement.
+pub trait IdleInstance {
+    /// Host processes that make up the instance (the agent, or the VMM), for PSS accounting.
+    fn host_pids(&self) -> Vec<nix::unistd::Pid>;
+    /// Memory charged to the instance's cgroup, bytes, if it has one.
+    fn cgroup_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Stop the instance and release everything it holds (timed by nobody; must be complete).
+    fn stop(self: Box<Self>) -> Result<(), BackendError>;
 }
 
 /// Can `tier` run here? Pure function of the host facts and options (VM tiers also look for a

@@ -275,15 +275,15 @@ pub fn compare(
 }
 
 fn ratio(base: Option<f64>, new: Option<f64>) -> Option<f64> {
-    match (base?, new?) {
-        (b, n) if b == 0.0 && n == 0.0 => Some(1.0),
-        (b, n) if b == 0.0 => Some(if n > 0.0 {
-            f64::INFINITY
-        } else {
-            f64::NEG_INFINITY
-        }),
-        (b, n) => Some(n / b),
-    }
+    let (b, n) = (base?, new?);
+    Some(if b != 0.0 {
+        n / b
+    } else if n == 0.0 {
+        1.0
+    } else {
+        // From zero to anything: beyond every threshold, in the direction of the change.
+        f64::INFINITY.copysign(n)
+    })
 }
 
 /// Significant, beyond the threshold, and in which direction.
@@ -302,17 +302,11 @@ fn decide(m: &mut MetricComparison, alpha: f64) {
         (true, true) if worse => Verdict::Regressed,
         (true, true) => Verdict::Improved,
         (true, false) => {
-            m.note = Some(format!(
-                "significant but within the ±{:.0}% noise threshold",
-                m.threshold * 100.0
-            ));
+            m.note = Some("significant, within threshold".into());
             Verdict::Unchanged
         }
         (false, true) => {
-            m.note = Some(format!(
-                "beyond ±{:.0}% but not significant at alpha {alpha} (Holm)",
-                m.threshold * 100.0
-            ));
+            m.note = Some("beyond threshold, not significant".into());
             Verdict::Unchanged
         }
         (false, false) => Verdict::Unchanged,

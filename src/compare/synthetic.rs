@@ -13,12 +13,13 @@ use crate::results::{Results, Sample, SCHEMA_VERSION};
 use crate::scenario::Scenario;
 use crate::tier::Tier;
 
-/// A complete `Results` around `samples`, on a host named `hostname`.
+/// A complete `Results` around `samples`, on a host named `hostname`. Summaries are left empty
+/// (a comparison reads only the samples); call `summarize()` when they are needed.
 pub fn results(hostname: &str, samples: Vec<Sample>) -> Results {
     static HOST: OnceLock<HostFacts> = OnceLock::new();
     let mut host = HOST.get_or_init(HostFacts::detect).clone();
     host.hostname = hostname.into();
-    let mut r = Results {
+    Results {
         schema_version: SCHEMA_VERSION,
         run_id: format!("synthetic-{hostname}"),
         started_at: "2025-01-01T00:00:00Z".into(),
@@ -38,9 +39,7 @@ pub fn results(hostname: &str, samples: Vec<Sample>) -> Results {
         tiers: vec![],
         summaries: vec![],
         samples,
-    };
-    r.summarize();
-    r
+    }
 }
 
 /// Name, unit and direction of synthetic metric `i`: alternately a latency (lower is better)

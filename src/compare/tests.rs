@@ -70,7 +70,10 @@ fn small_significant_change_within_threshold_is_unchanged() {
     let m = &c.metrics[0];
     assert!(m.p_adjusted.unwrap() <= 0.01, "{m:?}");
     assert_eq!(m.verdict, Verdict::Unchanged);
-    assert!(m.note.as_deref().unwrap().contains("within"), "{m:?}");
+    assert!(
+        m.note.as_deref().unwrap().contains("within threshold"),
+        "{m:?}"
+    );
 }
 
 #[test]

@@ -155,11 +155,10 @@ pub fn builtin_threshold(metric: &str, unit: &str) -> f64 {
     }
 }
 
+/// A time unit, or a name that says so (not `_per_s`: that is a rate).
 fn is_time_metric(metric: &str, unit: &str) -> bool {
     matches!(unit, "s" | "ms" | "us" | "µs" | "ns")
-        || ["_s", "_ms", "_us", "_ns"]
-            .iter()
-            .any(|s| metric.ends_with(s))
+        || ["_ms", "_us", "_ns"].iter().any(|s| metric.ends_with(s))
         || metric.contains("latency")
 }
 

@@ -405,6 +405,7 @@ mod tests {
         let mut ids = vec![];
         for i in 0..7u64 {
             let mut r = results("h", draw(i, 3, 10, None));
+            r.summarize();
             r.run_id = format!("run{i}");
             ids.push(h.record(&r, &git).unwrap());
         }
@@ -412,7 +413,8 @@ mod tests {
         h.record(&other, &GitInfo::default()).unwrap();
 
         let back = h.load(ids[2]).unwrap();
-        let orig = results("h", draw(2, 3, 10, None));
+        let mut orig = results("h", draw(2, 3, 10, None));
+        orig.summarize();
         assert_eq!(back.samples, orig.samples);
         assert_eq!(back.summaries, orig.summaries);
         assert_eq!(back.host, orig.host);

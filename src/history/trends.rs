@@ -43,8 +43,8 @@ pub struct Trends {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
-    #[error("no TrueType font for chart text: install fonts-dejavu-core or set ISOBENCH_FONT to a .ttf file")]
-    NoFont,
+    #[error("{0}")]
+    Font(String),
     #[error("drawing {path}: {message}")]
     Draw { path: PathBuf, message: String },
     #[error("creating {path}: {source}")]
@@ -150,50 +150,10 @@ pub fn table(t: &Trends) -> String {
     out
 }
 
-/// Colour of each tier, light to heavy (the report's palette, kept here until src/report
-/// exposes one).
-pub fn tier_colour(t: Tier) -> RGBColor {
-    match t {
-        Tier::Bare => RGBColor(0x4c, 0x72, 0xb0),
-        Tier::Chroot => RGBColor(0x55, 0xa8, 0x68),
-        Tier::Container => RGBColor(0xdd, 0x84, 0x52),
-        Tier::Microvm => RGBColor(0xc4, 0x4e, 0x52),
-        Tier::Emulated => RGBColor(0x81, 0x72, 0xb3),
-    }
-}
-
-/// Register a sans-serif font for chart text once: $ISOBENCH_FONT, else DejaVu Sans.
-fn ensure_font() -> Result<(), ChartError> {
-    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *DONE.get_or_init(|| {
-        let candidates = std::env::var_os("ISOBENCH_FONT")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain(
-                [
-                    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-                    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-                    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-                ]
-                .into_iter()
-                .map(PathBuf::from),
-            );
-        for p in candidates {
-            if let Ok(bytes) = std::fs::read(&p) {
-                // plotters keeps fonts for the life of the process; leak the one copy.
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
-        }
-        false
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ChartError::NoFont)
-    }
+/// The report's colour of a tier, so a tier looks the same in every chart.
+fn tier_colour(t: Tier) -> RGBColor {
+    let (r, g, b) = crate::report::charts::tier_rgb(t);
+    RGBColor(r, g, b)
 }
 
 fn file_name(tr: &Trend) -> String {
@@ -213,7 +173,7 @@ fn file_name(tr: &Trend) -> String {
 
 /// Write one SVG per trend into `dir`; returns the files written.
 pub fn charts(t: &Trends, dir: &Path) -> Result<Vec<PathBuf>, ChartError> {
-    ensure_font()?;
+    crate::report::charts::ensure_font().map_err(|e| ChartError::Font(e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|source| ChartError::Create {
         path: dir.into(),
         source,
@@ -268,7 +228,10 @@ fn draw(t: &Trends, tr: &Trend, path: &Path) -> Result<(), Box<dyn std::error::E
             if (x - i).abs() > 1e-6 || i < 0.0 {
                 return String::new();
             }
-            labels.get(i as usize).cloned().unwrap_or_default()
+            labels
+                .get(i as usize)
+                .map(|l| format!("#{i} {l}"))
+                .unwrap_or_default()
         })
         .y_desc(tr.unit.as_str())
         .x_desc("run (git commit or run id), oldest first")
@@ -308,8 +271,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut h = History::open(&dir.path().join("h.sqlite")).unwrap();
         for i in 0..3u64 {
+            let mut r = results("h", draw_samples(i, 2, 10, None));
+            r.summarize();
             h.record(
-                &results("h", draw_samples(i, 2, 10, None)),
+                &r,
                 &GitInfo {
                     commit: Some(format!("abcdef{i}0000")),
                     branch: None,
@@ -337,9 +302,7 @@ mod tests {
                 let svg = std::fs::read_to_string(&files[0]).unwrap();
                 assert!(svg.starts_with("<svg") && svg.contains("bare"), "{svg}");
             }
-            Err(ChartError::NoFont) => eprintln!(
-                "SKIPPED chart drawing: no font on this machine (install fonts-dejavu-core)"
-            ),
+            Err(ChartError::Font(e)) => eprintln!("SKIPPED chart drawing: {e}"),
             Err(e) => panic!("{e}"),
         }
     }

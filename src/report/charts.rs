@@ -165,6 +165,17 @@ fn legend<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Axis tick labels: no trailing zeros on round numbers.
+fn axis_num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        num(v)
+    }
+}
+
 fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
@@ -208,7 +219,7 @@ impl Spec for Startup<'_> {
             .disable_x_mesh()
             .x_labels(0)
             .y_labels(8)
-            .y_label_formatter(&|v| num(*v))
+            .y_label_formatter(&|v| axis_num(*v))
             .label_style(style(12))
             .draw()
             .map_err(err)?;
@@ -325,12 +336,11 @@ impl Spec for Spectrum {
                 style(20),
             )
             .margin(12)
-            .margin_top(56)
-            .x_label_area_size(50)
+            .x_label_area_size(96)
             .y_label_area_size(250)
             .build_cartesian_2d((lo..hi).log_scale(), -0.5f64..(n as f64 - 0.5))
             .map_err(err)?;
-        chart.configure_mesh().disable_y_mesh().y_labels(0).x_labels(8).x_label_formatter(&|v| format!("{}×", num(*v))).label_style(style(12)).x_desc("cost ratio to bare (log scale): lower-is-better metrics tier/bare, higher-is-better bare/tier").axis_desc_style(style(13)).draw().map_err(err)?;
+        chart.configure_mesh().disable_y_mesh().y_labels(0).x_labels(8).x_label_formatter(&|v| format!("{}×", axis_num(*v))).label_style(style(12)).x_desc("cost ratio to bare (log scale): lower-is-better metrics tier/bare, higher-is-better bare/tier").axis_desc_style(style(13)).draw().map_err(err)?;
         chart
             .draw_series([PathElement::new(
                 vec![(1.0, -0.5), (1.0, n as f64 - 0.5)],
@@ -370,7 +380,8 @@ impl Spec for Spectrum {
             ))
             .map_err(err)?;
         }
-        legend(root, &self.tiers, 260, 34)
+        let (_, by) = chart.backend_coord(&(lo, -0.5));
+        legend(root, &self.tiers, 262, by + 70)
     }
 }
 
@@ -420,7 +431,7 @@ impl Spec for Bars<'_> {
                 .disable_x_mesh()
                 .x_labels(0)
                 .y_labels(5)
-                .y_label_formatter(&|v| num(*v))
+                .y_label_formatter(&|v| axis_num(*v))
                 .label_style(style(11))
                 .draw()
                 .map_err(err)?;

@@ -33,8 +33,8 @@ table{border-collapse:collapse;font-size:.9em;min-width:100%}
 th,td{border:1px solid var(--line);padding:4px 7px;text-align:left;vertical-align:top}
 th{background:var(--soft)}
 td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
-figure{margin:.6em 0 1.2em}
-figure svg{width:100%;height:auto;display:block;border:1px solid var(--line);border-radius:6px}
+figure{margin:.6em 0 1.2em;overflow-x:auto;-webkit-overflow-scrolling:touch}
+figure svg{width:100%;min-width:620px;height:auto;display:block;border:1px solid var(--line);border-radius:6px}
 figcaption{font-size:.88em;color:var(--muted)}
 .chip{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:-.1em;margin-right:.3em}
 .legend span{margin-right:1em;white-space:nowrap}
@@ -98,9 +98,9 @@ fn header(r: &Results, out: &mut String) {
         esc(&r.scenario.name)
     );
     section(out, "host", "Host");
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<div class=\"banner host\"><b>{}</b> · {} · {} cores · {} GiB · kernel {} · {} · KVM: {} · cgroup {:?} · {}<br><span class=\"muted\">budget per tier: {} CPU(s), {} MiB · isobench {}</span></div>\n",
+        "<div class=\"banner host\"><b>{}</b> · {} · {} cores · {} GiB · kernel {} · {} · KVM: {} · cgroup {:?} · {}<br><span class=\"muted\">budget per tier: {} CPU(s), {} MiB · isobench {}</span></div>",
         esc(&h.hostname),
         esc(&h.cpu_model),
         h.cores,
@@ -149,9 +149,9 @@ fn tiers_table(r: &Results, out: &mut String) {
             TierStatus::Failed => "failed",
         };
         let launches: u32 = t.launches.values().sum();
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{status}{}</td><td>{}{}</td><td class=\"n\">{launches}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{status}{}</td><td>{}{}</td><td class=\"n\">{launches}</td></tr>",
             chip(t.tier),
             esc(t.tier.describe()),
             if t.failures.is_empty() { String::new() } else { format!(" ({} failed launches)", t.failures.len()) },

@@ -53,7 +53,7 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
         }
     );
     for w in honesty_warnings(r) {
-        let _ = writeln!(o, "> ⚠️ {}", cell(&w));
+        let _ = writeln!(o, "> ⚠️ {}\n", cell(&w));
     }
     o.push('\n');
     let _ = writeln!(

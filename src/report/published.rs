@@ -237,11 +237,17 @@ pub fn compare(r: &Results) -> Result<Published, ReportError> {
                 field(row, "kvm_random_read_latency_ratio_range")
             );
         }
+        let (docker, kvm) = if measured {
+            (field(row, dkey), field(row, kkey))
+        } else {
+            note = format!("Docker: {}; KVM: {}", field(row, dkey), field(row, kkey));
+            ("see note".into(), "see note".into())
+        };
         felter_rows.push(FelterRow {
             benchmark: bench.into(),
             what: field(row, "metric"),
-            docker: field(row, dkey),
-            kvm: field(row, kkey),
+            docker,
+            kvm,
             ours: measured.then(|| {
                 format!(
                     "{wl}/{metric}{}",

@@ -27,7 +27,33 @@ pub fn run(workload: &Workload) -> Result<Vec<Metric>, String> {
         Workload::Memory(p) => memory::run(p),
         Workload::Fs(p) => fs::run(p),
         Workload::Net(p) => net::run(p),
+        Workload::Idle(p) => idle(p.max_s),
+        Workload::Density(_) => Err("density is measured by the host; the agent runs `idle` instances".into()),
     }
+}
+
+/// Sit idle until stdin reaches end of file (the host closes it to stop the instance) or
+/// `max_s` passes; costs no CPU meanwhile.
+fn idle(max_s: u64) -> Result<Vec<Metric>, String> {
+    use std::os::fd::AsFd;
+    let start = std::time::Instant::now();
+    let limit = Duration::from_secs(max_s);
+    let stdin = std::io::stdin();
+    let mut buf = [0u8; 64];
+    while start.elapsed() < limit {
+        let left = limit.saturating_sub(start.elapsed());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+        let mut fds = [nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => match nix::unistd::read(0, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
+            Err(_) => break,
+        }
+    }
+    Ok(vec![Metric::new("idle_s", "s", start.elapsed().as_secs_f64(), crate::protocol::Better::Lower)])
 }
 
 /// A count as f64. Counts here stay far below 2^53, where the conversion is exact.

@@ -72,7 +72,13 @@ impl<W: Write> Cpio<W> {
     }
 
     /// A character device node.
-    pub fn char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> std::io::Result<()> {
+    pub fn char_dev(
+        &mut self,
+        path: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> std::io::Result<()> {
         self.entry(path, S_IFCHR | perm, 1, (major, minor), &[])
     }
 
@@ -202,17 +208,39 @@ pub fn module_path(name: &str) -> String {
 pub fn cache_name(agent: &Path, kernel: &GuestKernel) -> Result<String, InitramfsError> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (src, _) in agent_closure(agent)? {
-        std::fs::read(&src).map_err(io("reading", &src))?.hash(&mut h);
+        std::fs::read(&src)
+            .map_err(io("reading", &src))?
+            .hash(&mut h);
     }
     for m in &kernel.modules {
-        std::fs::read(&m.path).map_err(io("reading", &m.path))?.hash(&mut h);
+        std::fs::read(&m.path)
+            .map_err(io("reading", &m.path))?
+            .hash(&mut h);
     }
-    Ok(format!("initramfs-{:016x}-{}.cpio", h.finish(), kernel.version))
+    Ok(format!(
+        "initramfs-{:016x}-{}.cpio",
+        h.finish(),
+        kernel.version
+    ))
+}
+
+/// Size of the initramfs `build` would write, in bytes (file contents; headers are noise).
+pub fn estimated_size(agent: &Path, kernel: &GuestKernel) -> Result<u64, InitramfsError> {
+    let mut total = 0;
+    let sources = agent_closure(agent)?.into_iter().map(|(src, _)| src);
+    for p in sources.chain(kernel.modules.iter().map(|m| m.path.clone())) {
+        total += std::fs::metadata(&p).map_err(io("stat", &p))?.len();
+    }
+    Ok(total)
 }
 
 /// Write the initramfs for `agent` and `kernel` to `dest` (temp file + rename). Returns the
 /// module paths inside it, in load order.
-pub fn build(agent: &Path, kernel: &GuestKernel, dest: &Path) -> Result<Vec<String>, InitramfsError> {
+pub fn build(
+    agent: &Path,
+    kernel: &GuestKernel,
+    dest: &Path,
+) -> Result<Vec<String>, InitramfsError> {
     let mut files: Vec<(String, Vec<u8>, u32)> = vec![];
     for (src, inside) in agent_closure(agent)? {
         let data = std::fs::read(&src).map_err(io("reading", &src))?;
@@ -238,7 +266,8 @@ pub fn build(agent: &Path, kernel: &GuestKernel, dest: &Path) -> Result<Vec<Stri
     }
     let tmp = dest.with_extension("cpio.tmp");
     let f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    let entry_err = |what: &str, e: std::io::Error| InitramfsError::Entry(what.to_string(), e.to_string());
+    let entry_err =
+        |what: &str, e: std::io::Error| InitramfsError::Entry(what.to_string(), e.to_string());
     let mut c = Cpio::new(std::io::BufWriter::new(f));
     // Sorted, so every parent precedes its children (the kernel does not create parents).
     for d in &dirs {

@@ -167,7 +167,9 @@ fn load_cached(dir: &Path) -> Result<GuestKernel, KernelError> {
     };
     let m: Manifest = std::fs::read(dir.join("manifest.json"))
         .map_err(|e| corrupt(format!("manifest.json: {e}")))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| corrupt(format!("manifest.json: {e}"))))?;
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| corrupt(format!("manifest.json: {e}")))
+        })?;
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
         return Err(corrupt("vmlinuz is missing".into()));
@@ -601,8 +603,10 @@ mod tests {
             Some("linux-image-6.1.0-56-amd64")
         );
         assert_eq!(
-            real_kernel_package("foo, linux-image-6.1.0-56-amd64-unsigned | linux-image-6.1.0-56-amd64")
-                .as_deref(),
+            real_kernel_package(
+                "foo, linux-image-6.1.0-56-amd64-unsigned | linux-image-6.1.0-56-amd64"
+            )
+            .as_deref(),
             Some("linux-image-6.1.0-56-amd64")
         );
         assert_eq!(real_kernel_package("linux-image-amd64"), None);

@@ -36,7 +36,7 @@ use super::bare::{child_common, cpuset};
 use super::child::{into_report, read_agent, Waiter};
 use super::{Availability, Backend, BackendError, BackendOptions, Outcome, RunEnv, Timings};
 use crate::host::{HostFacts, KvmKind};
-use crate::protocol::{GuestSetup, Task, TASK_ENV};
+use crate::protocol::{Task, TASK_ENV};
 use crate::state::{process_start_time, Resource, RunState};
 use crate::tier::Tier;
 
@@ -44,8 +44,10 @@ use crate::tier::Tier;
 pub const TCG_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest a KVM launch may take.
 pub const KVM_DEADLINE: Duration = Duration::from_secs(30);
-/// Below this the guest cannot hold the kernel and the initramfs.
+/// Below this the guest cannot hold the kernel and a small initramfs.
 pub const MIN_MEMORY_MIB: u64 = 128;
+/// Guest RAM for the kernel image and its allocations, besides twice the initramfs.
+pub const KERNEL_HEADROOM_MIB: u64 = 160;
 /// x86 COMMAND_LINE_SIZE, terminating NUL included.
 pub const MAX_CMDLINE: usize = 2048;
 
@@ -84,8 +86,8 @@ pub fn decide(
         Ok(k) => k,
         Err(e) => return Availability::unavailable(e.to_string(), "run `isobench fetch-kernel`"),
     };
-    let kvm = match &host.kvm {
-        KvmKind::Hardware { module } => format!(", {module}"),
+    let kvm = match (&host.kvm, accel) {
+        (KvmKind::Hardware { module }, Accel::Kvm) => format!(", {module}"),
         _ => String::new(),
     };
     Availability::Available {
@@ -137,7 +139,11 @@ fn vmm_binary(
                 format!("install {} or use vmm=qemu (the default)", kind.name()),
             ),
             Some(p) => Availability::unavailable(
-                format!("{} ({}) is installed but isobench drives only QEMU so far", kind.name(), p.display()),
+                format!(
+                    "{} ({}) is installed but isobench drives only QEMU so far",
+                    kind.name(),
+                    p.display()
+                ),
                 "use vmm=qemu (the default)",
             ),
         });
@@ -300,12 +306,35 @@ impl Backend for Vm {
                 "the budget has no CPUs: give the VM at least one (--cpus)".into(),
             ));
         }
-        if env.budget.memory_mib < MIN_MEMORY_MIB {
+        // The guest holds the initramfs twice while unpacking it ("Initramfs unpacking failed:
+        // write error" otherwise), plus the kernel.
+        let initrd_mib = initramfs::estimated_size(&env.agent, &kernel)
+            .map_err(|e| BackendError::Other(e.to_string()))?
+            .div_ceil(1 << 20);
+        let need = (2 * initrd_mib + KERNEL_HEADROOM_MIB).max(MIN_MEMORY_MIB);
+        if env.budget.memory_mib < need {
             return Err(BackendError::Other(format!(
-                "{} MiB is too little for the guest (kernel + initramfs): give at least {MIN_MEMORY_MIB} MiB",
+                "{} MiB is too little for the guest: the initramfs (agent + libraries + modules) is \
+                 {initrd_mib} MiB and is unpacked in guest RAM; give at least {need} MiB \
+                 (memory_mib), or use a smaller (release, stripped) agent build",
                 env.budget.memory_mib
             )));
         }
+        let deadline = match opts.settings.get("deadline_s") {
+            None => match self.accel {
+                Accel::Tcg => TCG_DEADLINE,
+                Accel::Kvm => KVM_DEADLINE,
+            },
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Duration::from_secs(n),
+                _ => {
+                    return Err(BackendError::Other(format!(
+                        "--set deadline_s={v}: expected a whole number of seconds above 0, \
+                         e.g. deadline_s=120"
+                    )))
+                }
+            },
+        };
         let tsc_khz = match self.accel {
             Accel::Tcg => host_tsc_khz(),
             Accel::Kvm => None,
@@ -313,9 +342,11 @@ impl Backend for Vm {
 
         let work = env.state.scratch().join(self.tier.as_str());
         record(&env.state, &Resource::Dir { path: work.clone() })?;
-        std::fs::create_dir_all(&work).map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
+        std::fs::create_dir_all(&work)
+            .map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
         let initrd = work.join(
-            initramfs::cache_name(&env.agent, &kernel).map_err(|e| BackendError::Other(e.to_string()))?,
+            initramfs::cache_name(&env.agent, &kernel)
+                .map_err(|e| BackendError::Other(e.to_string()))?,
         );
         let modules = initramfs::build(&env.agent, &kernel, &initrd)
             .map_err(|e| BackendError::Other(format!("building the initramfs: {e}")))?;
@@ -331,10 +362,7 @@ impl Backend for Vm {
             cpus: env.budget.cpus.clone(),
             memory_mib: env.budget.memory_mib,
             base_cmdline: base_cmdline(self.accel, tsc_khz),
-            deadline: match self.accel {
-                Accel::Tcg => TCG_DEADLINE,
-                Accel::Kvm => KVM_DEADLINE,
-            },
+            deadline,
         });
         Ok(())
     }
@@ -362,7 +390,12 @@ impl Backend for Vm {
         let set = cpuset(&p.cpus)?;
 
         let launch_dir = p.work.join(format!("launch-{n}"));
-        record(&p.state, &Resource::Dir { path: launch_dir.clone() })?;
+        record(
+            &p.state,
+            &Resource::Dir {
+                path: launch_dir.clone(),
+            },
+        )?;
         std::fs::create_dir(&launch_dir)
             .map_err(|e| BackendError::io(format!("creating {}", launch_dir.display()), e))?;
         let log = launch_dir.join("qemu.stderr");
@@ -437,7 +470,10 @@ impl Backend for Vm {
             match e {
                 BackendError::Timeout(_, tail) => BackendError::Timeout(
                     p.deadline,
-                    format!("{tail}{said} (the {} guest did not finish in time)", accel.as_str()),
+                    format!(
+                        "{tail}{said} (the {} guest did not finish in time)",
+                        accel.as_str()
+                    ),
                 ),
                 other => other,
             }
@@ -506,6 +542,7 @@ impl Backend for Vm {
             s.insert("memory_mib".into(), p.memory_mib.to_string());
             s.insert("kernel_cmdline".into(), p.base_cmdline.clone());
             s.insert("guest_modules".into(), p.modules.len().to_string());
+            s.insert("deadline_s".into(), p.deadline.as_secs().to_string());
             if let Some(n) = &p.kernel.note {
                 s.insert("kernel_note".into(), n.clone());
             }
@@ -526,7 +563,14 @@ fn qemu_said(log: &Path) -> String {
     if s.is_empty() {
         return String::new();
     }
-    let tail: String = s.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(600)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("; qemu said: {}", tail.replace('\n', " | "))
 }
 
@@ -534,6 +578,7 @@ fn qemu_said(log: &Path) -> String {
 mod tests {
     use super::*;
     use crate::host::CgroupLayout;
+    use crate::protocol::GuestSetup;
 
     fn host(kvm: KvmKind, qemu: bool) -> HostFacts {
         HostFacts {
@@ -581,7 +626,10 @@ mod tests {
         };
         match decide(Tier::Microvm, &host(hw, true), &opts, Ok(&k)) {
             Availability::Available { detail } => {
-                assert!(detail.contains("KVM") && detail.contains("kvm_intel"), "{detail}");
+                assert!(
+                    detail.contains("KVM") && detail.contains("kvm_intel"),
+                    "{detail}"
+                );
                 assert!(detail.contains("6.1.0-56-amd64"), "{detail}");
             }
             other => panic!("{other:?}"),
@@ -590,7 +638,10 @@ mod tests {
             module: "kvm_pvm".into(),
         };
         let (r, f) = reason(&decide(Tier::Microvm, &host(pvm, true), &opts, Ok(&k)));
-        assert!(r.contains("paravirtual-only") && r.contains("kvm_pvm"), "{r}");
+        assert!(
+            r.contains("paravirtual-only") && r.contains("kvm_pvm"),
+            "{r}"
+        );
         assert!(r.contains("KVM internal error / emulation failure"), "{r}");
         assert!(f.contains("vmx/svm") && f.contains("emulated tier"), "{f}");
         let unusable = KvmKind::Unusable {
@@ -599,9 +650,17 @@ mod tests {
         let (r, f) = reason(&decide(Tier::Microvm, &host(unusable, true), &opts, Ok(&k)));
         assert!(r.contains("Permission denied"), "{r}");
         assert!(f.contains("group kvm"), "{f}");
-        let (r, f) = reason(&decide(Tier::Microvm, &host(KvmKind::Missing, true), &opts, Ok(&k)));
+        let (r, f) = reason(&decide(
+            Tier::Microvm,
+            &host(KvmKind::Missing, true),
+            &opts,
+            Ok(&k),
+        ));
         assert!(r.contains("/dev/kvm is missing"), "{r}");
-        assert!(f.contains("kvm_intel") && f.contains("emulated tier"), "{f}");
+        assert!(
+            f.contains("kvm_intel") && f.contains("emulated tier"),
+            "{f}"
+        );
     }
 
     #[test]
@@ -621,7 +680,10 @@ mod tests {
             match decide(Tier::Emulated, &host(kvm.clone(), true), &opts, Ok(&k)) {
                 Availability::Available { detail } => {
                     assert!(detail.contains("TCG"), "{detail}");
-                    assert!(!detail.contains("KVM") && !detail.contains("kvm"), "{detail}");
+                    assert!(
+                        !detail.contains("KVM") && !detail.contains("kvm"),
+                        "{detail}"
+                    );
                 }
                 other => panic!("{kvm:?}: {other:?}"),
             }
@@ -659,11 +721,15 @@ mod tests {
         let base = base_cmdline(Accel::Tcg, Some(2_596_128));
         assert!(base.contains("tsc_early_khz=2596128") && base.contains("reboot=t panic=-1"));
         assert!(!base_cmdline(Accel::Kvm, Some(1)).contains("tsc_early_khz"));
-        let mut t = Task::default();
-        t.guest = Some(GuestSetup {
-            modules: (0..12).map(|i| initramfs::module_path(&format!("mod{i}"))).collect(),
+        let mut t = Task {
+            guest: Some(GuestSetup {
+                modules: (0..12)
+                    .map(|i| initramfs::module_path(&format!("mod{i}")))
+                    .collect(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let c = cmdline(&base, &t).unwrap();
         let hex = c.split_once("ISOBENCH_TASK=").unwrap().1;
         assert_eq!(Task::decode(hex).unwrap(), t);
