@@ -225,7 +225,7 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
     // 5. Files, only once everything above is gone (the ledger stays for a retry otherwise).
     if r.errors.is_empty() {
         for x in &ledger.resources {
-            if let Resource::Dir { path } = x {
+            if let Resource::Dir { path } | Resource::File { path } = x {
                 if let Err(e) = safe_remove_tree(path) {
                     r.errors.push(format!("removing {}: {e}", path.display()));
                 }

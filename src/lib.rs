@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod cli;
 pub mod compare;
+pub mod density;
 pub mod doctor;
 pub mod exit_codes;
 pub mod history;

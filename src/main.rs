@@ -27,7 +27,10 @@ fn main() {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ISOBENCH_LOG").unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISOBENCH_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
         .without_time()
         .init();
     let code = match dispatch(cli.command) {
@@ -57,7 +60,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::History(args) => history_cmd(&args),
         Command::Cleanup { common } => {
             let root = state_root(&common);
-            let state = StateDir::open(&root).with_context(|| format!("opening state directory {}", root.display()))?;
+            let state = StateDir::open(&root)
+                .with_context(|| format!("opening state directory {}", root.display()))?;
             let report = isobench::cleanup::cleanup(&state);
             if report.runs.is_empty() {
                 println!("nothing to clean in {}", root.display());
@@ -76,12 +80,21 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     ),
                 }
             }
-            Ok(if report.is_clean() { ExitCode::Success } else { ExitCode::Failure })
+            Ok(if report.is_clean() {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
         }
         Command::Report { run_dir, open } => report(&run_dir, open),
         Command::FetchKernel { common } => {
-            let k = isobench::backend::vm::kernel::fetch(&cache_dir(&common)).context("fetching the guest kernel")?;
-            println!("guest kernel {} cached at {}", k.version, k.vmlinuz.display());
+            let k = isobench::backend::vm::kernel::fetch(&cache_dir(&common))
+                .context("fetching the guest kernel")?;
+            println!(
+                "guest kernel {} cached at {}",
+                k.version,
+                k.vmlinuz.display()
+            );
             Ok(ExitCode::Success)
         }
     }
@@ -111,11 +124,17 @@ fn cache_dir(c: &CommonArgs) -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/cache/isobench");
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/isobench")).unwrap_or_else(|| std::env::temp_dir().join("isobench-cache"))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/isobench"))
+        .unwrap_or_else(|| std::env::temp_dir().join("isobench-cache"))
 }
 
 fn backend_options(c: &CommonArgs, settings: &[String]) -> anyhow::Result<BackendOptions> {
-    let mut opts = BackendOptions { kernel: c.kernel.clone(), cache_dir: cache_dir(c), ..Default::default() };
+    let mut opts = BackendOptions {
+        kernel: c.kernel.clone(),
+        cache_dir: cache_dir(c),
+        ..Default::default()
+    };
     if let Some(k) = &opts.kernel {
         if !k.is_file() {
             bail!("--kernel {}: no such file (give the path of a bzImage, or drop --kernel to use the cached Debian kernel)", k.display());
@@ -125,7 +144,8 @@ fn backend_options(c: &CommonArgs, settings: &[String]) -> anyhow::Result<Backen
         let Some((k, v)) = s.split_once('=') else {
             bail!("--set {s}: expected key=value, e.g. --set qemu=/usr/bin/qemu-system-x86_64");
         };
-        opts.settings.insert(k.trim().to_string(), v.trim().to_string());
+        opts.settings
+            .insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(opts)
 }
@@ -156,9 +176,16 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("-n 0: give at least one launch per tier");
     }
     if explicit && !is_root() {
-        let need: Vec<&str> = tiers.iter().filter(|t| **t != Tier::Bare).map(|t| t.as_str()).collect();
+        let need: Vec<&str> = tiers
+            .iter()
+            .filter(|t| **t != Tier::Bare)
+            .map(|t| t.as_str())
+            .collect();
         if !need.is_empty() {
-            bail!("{} need root: run `sudo isobench run ...`, or ask only for --backends bare", need.join(", "));
+            bail!(
+                "{} need root: run `sudo isobench run ...`, or ask only for --backends bare",
+                need.join(", ")
+            );
         }
     }
     let options = backend_options(&args.common, &args.settings)?;
@@ -167,7 +194,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => (p.clone(), false),
         None => {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            (PathBuf::from("reports").join(format!("{stamp}-{}", host.hostname)), true)
+            (
+                PathBuf::from("reports").join(format!("{stamp}-{}", host.hostname)),
+                true,
+            )
         }
     };
     let cfg = RunConfig {
@@ -185,7 +215,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancel.clone()).context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, cancel.clone())
+            .context("installing the Ctrl-C handler")?;
     }
     let outcome = runner::run(&cfg, cancel, host)?;
     let r = &outcome.results;
@@ -194,7 +225,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         for line in output::tier_notes(r) {
             println!("{line}");
         }
-        println!("results: {}", outcome.out_dir.join("results.json").display());
+        println!(
+            "results: {}",
+            outcome.out_dir.join("results.json").display()
+        );
         println!("samples: {}", outcome.out_dir.join("samples.csv").display());
     }
     // The report reads the result files only; a failure to draw it never loses the results.
@@ -204,23 +238,38 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("warning: the report could not be drawn ({e}); the results are kept, retry with `isobench report {}`", outcome.out_dir.display()),
     }
     if r.interrupted {
-        eprintln!("interrupted: the completed launches are kept in {}", outcome.out_dir.display());
+        eprintln!(
+            "interrupted: the completed launches are kept in {}",
+            outcome.out_dir.display()
+        );
         return Ok(ExitCode::Interrupted);
     }
-    let failed = r.tiers.iter().any(|t| t.status == isobench::results::TierStatus::Failed);
-    let code = if failed { ExitCode::Failure } else { ExitCode::Success };
+    let failed = r
+        .tiers
+        .iter()
+        .any(|t| t.status == isobench::results::TierStatus::Failed);
+    let code = if failed {
+        ExitCode::Failure
+    } else {
+        ExitCode::Success
+    };
     after_run(&args, r, code)
 }
 
 /// `isobench report DIR [--open]`: redraw the report of a finished (or interrupted) run.
 fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
     let results = isobench::results::Results::load(run_dir)?;
-    let files = isobench::report::write_report(run_dir, &results).with_context(|| format!("writing the report into {}", run_dir.display()))?;
+    let files = isobench::report::write_report(run_dir, &results)
+        .with_context(|| format!("writing the report into {}", run_dir.display()))?;
     println!("report: {}", files.index_html.display());
     println!("summary: {}", files.summary_md.display());
     if open {
-        let display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-        let browser = ["xdg-open", "chromium"].into_iter().filter(|_| display).find_map(|b| isobench::host::which(b).map(|p| (b, p)));
+        let display =
+            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+        let browser = ["xdg-open", "chromium"]
+            .into_iter()
+            .filter(|_| display)
+            .find_map(|b| isobench::host::which(b).map(|p| (b, p)));
         match browser {
             Some((name, path)) => {
                 let mut cmd = std::process::Command::new(path);
@@ -244,13 +293,22 @@ use isobench::history::{self, History};
 use isobench::results::Results;
 
 /// Thresholds: --thresholds FILE, else the new run's scenario `[compare]`, else the defaults.
-fn compare_options(thresholds: Option<&std::path::Path>, new: &Results) -> anyhow::Result<CompareOptions> {
+fn compare_options(
+    thresholds: Option<&std::path::Path>,
+    new: &Results,
+) -> anyhow::Result<CompareOptions> {
     let thresholds = match (thresholds, &new.scenario.compare) {
         (Some(p), _) => Thresholds::load(p)?,
-        (None, Some(spec)) => Thresholds::from_spec(spec.clone(), &format!("[compare] of scenario {}", new.scenario.name))?,
+        (None, Some(spec)) => Thresholds::from_spec(
+            spec.clone(),
+            &format!("[compare] of scenario {}", new.scenario.name),
+        )?,
         (None, None) => Thresholds::default(),
     };
-    Ok(CompareOptions { thresholds, ..Default::default() })
+    Ok(CompareOptions {
+        thresholds,
+        ..Default::default()
+    })
 }
 
 /// Print a comparison; exit 1 naming every regressed metric, else 0.
@@ -261,7 +319,10 @@ fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
             eprintln!("WARNING: {w}");
         }
     }
-    let bad: Vec<String> = c.regressed().map(|m| format!("{} ({:+.1}%)", m.key(), m.change_pct().unwrap_or(f64::NAN))).collect();
+    let bad: Vec<String> = c
+        .regressed()
+        .map(|m| format!("{} ({:+.1}%)", m.key(), m.change_pct().unwrap_or(f64::NAN)))
+        .collect();
     if bad.is_empty() {
         ExitCode::Success
     } else {
@@ -274,7 +335,13 @@ fn compare_cmd(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     let base = Results::load(&a.base)?;
     let new = Results::load(&a.new)?;
     let opts = compare_options(a.thresholds.as_deref(), &new)?;
-    let c = compare(&base, &a.base.display().to_string(), &new, &a.new.display().to_string(), &opts);
+    let c = compare(
+        &base,
+        &a.base.display().to_string(),
+        &new,
+        &a.new.display().to_string(),
+        &opts,
+    );
     Ok(report_comparison(&c, a.format))
 }
 
@@ -297,7 +364,14 @@ fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<Exit
             let h = History::open(&args.history)?;
             let k = history::DEFAULT_BASELINE_RUNS;
             match h.pooled_baseline(&r.host.hostname, &r.scenario.name, k, Some(&r.run_id))? {
-                Some((b, rows)) => Some((b, format!("history: last {} run(s) in {}", rows.len(), args.history.display()))),
+                Some((b, rows)) => Some((
+                    b,
+                    format!(
+                        "history: last {} run(s) in {}",
+                        rows.len(),
+                        args.history.display()
+                    ),
+                )),
                 None => {
                     eprintln!(
                         "no earlier run of scenario {} on host {} in {}: nothing to compare against yet; this run becomes the baseline",
@@ -317,7 +391,9 @@ fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<Exit
             println!("history: stored as run #{id} in {}", args.history.display());
         }
     }
-    let Some((base, label)) = baseline else { return Ok(code) };
+    let Some((base, label)) = baseline else {
+        return Ok(code);
+    };
     let opts = compare_options(args.thresholds.as_deref(), r)?;
     let c = compare(&base, &label, r, &r.run_id, &opts);
     Ok(report_comparison(&c, Format::Table))
@@ -336,7 +412,10 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
     let scenario = scenario_or_default(a.scenario.as_deref())?;
     let tiers = Tier::parse_list(&a.backends)?;
     let [tier] = tiers[..] else {
-        bail!("--backends {}: an A/B runs two variants of exactly one tier, e.g. --backends emulated", a.backends);
+        bail!(
+            "--backends {}: an A/B runs two variants of exactly one tier, e.g. --backends emulated",
+            a.backends
+        );
     };
     if tier != Tier::Bare && !is_root() {
         bail!("{tier} needs root: run `sudo isobench ab ...`");
@@ -345,7 +424,10 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
         bail!("-n 0: give at least one launch per variant");
     }
     let base = backend_options(&a.common, &[])?;
-    let (va, vb) = (isobench::ab::variant("a", &a.a, &base)?, isobench::ab::variant("b", &a.b, &base)?);
+    let (va, vb) = (
+        isobench::ab::variant("a", &a.a, &base)?,
+        isobench::ab::variant("b", &a.b, &base)?,
+    );
     let thresholds = a.thresholds.as_deref().map(Thresholds::load).transpose()?;
     let host = HostFacts::detect();
     let out_dir = a.out.clone().unwrap_or_else(|| {
@@ -366,19 +448,36 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
     };
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancel.clone()).context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, cancel.clone())
+            .context("installing the Ctrl-C handler")?;
     }
     let (ra, rb) = isobench::ab::run(&cfg, cancel.clone(), host)?;
-    println!("results: {} and {}", cfg.out_dir.join("a").display(), cfg.out_dir.join("b").display());
+    println!(
+        "results: {} and {}",
+        cfg.out_dir.join("a").display(),
+        cfg.out_dir.join("b").display()
+    );
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("interrupted: the completed launches are kept in {}", cfg.out_dir.display());
+        eprintln!(
+            "interrupted: the completed launches are kept in {}",
+            cfg.out_dir.display()
+        );
         return Ok(ExitCode::Interrupted);
     }
     let opts = match thresholds {
-        Some(thresholds) => CompareOptions { thresholds, ..Default::default() },
+        Some(thresholds) => CompareOptions {
+            thresholds,
+            ..Default::default()
+        },
         None => compare_options(None, &rb)?,
     };
-    let c = compare(&ra, &format!("A: {}", cfg.a.spec.join(" ")), &rb, &format!("B: {}", cfg.b.spec.join(" ")), &opts);
+    let c = compare(
+        &ra,
+        &format!("A: {}", cfg.a.spec.join(" ")),
+        &rb,
+        &format!("B: {}", cfg.b.spec.join(" ")),
+        &opts,
+    );
     Ok(report_comparison(&c, a.format))
 }
 
@@ -389,15 +488,30 @@ fn history_cmd(a: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let h = History::open(&a.history)?;
     let t = h.trends(a.metric.as_deref(), a.last)?;
     if t.runs.is_empty() {
-        bail!("{} holds no runs yet: run `isobench run` first", a.history.display());
+        bail!(
+            "{} holds no runs yet: run `isobench run` first",
+            a.history.display()
+        );
     }
     if t.trends.is_empty() {
-        bail!("no metric named {} in {}: `isobench history` without --metric lists them", a.metric.as_deref().unwrap_or("-"), a.history.display());
+        bail!(
+            "no metric named {} in {}: `isobench history` without --metric lists them",
+            a.metric.as_deref().unwrap_or("-"),
+            a.history.display()
+        );
     }
     print!("{}", history::trends::table(&t));
-    let dir = a.history.parent().unwrap_or(std::path::Path::new(".")).join("trends");
+    let dir = a
+        .history
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("trends");
     match history::trends::charts(&t, &dir) {
-        Ok(files) => println!("trend charts: {} SVG file(s) in {}", files.len(), dir.display()),
+        Ok(files) => println!(
+            "trend charts: {} SVG file(s) in {}",
+            files.len(),
+            dir.display()
+        ),
         Err(e) => eprintln!("warning: no trend charts: {e}"),
     }
     Ok(ExitCode::Success)

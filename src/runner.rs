@@ -19,6 +19,7 @@ use crate::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VE
 use crate::scenario::{ResolvedPlan, Scenario};
 use crate::state::{Ledger, RunState, StateDir};
 use crate::tier::Tier;
+use crate::workload::Workload;
 
 /// A tier that fails this many launches in a row is dropped from the run.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
@@ -69,17 +70,15 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// The first `n` CPUs this process may run on.
+/// The last `n` CPUs this process may run on (CPU 0 usually takes the most interrupts and
+/// housekeeping, so the budget stays away from it when it can).
 pub fn budget_cpus(n: usize) -> anyhow::Result<Vec<usize>> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .context("reading CPU affinity")?;
-    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .collect();
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading CPU affinity")?;
+    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false)).collect();
     if allowed.len() < n {
         bail!("the scenario's budget asks for {n} CPUs but only {} are available: lower [budget] cpus", allowed.len());
     }
-    Ok(allowed[..n].to_vec())
+    Ok(allowed[allowed.len() - n..].to_vec())
 }
 
 struct TierRun {
@@ -92,6 +91,8 @@ struct TierRun {
     spent: Vec<Duration>,
     consecutive_failures: u32,
     dropped: Option<String>,
+    /// Workloads that take no warmup (density: a warm host is not what it measures).
+    no_warmup: Vec<bool>,
     record_idx: usize,
 }
 
@@ -109,7 +110,7 @@ impl TierRun {
         if self.attempts[wi] >= p.warmup + p.runs + MAX_CONSECUTIVE_FAILURES {
             return None;
         }
-        if self.warm[wi] < p.warmup {
+        if self.warm[wi] < p.warmup && !self.no_warmup[wi] {
             return Some(Phase::Warmup);
         }
         if self.done[wi] >= p.runs {
@@ -121,6 +122,32 @@ impl TierRun {
             }
         }
         Some(Phase::Measure)
+    }
+}
+
+/// One measured launch (or, for `density`, one density measurement) as samples.
+fn launch_samples(
+    backend: &mut dyn Backend,
+    tier: Tier,
+    workload: &Workload,
+    round: u32,
+) -> Result<Vec<Sample>, BackendError> {
+    match workload {
+        Workload::Density(p) => Ok(crate::density::measure(backend, p)?
+            .into_iter()
+            .map(|m| Sample {
+                tier,
+                workload: workload.name().into(),
+                metric: m.name,
+                unit: m.unit,
+                better: m.better,
+                round,
+                value: m.value,
+            })
+            .collect()),
+        w => backend
+            .run_once(&Task::new(w.clone()))
+            .map(|o| samples_of(tier, w.name(), round, &o)),
     }
 }
 
@@ -333,6 +360,12 @@ fn measure(
                     spent: vec![Duration::ZERO; nw],
                     consecutive_failures: 0,
                     dropped: None,
+                    no_warmup: cfg
+                        .scenario
+                        .workloads
+                        .iter()
+                        .map(|w| matches!(w, Workload::Density(_)))
+                        .collect(),
                     record_idx: idx,
                 });
             }
@@ -413,21 +446,18 @@ fn interleave(
                 }
                 did_work = true;
                 pb.set_message(format!("{} {}", r.tier, workload.name()));
-                let task = Task::new(workload.clone());
                 let start = Instant::now();
-                let out = r.backend.run_once(&task);
+                let out = launch_samples(r.backend.as_mut(), r.tier, workload, round);
                 r.spent[wi] += start.elapsed();
                 r.attempts[wi] += 1;
                 pb.inc(1);
                 let rec = &mut results.tiers[r.record_idx];
                 match (out, phase) {
-                    (Ok(o), Phase::Measure) => {
+                    (Ok(samples), Phase::Measure) => {
                         r.consecutive_failures = 0;
                         r.done[wi] += 1;
                         *rec.launches.entry(workload.name().to_string()).or_default() += 1;
-                        results
-                            .samples
-                            .extend(samples_of(r.tier, workload.name(), round, &o));
+                        results.samples.extend(samples);
                     }
                     (Ok(_), Phase::Warmup) => {
                         r.consecutive_failures = 0;

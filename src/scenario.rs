@@ -128,6 +128,16 @@ impl Scenario {
                 "no [[workload]] given: add at least one, e.g. [[workload]] kind = \"noop\"".into(),
             );
         }
+        if self
+            .workloads
+            .iter()
+            .any(|w| matches!(w, Workload::Idle(_)))
+        {
+            return Err(
+                "kind = \"idle\" is internal (density instances use it): use kind = \"density\""
+                    .into(),
+            );
+        }
         if self.budget.cpus == 0 || self.budget.memory_mib < 64 {
             return Err("[budget] needs cpus >= 1 and memory_mib >= 64".into());
         }

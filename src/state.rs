@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum Resource {
     /// A directory tree the harness made (removed without crossing mount points).
     Dir { path: PathBuf },
+    /// A file the harness made (a VM's disk image).
+    File { path: PathBuf },
     /// A cgroup directory (its processes are killed, then it is removed, children first).
     Cgroup { path: PathBuf },
     /// A mount point in the host's mount namespace.

@@ -103,7 +103,10 @@ pub struct DensityParams {
 
 impl Default for DensityParams {
     fn default() -> Self {
-        DensityParams { instances: 4, settle_ms: 1000 }
+        DensityParams {
+            instances: 4,
+            settle_ms: 1000,
+        }
     }
 }
 

@@ -246,31 +246,21 @@ fn different_hosts_warn_in_every_format() {
 fn run_baseline_history_and_ab_on_bare() {
     let tmp = tempfile::tempdir().unwrap();
     let h = tmp.path().join("hist/history.sqlite");
-    let cmd = |args: &[&std::ffi::OsStr]| {
-        Command::new(env!("CARGO_BIN_EXE_isobench"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(args)
-            .output()
-            .unwrap()
+    let base = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_isobench"));
+        c.current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
     };
     let (d1, d2) = (tmp.path().join("r1"), tmp.path().join("r2"));
     let run = |out: &Path, extra: &[&str]| {
-        let mut a: Vec<&std::ffi::OsStr> = vec![
-            "run".as_ref(),
-            "--backends".as_ref(),
-            "bare".as_ref(),
-            "-n".as_ref(),
-            "6".as_ref(),
-            "-q".as_ref(),
-        ];
-        a.extend([
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--history".as_ref(),
-            h.as_os_str(),
-        ]);
-        a.extend(extra.iter().map(|s| s.as_ref()));
-        cmd(&a)
+        base()
+            .args(["run", "--backends", "bare", "-n", "6", "-q", "--out"])
+            .arg(out)
+            .arg("--history")
+            .arg(&h)
+            .args(extra)
+            .output()
+            .unwrap()
     };
     let o = run(&d1, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -282,7 +272,12 @@ fn run_baseline_history_and_ab_on_bare() {
         "{out}"
     );
 
-    let o = cmd(&["history".as_ref(), "--history".as_ref(), h.as_os_str()]);
+    let o = base()
+        .arg("history")
+        .arg("--history")
+        .arg(&h)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -304,20 +299,23 @@ fn run_baseline_history_and_ab_on_bare() {
     assert!(stderr(&o).contains("/nonexistent/base") && !tmp.path().join("r3").exists());
 
     let ab = tmp.path().join("ab");
-    let o = cmd(&[
-        "ab".as_ref(),
-        "--backends".as_ref(),
-        "bare".as_ref(),
-        "--a".as_ref(),
-        "x=1".as_ref(),
-        "--b".as_ref(),
-        "x=2".as_ref(),
-        "-n".as_ref(),
-        "6".as_ref(),
-        "-q".as_ref(),
-        "--out".as_ref(),
-        ab.as_os_str(),
-    ]);
+    let o = base()
+        .args([
+            "ab",
+            "--backends",
+            "bare",
+            "--a",
+            "x=1",
+            "--b",
+            "x=2",
+            "-n",
+            "6",
+            "-q",
+            "--out",
+        ])
+        .arg(&ab)
+        .output()
+        .unwrap();
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
     assert!(ab.join("a/results.json").is_file() && ab.join("b/results.json").is_file());
     let b = isobench::results::Results::load(&ab.join("b")).unwrap();
@@ -332,15 +330,18 @@ fn run_baseline_history_and_ab_on_bare() {
             .count(),
         6
     );
-    let o = cmd(&[
-        "ab".as_ref(),
-        "--backends".as_ref(),
-        "bare,chroot".as_ref(),
-        "--a".as_ref(),
-        "x=1".as_ref(),
-        "--b".as_ref(),
-        "x=2".as_ref(),
-    ]);
+    let o = base()
+        .args([
+            "ab",
+            "--backends",
+            "bare,chroot",
+            "--a",
+            "x=1",
+            "--b",
+            "x=2",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("exactly one tier"), "{}", stderr(&o));
 }

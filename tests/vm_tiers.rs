@@ -13,14 +13,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use isobench::backend::vm::kernel::{self, GuestKernel, KernelError};
+use isobench::backend::vm::tap;
 use isobench::backend::{
     self, Availability, Backend, BackendError, BackendOptions, Budget, RunEnv,
 };
 use isobench::host::{HostFacts, KvmKind};
-use isobench::protocol::Task;
-use isobench::state::StateDir;
+use isobench::protocol::{AgentReport, Task};
+use isobench::state::{Resource, StateDir};
 use isobench::tier::Tier;
-use isobench::workload::Workload;
+use isobench::workload::{
+    DataPath, FsParams, IdleParams, MemoryParams, NetParams, NetPath, Workload,
+};
 
 /// VM boots take a core each: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -81,9 +84,33 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Network devices whose names isobench's VM tiers use (`isb...`).
+fn isb_links() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("isb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Prepare `tier` with `settings`, run `body`, finish (even on panic), then check that no
-/// qemu, no ledger entry and no file in the run's scratch is left.
+/// qemu, no tap, no ledger entry and no file in the run's scratch is left.
 fn with_vm(tier: Tier, settings: &[(&str, &str)], body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
+    with_vm_mem(tier, settings, 512, body)
+}
+
+/// [`with_vm`] with a given guest RAM budget.
+fn with_vm_mem(
+    tier: Tier,
+    settings: &[(&str, &str)],
+    memory_mib: u64,
+    body: impl FnOnce(&mut dyn Backend, &RunEnv),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     let state = Arc::new(
@@ -100,12 +127,13 @@ fn with_vm(tier: Tier, settings: &[(&str, &str)], body: impl FnOnce(&mut dyn Bac
         cache_dir: options.cache_dir.clone(),
         budget: Budget {
             cpus: vec![0],
-            memory_mib: 512,
+            memory_mib,
         },
         options,
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
+    let links_before = isb_links();
     let mut b = backend::make(tier);
     let res = catch_unwind(AssertUnwindSafe(|| {
         b.prepare(&env).unwrap();
@@ -124,6 +152,11 @@ fn with_vm(tier: Tier, settings: &[(&str, &str)], body: impl FnOnce(&mut dyn Bac
     );
     let left = tree(&state.scratch());
     assert!(left.is_empty(), "files left in the run's scratch: {left:?}");
+    let links: Vec<String> = isb_links()
+        .into_iter()
+        .filter(|l| !links_before.contains(l))
+        .collect();
+    assert!(links.is_empty(), "tap devices left: {links:?}");
     if let Err(p) = res {
         resume_unwind(p);
     }
@@ -328,4 +361,278 @@ fn microvm_boots_with_kvm() {
         return;
     };
     boot(Tier::Microvm, &k, 3);
+}
+
+/// Whether the emulated tier can boot here; says why not otherwise.
+fn emulated_ready(test: &str) -> bool {
+    if HostFacts::detect().qemu.is_none() {
+        skip(
+            test,
+            "qemu-system-x86_64 not installed",
+            "ISOBENCH_REQUIRE_VM",
+        );
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "needs root (tap devices)", "ISOBENCH_REQUIRE_VM");
+        return false;
+    }
+    guest_kernel(test, "ISOBENCH_REQUIRE_VM").is_some()
+}
+
+fn metric(r: &AgentReport, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("metric {name} missing: {:?}", r.metrics))
+        .value
+}
+
+/// The fs workload on the emulated tier runs on the virtio-blk disk (an ext4 image on the
+/// host), for both data paths, with O_DIRECT, and the image is gone afterwards.
+#[test]
+fn emulated_fs_on_virtio_blk() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "emulated_fs_on_virtio_blk";
+    if !emulated_ready(test) {
+        return;
+    }
+    with_vm(Tier::Emulated, &[], |b, env| {
+        let s = b.settings();
+        assert!(
+            s["workload_scaling"].starts_with("emulated: workloads scaled down by time budget"),
+            "{s:?}"
+        );
+        assert!(s["fs_data_path"].contains("virtio-blk"), "{s:?}");
+        for path in [DataPath::Rootfs, DataPath::Volume] {
+            let mut task = Task::new(Workload::Fs(FsParams {
+                dir: "/not-used-in-a-vm".into(),
+                path,
+                file_mib: 8,
+                seq_block_kib: 256,
+                rand_ops: 200,
+                meta_files: 100,
+                fsync_ops: 10,
+                direct: true,
+                time_budget_ms: 3_000,
+            }));
+            // lost+found exists only at the root of the ext4 filesystem mkfs made.
+            task.probe = true;
+            task.probe_paths = vec!["/dev/vda".into(), "/data/lost+found".into()];
+            let t0 = std::time::Instant::now();
+            let o = b.run_once(&task).unwrap();
+            println!(
+                "emulated {path:?}: {:.1} s, metrics {:?}",
+                t0.elapsed().as_secs_f64(),
+                o.report
+                    .metrics
+                    .iter()
+                    .map(|m| format!("{}={:.1}", m.name, m.value))
+                    .collect::<Vec<_>>()
+            );
+            let view = o.report.isolation.as_ref().expect("probe requested");
+            assert_eq!(
+                view.visible_paths,
+                vec![
+                    ("/dev/vda".to_string(), true),
+                    ("/data/lost+found".to_string(), true)
+                ]
+            );
+            assert_eq!(metric(&o.report, "direct_io"), 1.0, "O_DIRECT on the disk");
+            for m in &o.report.metrics {
+                assert!(m.value.is_finite() && m.value >= 0.0, "{m:?}");
+            }
+            for m in [
+                "seq_write_mb_per_s",
+                "seq_read_mb_per_s",
+                "rand_read_iops",
+                "rand_write_iops",
+            ] {
+                assert!(metric(&o.report, m) > 0.0, "{m}");
+            }
+            let res = env.state.resources();
+            assert!(
+                res.iter()
+                    .any(|r| matches!(r, Resource::File { path } if path.ends_with("disk.ext4"))),
+                "the image is in the ledger: {res:?}"
+            );
+            assert_eq!(res.len(), 2, "work dir and image only: {res:?}");
+        }
+    });
+}
+
+/// The net workload on the emulated tier reaches the host's peer through the tap.
+#[test]
+fn emulated_net_through_tap() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "emulated_net_through_tap";
+    if !emulated_ready(test) {
+        return;
+    }
+    with_vm(Tier::Emulated, &[], |b, env| {
+        let task = Task::new(Workload::Net(NetParams {
+            path: NetPath::Direct,
+            stream_duration_ms: 1_000,
+            stream_max_mib: 64,
+            rr_transactions: 300,
+            time_budget_ms: 3_000,
+            ..NetParams::default()
+        }));
+        let t0 = std::time::Instant::now();
+        let o = b.run_once(&task).unwrap();
+        println!(
+            "emulated net: {:.1} s, metrics {:?}",
+            t0.elapsed().as_secs_f64(),
+            o.report
+                .metrics
+                .iter()
+                .map(|m| format!("{}={:.2}", m.name, m.value))
+                .collect::<Vec<_>>()
+        );
+        let links: Vec<String> = env
+            .state
+            .resources()
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Link { name } => Some(name),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(links.len(), 1, "one tap recorded");
+        assert!(
+            isb_links().contains(&links[0]),
+            "the tap exists during the run"
+        );
+        let m: Vec<(&str, f64)> = o
+            .report
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.value))
+            .collect();
+        assert!(!m.is_empty());
+        for (name, v) in &m {
+            assert!(v.is_finite() && *v >= 0.0, "{name}={v}");
+            if name.contains("gbit_per_s") || name.contains("latency") || name.contains("_us") {
+                assert!(*v > 0.0, "{name}={v}");
+            }
+        }
+    });
+}
+
+/// Two idle VMs at once (density): both run, each its own QEMU; one is stopped by its handle,
+/// the other by `finish`; nothing is left.
+#[test]
+fn emulated_idle_instances() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "emulated_idle_instances";
+    if !emulated_ready(test) {
+        return;
+    }
+    with_vm(Tier::Emulated, &[], |b, env| {
+        let task = Task::new(Workload::Idle(IdleParams { max_s: 120 }));
+        let t0 = std::time::Instant::now();
+        let one = b.start_idle(&task).unwrap();
+        let two = b.start_idle(&task).unwrap();
+        println!("2 idle VMs ready in {:.1} s", t0.elapsed().as_secs_f64());
+        let pids: Vec<i32> = one
+            .host_pids()
+            .into_iter()
+            .chain(two.host_pids())
+            .map(|p| p.as_raw())
+            .collect();
+        let mut running = qemu_children();
+        running.sort_unstable();
+        let mut want = pids.clone();
+        want.sort_unstable();
+        assert_eq!(running, want, "one qemu per instance");
+        let procs = env
+            .state
+            .resources()
+            .into_iter()
+            .filter(|r| matches!(r, Resource::Process { .. }))
+            .count();
+        assert_eq!(procs, 2, "both recorded");
+        one.stop().unwrap();
+        assert_eq!(qemu_children(), vec![pids[1]], "only the second is left");
+        // The second is stopped by finish; its handle's stop is then a no-op.
+        b.finish().unwrap();
+        assert!(qemu_children().is_empty());
+        two.stop().unwrap();
+    });
+}
+
+/// A tap of the name the run would use already exists: it is neither adopted nor removed, and
+/// nothing is recorded (no VM boots: the launch is refused before QEMU starts).
+#[test]
+fn emulated_never_adopts_an_existing_tap() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "emulated_never_adopts_an_existing_tap";
+    if !emulated_ready(test) {
+        return;
+    }
+    with_vm(Tier::Emulated, &[], |b, env| {
+        let name = tap::name(&env.state.id, Tier::Emulated);
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["tuntap", "add", "dev", &name, "mode", "tap"]);
+        let r = b.run_once(&Task::new(Workload::Net(NetParams::default())));
+        let exists = tap::exists(&name);
+        ip(&["link", "del", "dev", &name]);
+        let e = r.map(|o| o.timings).unwrap_err().to_string();
+        assert!(e.contains("never adopts") && e.contains(&name), "{e}");
+        assert!(exists, "the existing device was removed");
+        assert!(
+            !env.state
+                .resources()
+                .iter()
+                .any(|r| matches!(r, Resource::Link { .. })),
+            "a device it did not create stays out of the ledger"
+        );
+    });
+}
+
+/// With a small guest, the memory workload's defaults do not fit: they are shrunk, and it runs
+/// instead of running the guest out of memory.
+#[test]
+fn emulated_memory_fits_a_small_guest() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "emulated_memory_fits_a_small_guest";
+    if !emulated_ready(test) {
+        return;
+    }
+    with_vm_mem(
+        Tier::Emulated,
+        &[("phase_budget_ms", "1500")],
+        320,
+        |b, _| {
+            let s = b.settings();
+            println!("{}", s["workload_scaling"]);
+            assert!(
+                s["workload_scaling"].contains("memory workload fitted to"),
+                "{s:?}"
+            );
+            let t0 = std::time::Instant::now();
+            let o = b
+                .run_once(&Task::new(Workload::Memory(MemoryParams::default())))
+                .unwrap();
+            println!(
+                "emulated memory (320 MiB guest): {:.1} s, metrics {:?}",
+                t0.elapsed().as_secs_f64(),
+                o.report
+                    .metrics
+                    .iter()
+                    .map(|m| format!("{}={:.2}", m.name, m.value))
+                    .collect::<Vec<_>>()
+            );
+            for m in ["copy_gb_per_s", "triad_gb_per_s", "latency_ns"] {
+                let v = metric(&o.report, m);
+                assert!(v.is_finite() && v > 0.0, "{m}={v}");
+            }
+        },
+    );
 }

@@ -102,6 +102,7 @@ fn fs_workload_measures_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let r = run_agent(Workload::Fs(FsParams {
         dir: dir.path().display().to_string(),
+        path: Default::default(),
         file_mib: 4,
         seq_block_kib: 256,
         rand_ops: 200,

@@ -42,7 +42,8 @@ pub fn setup(g: &GuestSetup) -> Result<(), String> {
     set_up("lo", None)?;
     if let Some(addr) = &g.net_addr {
         let (ip, prefix) = parse_cidr(addr)?;
-        set_up("eth0", Some((ip, prefix)))?;
+        let ifname = wait_for_interface()?;
+        set_up(&ifname, Some((ip, prefix)))?;
     }
     if let Some(dev) = &g.disk_device {
         let target = g.disk_mount.as_deref().unwrap_or("/mnt");
@@ -76,6 +77,50 @@ fn load_module(path: &str) -> Result<(), String> {
         Err(e) => Err(format!(
             "loading module {path}: {e} (does it match the guest kernel's version?)"
         )),
+    }
+}
+
+/// The first network interface other than loopback: the virtio-net device, which the kernel
+/// names `eth0` (no udev renames it here). Waits up to 2 s for virtio-net to probe.
+fn wait_for_interface() -> Result<String, String> {
+    for _ in 0..200 {
+        if let Some(name) = first_interface(Path::new("/sys/class/net")) {
+            return Ok(name);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let seen: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(format!(
+        "no network interface besides lo appeared within 2 s (saw {seen:?}): is virtio_net \
+         loaded and the QEMU netdev attached?"
+    ))
+}
+
+/// The non-loopback interface in a `/sys/class/net`-like directory, preferring `eth*`, in
+/// name order.
+pub fn first_interface(class_net: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(class_net)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort_by_key(|n| (!n.starts_with("eth"), n.clone()));
+    names.into_iter().next()
+}
+
+/// Undo what [`setup`] mounted that holds data: unmount the disk so its filesystem is clean for
+/// the next launch. Best effort: the guest powers off right after.
+pub fn teardown(g: &GuestSetup) {
+    if g.disk_device.is_some() {
+        let target = g.disk_mount.as_deref().unwrap_or("/mnt");
+        let _ = nix::mount::umount(target);
     }
 }
 
@@ -194,6 +239,17 @@ mod tests {
         assert_eq!(netmask(30).to_string(), "255.255.255.252");
         assert_eq!(netmask(0).to_string(), "0.0.0.0");
         assert_eq!(netmask(32).to_string(), "255.255.255.255");
+    }
+
+    #[test]
+    fn finds_the_virtio_interface() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(first_interface(d.path()), None);
+        std::fs::create_dir(d.path().join("lo")).unwrap();
+        assert_eq!(first_interface(d.path()), None);
+        std::fs::create_dir(d.path().join("sit0")).unwrap();
+        std::fs::create_dir(d.path().join("eth0")).unwrap();
+        assert_eq!(first_interface(d.path()).as_deref(), Some("eth0"));
     }
 
     #[test]

@@ -24,11 +24,11 @@ pub fn main() -> ! {
         Ok(s) => Task::decode(&s),
         Err(_) => Err(format!("no task: set {TASK_ENV} (the host does this)")),
     };
-    let mut in_vm = false;
+    let mut guest = None;
     let (report, code) = match task {
         Ok(task) => {
             let code = task.exit_code.unwrap_or(0);
-            in_vm = task.guest.is_some();
+            guest = task.guest.clone();
             // As /init of a VM: mounts, modules, network, disk before the workload.
             match task.guest.as_ref().map(guest::setup) {
                 Some(Err(e)) => (
@@ -55,8 +55,9 @@ pub fn main() -> ! {
     let _ = writeln!(out, "{}", report.to_line());
     let _ = out.flush();
     drop(out);
-    if in_vm {
+    if let Some(g) = guest {
         // PID 1 of a VM: exiting would panic the kernel; power off instead (ends QEMU).
+        guest::teardown(&g);
         guest::power_off()
     }
     std::process::exit(code)

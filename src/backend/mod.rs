@@ -181,7 +181,10 @@ pub trait Backend {
     /// Every resource is recorded in the ledger like a normal launch.
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         let _ = task;
-        Err(BackendError::Other(format!("{} cannot start idle instances yet", self.tier())))
+        Err(BackendError::Other(format!(
+            "{} cannot start idle instances yet",
+            self.tier()
+        )))
     }
 }
 

@@ -28,7 +28,9 @@ pub fn run(workload: &Workload) -> Result<Vec<Metric>, String> {
         Workload::Fs(p) => fs::run(p),
         Workload::Net(p) => net::run(p),
         Workload::Idle(p) => idle(p.max_s),
-        Workload::Density(_) => Err("density is measured by the host; the agent runs `idle` instances".into()),
+        Workload::Density(_) => {
+            Err("density is measured by the host; the agent runs `idle` instances".into())
+        }
     }
 }
 
@@ -43,7 +45,10 @@ fn idle(max_s: u64) -> Result<Vec<Metric>, String> {
     while start.elapsed() < limit {
         let left = limit.saturating_sub(start.elapsed());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
-        let mut fds = [nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            stdin.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => match nix::unistd::read(0, &mut buf) {
@@ -53,7 +58,12 @@ fn idle(max_s: u64) -> Result<Vec<Metric>, String> {
             Err(_) => break,
         }
     }
-    Ok(vec![Metric::new("idle_s", "s", start.elapsed().as_secs_f64(), crate::protocol::Better::Lower)])
+    Ok(vec![Metric::new(
+        "idle_s",
+        "s",
+        start.elapsed().as_secs_f64(),
+        crate::protocol::Better::Lower,
+    )])
 }
 
 /// A count as f64. Counts here stay far below 2^53, where the conversion is exact.

@@ -14,31 +14,38 @@
 //! (pid, start time) right after spawn and released after it is reaped, and is killed on the
 //! deadline or on cancel. Not protected against: the guest's network traffic is not filtered.
 
+pub mod disk;
+pub mod idle;
 pub mod initramfs;
 pub mod kernel;
+pub mod launch;
 pub mod qemu;
+pub mod scale;
+pub mod tap;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-
+use self::idle::{wait_ready, Registry};
 use self::kernel::{GuestKernel, KernelError};
-use self::qemu::{Accel, LaunchSpec, Qemu, Vmm, VmmKind};
-use super::bare::{child_common, cpuset};
-use super::child::{into_report, read_agent, Waiter};
-use super::{Availability, Backend, BackendError, BackendOptions, Outcome, RunEnv, Timings};
+use self::launch::Launch;
+use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
+use self::scale::Fit;
+use super::child::{into_report, read_agent};
+use super::{
+    Availability, Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, Timings,
+};
 use crate::host::{HostFacts, KvmKind};
+use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::{process_start_time, Resource, RunState};
+use crate::state::{Resource, RunState};
 use crate::tier::Tier;
+use crate::workload::Workload;
 
 /// Longest a TCG launch may take (boot to userspace is several seconds, workloads are slow).
 pub const TCG_DEADLINE: Duration = Duration::from_secs(120);
@@ -216,6 +223,28 @@ pub fn cmdline(base: &str, task: &Task) -> Result<String, BackendError> {
     Ok(s)
 }
 
+/// Per-run settings of the data paths (validated in `prepare`, used on first need).
+#[derive(Debug, Clone, Copy)]
+struct DiskConfig {
+    mib: u64,
+    cache: &'static str,
+    aio: &'static str,
+}
+
+/// The run's disk image, once the first fs launch has made it.
+struct DiskImage {
+    path: PathBuf,
+    /// A launch that used it did not end cleanly: reformat before the next one.
+    dirty: bool,
+}
+
+/// The run's tap device and the host's peer on it, once the first net launch has made them.
+struct Net {
+    tap: String,
+    link: tap::Link,
+    peer: NetPeer,
+}
+
 /// What `prepare` sets up for a run.
 struct Prepared {
     state: Arc<RunState>,
@@ -223,7 +252,7 @@ struct Prepared {
     qemu: Qemu,
     qemu_version: Option<String>,
     kernel: GuestKernel,
-    /// `<scratch>/<tier>`: the initramfs and the per-launch directories.
+    /// `<scratch>/<tier>`: the initramfs, the disk image and the per-launch directories.
     work: PathBuf,
     initrd: PathBuf,
     modules: Vec<String>,
@@ -231,6 +260,11 @@ struct Prepared {
     memory_mib: u64,
     base_cmdline: String,
     deadline: Duration,
+    fit: Fit,
+    disk_cfg: DiskConfig,
+    disk: Option<DiskImage>,
+    net: Option<Net>,
+    idle: Registry,
 }
 
 /// A VM tier.
@@ -273,6 +307,164 @@ fn remove_dir(state: &RunState, dir: &Path) -> Result<(), BackendError> {
     release(state, &Resource::Dir { path: dir.into() })
 }
 
+/// A whole-number setting above `min`, or `default` when not given.
+fn setting_u64(
+    opts: &BackendOptions,
+    key: &str,
+    default: u64,
+    min: u64,
+) -> Result<u64, BackendError> {
+    match opts.settings.get(key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(BackendError::Other(format!(
+                "--set {key}={v}: expected a whole number of at least {min}, e.g. {key}={default}"
+            ))),
+        },
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Other(e.to_string())
+}
+
+impl Prepared {
+    /// The run's disk image, made (or remade, when a launch left it dirty) on first need.
+    fn ensure_disk(&mut self) -> Result<PathBuf, BackendError> {
+        match &mut self.disk {
+            Some(d) if !d.dirty => return Ok(d.path.clone()),
+            Some(d) => {
+                tracing::info!("reformatting {} after an unclean launch", d.path.display());
+                disk::format(&d.path, self.disk_cfg.mib).map_err(other)?;
+                d.dirty = false;
+                return Ok(d.path.clone());
+            }
+            None => {}
+        }
+        let path = self.work.join("disk.ext4");
+        record(&self.state, &Resource::File { path: path.clone() })?;
+        if let Err(e) = disk::format(&path, self.disk_cfg.mib) {
+            let _ = std::fs::remove_file(&path);
+            let _ = release(&self.state, &Resource::File { path });
+            return Err(other(e));
+        }
+        self.disk = Some(DiskImage {
+            path: path.clone(),
+            dirty: false,
+        });
+        Ok(path)
+    }
+
+    /// The run's tap and peer, made on first need: the name recorded before the device is
+    /// created, never adopted.
+    fn ensure_net(&mut self, tier: Tier) -> Result<&Net, BackendError> {
+        if self.net.is_none() {
+            let name = tap::name(&self.state.id, tier);
+            let used = tap::used_networks().map_err(other)?;
+            let link = tap::pick(&used, tap::seed(&self.state.id))
+                .ok_or_else(|| other(tap::TapError::NoSubnet))?;
+            let res = Resource::Link { name: name.clone() };
+            record(&self.state, &res)?;
+            if let Err(e) = tap::create(&name, &link) {
+                // Only a device this call created is removed; an existing one is left alone.
+                if !matches!(e, tap::TapError::Exists(_)) {
+                    let _ = tap::delete(&name);
+                }
+                let _ = release(&self.state, &res);
+                return Err(other(e));
+            }
+            let peer = match NetPeer::start(SocketAddr::from((link.host, 0))) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tap::delete(&name);
+                    let _ = release(&self.state, &res);
+                    return Err(other(e));
+                }
+            };
+            tracing::info!(
+                "tap {name}: host {} (peer {}), guest {}",
+                link.host_cidr(),
+                peer.local_addr(),
+                link.guest_cidr()
+            );
+            self.net = Some(Net {
+                tap: name,
+                link,
+                peer,
+            });
+        }
+        Ok(self.net.as_ref().expect("just made"))
+    }
+
+    /// The spec for a launch of `task` (which already carries its guest setup).
+    fn spec(&self, accel: Accel, task: &Task) -> Result<LaunchSpec, BackendError> {
+        Ok(LaunchSpec {
+            accel,
+            kernel: self.kernel.image.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: cmdline(&self.base_cmdline, task)?,
+            memory_mib: self.memory_mib,
+            vcpus: self.cpus.len(),
+            disk: None,
+            tap: None,
+        })
+    }
+
+    /// Launch, read the agent's lines, wait for QEMU to exit, release the launch (timed).
+    fn measure(
+        &self,
+        accel: Accel,
+        spec: &LaunchSpec,
+        dir: PathBuf,
+    ) -> Result<Outcome, BackendError> {
+        let mut launch = Launch::start(&self.state, &self.qemu, spec, &self.cpus, dir)?;
+        let deadline = launch.at + self.deadline;
+        let stdout = launch.stdout.take().expect("stdout was piped");
+        let fail = |launch: Launch, e: BackendError| {
+            let said = launch.abort();
+            match e {
+                BackendError::Timeout(_, tail) => BackendError::Timeout(
+                    self.deadline,
+                    format!(
+                        "{tail}{said} (the {} guest did not finish in time)",
+                        accel.as_str()
+                    ),
+                ),
+                other => other,
+            }
+        };
+        let stream = match read_agent(stdout.as_fd(), deadline, &self.cancel) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(launch, e)),
+        };
+        let (exited, code) = match launch.waiter().wait(deadline, &self.cancel) {
+            Ok(x) => x,
+            Err(e) => return Err(fail(launch, e)),
+        };
+        drop(stdout);
+        let at = launch.at;
+        let said = launch.exited()?;
+        let released = Instant::now();
+        let report = into_report(&stream, code).map_err(|e| match e {
+            BackendError::Agent(m) if !said.is_empty() => BackendError::Agent(format!("{m}{said}")),
+            other => other,
+        })?;
+        let ready = stream
+            .ready_at
+            .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
+        Ok(Outcome {
+            timings: Timings {
+                launch_to_ready: ready - at,
+                launch_to_exit: exited - at,
+                teardown: released - exited,
+            },
+            report,
+            exit_code: Some(code),
+        })
+    }
+}
+
 impl Backend for Vm {
     fn tier(&self) -> Tier {
         self.tier
@@ -293,7 +485,7 @@ impl Backend for Vm {
                 reason: format!("{reason}; {fix}"),
             });
         }
-        let kernel = kernel.map_err(|e| BackendError::Other(e.to_string()))?;
+        let kernel = kernel.map_err(other)?;
         let (qemu, qemu_version) = vmm_binary(&env.host, &opts).map_err(|a| match a {
             Availability::Unavailable { reason, fix } => BackendError::Unavailable {
                 tier: self.tier,
@@ -309,7 +501,7 @@ impl Backend for Vm {
         // The guest holds the initramfs twice while unpacking it ("Initramfs unpacking failed:
         // write error" otherwise), plus the kernel.
         let initrd_mib = initramfs::estimated_size(&env.agent, &kernel)
-            .map_err(|e| BackendError::Other(e.to_string()))?
+            .map_err(other)?
             .div_ceil(1 << 20);
         let need = (2 * initrd_mib + KERNEL_HEADROOM_MIB).max(MIN_MEMORY_MIB);
         if env.budget.memory_mib < need {
@@ -320,34 +512,76 @@ impl Backend for Vm {
                 env.budget.memory_mib
             )));
         }
-        let deadline = match opts.settings.get("deadline_s") {
-            None => match self.accel {
-                Accel::Tcg => TCG_DEADLINE,
-                Accel::Kvm => KVM_DEADLINE,
-            },
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if n > 0 => Duration::from_secs(n),
-                _ => {
-                    return Err(BackendError::Other(format!(
-                        "--set deadline_s={v}: expected a whole number of seconds above 0, \
-                         e.g. deadline_s=120"
-                    )))
-                }
-            },
+        // What the workload may use: RAM minus the unpacked initramfs and the kernel.
+        let workload_mib = env
+            .budget
+            .memory_mib
+            .saturating_sub(initrd_mib + KERNEL_HEADROOM_MIB)
+            .max(scale::MIN_WORKLOAD_MIB);
+        let default_deadline = match self.accel {
+            Accel::Tcg => TCG_DEADLINE,
+            Accel::Kvm => KVM_DEADLINE,
         };
+        let deadline = Duration::from_secs(setting_u64(
+            &opts,
+            "deadline_s",
+            default_deadline.as_secs(),
+            1,
+        )?);
+        let phase_ms = match self.accel {
+            Accel::Tcg => Some(setting_u64(
+                &opts,
+                "phase_budget_ms",
+                scale::DEFAULT_EMULATED_PHASE_MS,
+                100,
+            )?),
+            Accel::Kvm => None,
+        };
+        let disk_mib = setting_u64(
+            &opts,
+            "disk_mib",
+            disk::DEFAULT_DISK_MIB,
+            disk::MIN_DISK_MIB,
+        )?;
+        let aio = match opts.settings.get("disk_aio").map(String::as_str) {
+            None => disk::pick_aio(&qemu),
+            Some("threads") => "threads",
+            Some("io_uring") => "io_uring",
+            Some("native") => "native",
+            Some(v) => {
+                return Err(BackendError::Other(format!(
+                    "--set disk_aio={v}: use threads, io_uring or native"
+                )))
+            }
+        };
+        let scratch = env.state.scratch();
+        let cache = if disk::supports_direct(&scratch) {
+            "none"
+        } else {
+            tracing::warn!(
+                "{} does not support O_DIRECT: the VM disk uses the host page cache \
+                 (cache=writeback), so its cold reads are not cold on the host",
+                scratch.display()
+            );
+            "writeback"
+        };
+        if aio == "native" && cache != "none" {
+            return Err(BackendError::Other(format!(
+                "--set disk_aio=native needs O_DIRECT, which {} does not support: use \
+                 disk_aio=threads or a state directory on a disk filesystem",
+                scratch.display()
+            )));
+        }
         let tsc_khz = match self.accel {
             Accel::Tcg => host_tsc_khz(),
             Accel::Kvm => None,
         };
 
-        let work = env.state.scratch().join(self.tier.as_str());
+        let work = scratch.join(self.tier.as_str());
         record(&env.state, &Resource::Dir { path: work.clone() })?;
         std::fs::create_dir_all(&work)
             .map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
-        let initrd = work.join(
-            initramfs::cache_name(&env.agent, &kernel)
-                .map_err(|e| BackendError::Other(e.to_string()))?,
-        );
+        let initrd = work.join(initramfs::cache_name(&env.agent, &kernel).map_err(other)?);
         let modules = initramfs::build(&env.agent, &kernel, &initrd)
             .map_err(|e| BackendError::Other(format!("building the initramfs: {e}")))?;
         self.prep = Some(Prepared {
@@ -363,6 +597,18 @@ impl Backend for Vm {
             memory_mib: env.budget.memory_mib,
             base_cmdline: base_cmdline(self.accel, tsc_khz),
             deadline,
+            fit: Fit {
+                phase_ms,
+                workload_mib,
+            },
+            disk_cfg: DiskConfig {
+                mib: disk_mib,
+                cache,
+                aio,
+            },
+            disk: None,
+            net: None,
+            idle: Registry::default(),
         });
         Ok(())
     }
@@ -370,150 +616,148 @@ impl Backend for Vm {
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
         self.launches += 1;
         let n = self.launches;
-        let accel = self.accel;
+        let (tier, accel) = (self.tier, self.accel);
+        let p = self
+            .prep
+            .as_mut()
+            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+        let mut task = task.clone();
+        let notes = p.fit.apply(&mut task.workload);
+        if !notes.is_empty() {
+            tracing::info!(
+                "{tier}: {} fitted: {}",
+                task.workload.name(),
+                notes.join(", ")
+            );
+        }
+        let mut g = task.guest.take().unwrap_or_default();
+        g.modules = p.modules.clone();
+        let (mut drive, mut tap_name) = (None, None);
+        // Both data paths of a VM are the virtio-blk disk; both net paths the tap.
+        match &mut task.workload {
+            Workload::Fs(f) => {
+                disk::check_fits(f.file_mib, p.disk_cfg.mib).map_err(other)?;
+                let path = p.ensure_disk()?;
+                f.dir = disk::GUEST_MOUNT.into();
+                g.disk_device = Some(disk::GUEST_DEVICE.into());
+                g.disk_mount = Some(disk::GUEST_MOUNT.into());
+                drive = Some(Drive {
+                    path,
+                    cache: p.disk_cfg.cache,
+                    aio: p.disk_cfg.aio,
+                });
+            }
+            Workload::Net(np) => {
+                let net = p.ensure_net(tier)?;
+                np.peer = net.peer.local_addr().to_string();
+                g.net_addr = Some(net.link.guest_cidr());
+                tap_name = Some(net.tap.clone());
+            }
+            Workload::Idle(_) | Workload::Density(_) => {
+                return Err(BackendError::Other(format!(
+                    "{} is not a measured launch: the density measurement uses start_idle",
+                    task.workload.name()
+                )))
+            }
+            Workload::Noop | Workload::Cpu(_) | Workload::Memory(_) => {}
+        }
+        task.guest = Some(g);
+        let mut spec = p.spec(accel, &task)?;
+        spec.disk = drive;
+        spec.tap = tap_name;
+        let out = p.measure(accel, &spec, p.work.join(format!("launch-{n}")));
+        if let (Err(_), Some(d)) = (&out, &mut p.disk) {
+            if spec.disk.is_some() {
+                d.dirty = true;
+            }
+        }
+        out
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        self.launches += 1;
+        let n = self.launches;
         let p = self
             .prep
             .as_ref()
-            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+            .ok_or_else(|| BackendError::Other("start_idle before prepare".into()))?;
+        if !matches!(task.workload, Workload::Idle(_)) {
+            return Err(BackendError::Other(format!(
+                "start_idle runs the idle workload, not {}",
+                task.workload.name()
+            )));
+        }
         let mut task = task.clone();
         let mut g = task.guest.take().unwrap_or_default();
         g.modules = p.modules.clone();
         task.guest = Some(g);
-        let spec = LaunchSpec {
-            accel,
-            kernel: p.kernel.image.clone(),
-            initrd: p.initrd.clone(),
-            cmdline: cmdline(&p.base_cmdline, &task)?,
-            memory_mib: p.memory_mib,
-            vcpus: p.cpus.len(),
-        };
-        let set = cpuset(&p.cpus)?;
-
-        let launch_dir = p.work.join(format!("launch-{n}"));
-        record(
+        // No disk and no tap: idle needs neither, and K instances must not share them.
+        let spec = p.spec(self.accel, &task)?;
+        let launch = Launch::start(
             &p.state,
-            &Resource::Dir {
-                path: launch_dir.clone(),
-            },
+            &p.qemu,
+            &spec,
+            &p.cpus,
+            p.work.join(format!("idle-{n}")),
         )?;
-        std::fs::create_dir(&launch_dir)
-            .map_err(|e| BackendError::io(format!("creating {}", launch_dir.display()), e))?;
-        let log = launch_dir.join("qemu.stderr");
-        let teardown = || remove_dir(&p.state, &launch_dir);
-        let stderr = match std::fs::File::create(&log) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = teardown();
-                return Err(BackendError::io(format!("creating {}", log.display()), e));
-            }
+        let ready = match &launch.stdout {
+            Some(out) => wait_ready(out.as_fd(), launch.at + p.deadline, &p.cancel),
+            None => Err(BackendError::Other(
+                "the guest console was not piped".into(),
+            )),
         };
-
-        let mut cmd = p.qemu.command(&spec);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        // SAFETY: the closure calls only setpgid, prctl and sched_setaffinity (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || {
-                // Own process group: a terminal's Ctrl-C reaches the harness, which tears down.
-                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
-                    .map_err(std::io::Error::from)?;
-                child_common(&set)
-            });
-        }
-        let launch = Instant::now();
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = teardown();
-                return Err(BackendError::io(
-                    format!("starting {}", p.qemu.binary.display()),
-                    e,
-                ));
-            }
-        };
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-        let proc_res = Resource::Process {
-            pid: pid.as_raw(),
-            start_time: process_start_time(pid.as_raw()).unwrap_or(0),
-        };
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let kill = |w: Option<&Waiter>| {
-            let _ = killpg(pid, Signal::SIGKILL);
-            match w {
-                Some(w) => w.kill_and_reap(),
-                None => {
-                    let _ = child_wait(pid);
-                }
-            }
-        };
-        if let Err(e) = record(&p.state, &proc_res) {
-            kill(None);
-            let _ = teardown();
-            return Err(e);
-        }
-        let waiter = match Waiter::new(pid) {
-            Ok(w) => w,
-            Err(e) => {
-                kill(None);
-                let _ = release(&p.state, &proc_res);
-                let _ = teardown();
-                return Err(e);
-            }
-        };
-        let deadline = launch + p.deadline;
-        let fail = |e: BackendError| {
-            kill(Some(&waiter));
-            let _ = release(&p.state, &proc_res);
-            let said = qemu_said(&log);
-            let _ = teardown();
-            match e {
+        if let Err(e) = ready {
+            let said = launch.abort();
+            return Err(match e {
                 BackendError::Timeout(_, tail) => BackendError::Timeout(
                     p.deadline,
-                    format!(
-                        "{tail}{said} (the {} guest did not finish in time)",
-                        accel.as_str()
-                    ),
+                    format!("{tail}{said} (the idle guest did not boot in time)"),
                 ),
+                BackendError::Agent(m) => BackendError::Agent(format!("{m}{said}")),
                 other => other,
-            }
-        };
-        let stream = match read_agent(stdout.as_fd(), deadline, &p.cancel) {
-            Ok(s) => s,
-            Err(e) => return Err(fail(e)),
-        };
-        let (exited, code) = match waiter.wait(deadline, &p.cancel) {
-            Ok(x) => x,
-            Err(e) => return Err(fail(e)),
-        };
-        drop(stdout);
-        release(&p.state, &proc_res)?;
-        let said = qemu_said(&log);
-        teardown()?;
-        let released = Instant::now();
-        let report = into_report(&stream, code).map_err(|e| match e {
-            BackendError::Agent(m) if !said.is_empty() => BackendError::Agent(format!("{m}{said}")),
-            other => other,
-        })?;
-        let ready = stream
-            .ready_at
-            .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
-        Ok(Outcome {
-            timings: Timings {
-                launch_to_ready: ready - launch,
-                launch_to_exit: exited - launch,
-                teardown: released - exited,
-            },
-            report,
-            exit_code: Some(code),
-        })
+            });
+        }
+        Ok(Box::new(p.idle.add(n, launch)))
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
-        if let Some(p) = self.prep.take() {
-            remove_dir(&p.state, &p.work)?;
+        let Some(p) = self.prep.take() else {
+            return Ok(());
+        };
+        // RELIABILITY rule 2: processes, then network devices, then files. Every step is
+        // tried; the first error is returned (the ledger keeps what was not released).
+        let mut results = vec![p.idle.stop_all()];
+        if let Some(net) = p.net {
+            net.peer.stop();
+            let res = Resource::Link {
+                name: net.tap.clone(),
+            };
+            results.push(
+                tap::delete(&net.tap)
+                    .map_err(other)
+                    .and_then(|_| release(&p.state, &res)),
+            );
         }
-        Ok(())
+        if let Some(d) = p.disk {
+            let res = Resource::File {
+                path: d.path.clone(),
+            };
+            results.push(
+                match std::fs::remove_file(&d.path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(BackendError::io(
+                        format!("removing {}", d.path.display()),
+                        e,
+                    )),
+                }
+                .and_then(|()| release(&p.state, &res)),
+            );
+        }
+        if results.iter().all(Result::is_ok) {
+            results.push(remove_dir(&p.state, &p.work));
+        }
+        results.into_iter().collect()
     }
 
     fn versions(&self) -> BTreeMap<String, String> {
@@ -543,35 +787,38 @@ impl Backend for Vm {
             s.insert("kernel_cmdline".into(), p.base_cmdline.clone());
             s.insert("guest_modules".into(), p.modules.len().to_string());
             s.insert("deadline_s".into(), p.deadline.as_secs().to_string());
+            s.insert("workload_scaling".into(), p.fit.describe());
+            if let Some(ms) = p.fit.phase_ms {
+                s.insert("phase_budget_ms".into(), ms.to_string());
+            }
+            s.insert(
+                "fs_data_path".into(),
+                format!(
+                    "virtio-blk ({}) backed by a raw ext4 image of {} MiB in the run's scratch \
+                     (cache={}, aio={}), mounted at {} (fs and fs_volume alike)",
+                    disk::GUEST_DEVICE,
+                    p.disk_cfg.mib,
+                    p.disk_cfg.cache,
+                    p.disk_cfg.aio,
+                    disk::GUEST_MOUNT
+                ),
+            );
+            s.insert(
+                "net_path".into(),
+                format!(
+                    "tap + virtio-net without vhost, a private /{} in {}/{} (net and net_nat \
+                     alike); guest traffic is not filtered",
+                    tap::LINK_PREFIX,
+                    tap::RANGE,
+                    tap::RANGE_PREFIX
+                ),
+            );
             if let Some(n) = &p.kernel.note {
                 s.insert("kernel_note".into(), n.clone());
             }
         }
         s
     }
-}
-
-/// Reap a child we could not wrap in a Waiter (bounded: it was just SIGKILLed).
-fn child_wait(pid: Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
-    nix::sys::wait::waitpid(pid, None)
-}
-
-/// QEMU's own error output for a launch, formatted to append to an error ("" when silent).
-fn qemu_said(log: &Path) -> String {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    let s = s.trim();
-    if s.is_empty() {
-        return String::new();
-    }
-    let tail: String = s
-        .chars()
-        .rev()
-        .take(600)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("; qemu said: {}", tail.replace('\n', " | "))
 }
 
 #[cfg(test)]
