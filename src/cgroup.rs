@@ -166,6 +166,24 @@ impl CgroupManager {
                     level.push(comp);
                     make_dir(&level, &level == path, state, created)?;
                 }
+            }
+            CgroupManager::V1 { paths } => {
+                for (controller, path) in paths {
+                    let mut level = root.join(controller);
+                    for comp in rel.components() {
+                        level.push(comp);
+                        make_dir(&level, &level == path, state, created)?;
+                    }
+                }
+            }
+        }
+        self.apply_limits(budget)
+    }
+
+    /// Write the budget's limits into every directory of this cgroup.
+    fn apply_limits(&self, budget: &Budget) -> Result<(), CgroupError> {
+        match self {
+            CgroupManager::V2 { path } => {
                 write(
                     &path.join("memory.max"),
                     &budget_memory_bytes(budget).to_string(),
@@ -177,11 +195,6 @@ impl CgroupManager {
             }
             CgroupManager::V1 { paths } => {
                 for (controller, path) in paths {
-                    let mut level = root.join(controller);
-                    for comp in rel.components() {
-                        level.push(comp);
-                        make_dir(&level, &level == path, state, created)?;
-                    }
                     match controller.as_str() {
                         "memory" => write(
                             &path.join("memory.limit_in_bytes"),
@@ -198,6 +211,46 @@ impl CgroupManager {
             }
         }
         Ok(())
+    }
+
+    /// Create this cgroup, whose parent exists, with the budget's limits, WITHOUT touching the
+    /// ledger: the caller has recorded every directory of [`CgroupManager::dirs`] beforehand
+    /// (per launch, in one ledger write kept off the launch clock). A directory that already
+    /// exists is never adopted; on failure the directories this call made are removed again.
+    pub fn create_recorded(&self, budget: &Budget) -> Result<(), CgroupError> {
+        let mut made: Vec<&Path> = vec![];
+        let res = (|| {
+            for d in self.dirs() {
+                if let (CgroupManager::V2 { .. }, Some(parent)) = (self, d.parent()) {
+                    enable_v2_controllers(parent)?;
+                }
+                match std::fs::create_dir(d) {
+                    Ok(()) => made.push(d),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(CgroupError::Exists { path: d.into() })
+                    }
+                    Err(e) => return Err(io("creating cgroup", d)(e)),
+                }
+            }
+            self.apply_limits(budget)
+        })();
+        if res.is_err() {
+            for d in made.iter().rev() {
+                let _ = rmdir_retry(d);
+            }
+        }
+        res
+    }
+
+    /// The files a task writes "0" into to move itself into this cgroup: v1 `tasks` (moving
+    /// one thread, the caller itself, skips the global threadgroup lock and the RCU grace
+    /// period that a `cgroup.procs` write costs; a single-threaded process moves whole), v2
+    /// `cgroup.procs`.
+    pub fn self_join_files(&self) -> Vec<PathBuf> {
+        match self {
+            CgroupManager::V2 { path } => vec![path.join("cgroup.procs")],
+            CgroupManager::V1 { paths } => paths.iter().map(|(_, p)| p.join("tasks")).collect(),
+        }
     }
 
     /// Every directory of this cgroup (one on v2, one per controller on v1).

@@ -41,6 +41,12 @@ pub struct RunCleanup {
     pub unmounted: Vec<PathBuf>,
     pub cgroups_removed: Vec<PathBuf>,
     pub links_removed: Vec<String>,
+    /// Runtime containers removed (runc/crun/runsc ids, LXC and Docker names).
+    pub containers_removed: Vec<String>,
+    /// nftables tables removed, as `family name`.
+    pub nft_tables_removed: Vec<String>,
+    /// Sysctls put back to the value they had before the run.
+    pub sysctls_restored: Vec<PathBuf>,
     pub dir_removed: bool,
     /// Every step that failed, saying what to do.
     pub errors: Vec<String>,
@@ -118,6 +124,28 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
             _ => None,
         })
         .collect();
+
+    // 0. Containers of the external runtimes: their own delete kills the container's
+    //    processes and removes the cgroups, mounts and state the runtime made.
+    for x in &ledger.resources {
+        let done = match x {
+            Resource::OciContainer { runtime, root, id } => remove_oci_container(runtime, root, id),
+            Resource::LxcContainer { lxcpath, name } => remove_lxc_container(lxcpath, name),
+            Resource::DockerContainer { name } => remove_docker_container(name),
+            _ => continue,
+        };
+        match done {
+            Ok(true) => r.containers_removed.push(match x {
+                Resource::OciContainer { id, .. } => id.clone(),
+                Resource::LxcContainer { name, .. } | Resource::DockerContainer { name } => {
+                    name.clone()
+                }
+                _ => unreachable!("filtered above"),
+            }),
+            Ok(false) => {}
+            Err(e) => r.errors.push(e),
+        }
+    }
 
     // 1. Kill: cgroup members and recorded processes (pid + start time), then wait.
     let mut victims: Vec<(i32, u64)> = vec![];
@@ -222,6 +250,26 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
         }
     }
 
+    // 4b. NAT rules: the run owns whole tables, so deleting the table removes every rule.
+    for x in &ledger.resources {
+        if let Resource::NftTable { family, name } = x {
+            match remove_nft_table(family, name) {
+                Ok(true) => r.nft_tables_removed.push(format!("{family} {name}")),
+                Ok(false) => {}
+                Err(e) => r.errors.push(e),
+            }
+        }
+    }
+    // 4c. Sysctls the run switched (ip_forward), back to what they were.
+    for x in &ledger.resources {
+        if let Resource::Sysctl { path, restore } = x {
+            match restore_sysctl(path, restore) {
+                Ok(()) => r.sysctls_restored.push(path.clone()),
+                Err(e) => r.errors.push(e),
+            }
+        }
+    }
+
     // 5. Files, only once everything above is gone (the ledger stays for a retry otherwise).
     if r.errors.is_empty() {
         for x in &ledger.resources {
@@ -243,7 +291,10 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
     r
 }
 
-fn remove_link(name: &str) -> Result<bool, String> {
+/// Delete network device `name` if it exists (a veth takes its peer with it). Ok(false) when it
+/// is already gone, including when it vanished on its own meanwhile (a dying network namespace
+/// removes its veth pairs asynchronously).
+pub fn remove_link(name: &str) -> Result<bool, String> {
     if name.is_empty() || name.len() > 15 || name.contains('/') || name.starts_with('.') {
         return Err(format!(
             "ledger names an invalid network device {name:?}: edit the ledger by hand"
@@ -258,12 +309,168 @@ fn remove_link(name: &str) -> Result<bool, String> {
         .map_err(|e| format!("running `ip link del {name}`: {e} (install iproute2)"))?;
     if out.status.success() {
         Ok(true)
+    } else if !Path::new("/sys/class/net").join(name).exists() {
+        Ok(false)
     } else {
         Err(format!(
             "`ip link del {name}` failed: {}; remove it by hand",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Is `s` a container id or name isobench makes (`isobench-<run>-...`: letters, digits, `-`,
+/// `_`, `.`)? Anything else in a ledger is refused rather than passed to a runtime.
+pub fn valid_container_name(s: &str) -> bool {
+    s.starts_with("isobench-")
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<std::process::Output, String> {
+    cmd.stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running `{what}`: {e}; remove the container by hand"))
+}
+
+/// Delete OCI container `id` under state root `root` with `runtime` if the runtime still knows
+/// it. Ok(false) when it is already gone (or the state root is).
+pub fn remove_oci_container(runtime: &Path, root: &Path, id: &str) -> Result<bool, String> {
+    if !valid_container_name(id) {
+        return Err(format!(
+            "ledger names an invalid container id {id:?}: edit the ledger by hand"
+        ));
+    }
+    if !root.is_dir() {
+        return Ok(false);
+    }
+    let known = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(id))
+        })
+        .unwrap_or(false);
+    if !known {
+        return Ok(false);
+    }
+    let what = format!("{} --root {} delete --force {id}", runtime.display(), root.display());
+    let out = run_tool(
+        std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", id]),
+        &what,
+    )?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("does not exist") || err.contains("not found") || err.contains("No such") {
+            Ok(false)
+        } else {
+            Err(format!("`{what}` failed: {}; remove it by hand", err.trim()))
+        }
+    }
+}
+
+/// Stop LXC container `name` under `lxcpath` if it is still running.
+pub fn remove_lxc_container(lxcpath: &Path, name: &str) -> Result<bool, String> {
+    if !valid_container_name(name) {
+        return Err(format!(
+            "ledger names an invalid LXC container {name:?}: edit the ledger by hand"
+        ));
+    }
+    if !lxcpath.is_dir() {
+        return Ok(false);
+    }
+    let what = format!("lxc-stop --kill -P {} -n {name}", lxcpath.display());
+    let out = run_tool(
+        std::process::Command::new("lxc-stop")
+            .arg("--kill")
+            .arg("-P")
+            .arg(lxcpath)
+            .args(["-n", name]),
+        &what,
+    )?;
+    // lxc-stop fails with "is not running" when the container already ended.
+    Ok(out.status.success())
+}
+
+/// Remove Docker container `name` (running or not). Ok(false) when it does not exist.
+pub fn remove_docker_container(name: &str) -> Result<bool, String> {
+    if !valid_container_name(name) {
+        return Err(format!(
+            "ledger names an invalid Docker container {name:?}: edit the ledger by hand"
+        ));
+    }
+    let what = format!("docker rm --force {name}");
+    let out = run_tool(
+        std::process::Command::new("docker").args(["rm", "--force", name]),
+        &what,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && !err.contains("No such container") {
+        Ok(true)
+    } else if err.contains("No such container") {
+        Ok(false)
+    } else {
+        Err(format!(
+            "`{what}` failed: {} (is dockerd running?); remove it by hand",
+            err.trim()
+        ))
+    }
+}
+
+/// Is `s` a name nft accepts for a table or family (letters, digits, `_`, `-`)?
+pub fn valid_nft_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphabetic()
+}
+
+/// Delete nftables table `family name` if it exists. Ok(false) when it is already gone.
+pub fn remove_nft_table(family: &str, name: &str) -> Result<bool, String> {
+    if !valid_nft_name(family) || !valid_nft_name(name) {
+        return Err(format!(
+            "ledger names an invalid nftables table {family:?} {name:?}: edit the ledger by hand"
+        ));
+    }
+    let nft = |args: &[&str]| {
+        std::process::Command::new("nft")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("running `nft {}`: {e} (install nftables)", args.join(" ")))
+    };
+    if !nft(&["list", "table", family, name])?.status.success() {
+        return Ok(false);
+    }
+    let out = nft(&["delete", "table", family, name])?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!(
+            "`nft delete table {family} {name}` failed: {}; remove it by hand",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Put a sysctl under /proc/sys back to `value`.
+pub fn restore_sysctl(path: &Path, value: &str) -> Result<(), String> {
+    if !path.starts_with("/proc/sys/") || path.components().any(|c| c.as_os_str() == "..") {
+        return Err(format!(
+            "ledger names {} as a sysctl, which is not under /proc/sys: edit the ledger by hand",
+            path.display()
+        ));
+    }
+    std::fs::write(path, value).map_err(|e| {
+        format!(
+            "restoring {} to {value:?}: {e}; set it by hand (sysctl -w)",
+            path.display()
+        )
+    })
 }
 
 /// Undo /proc/self/mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline,

@@ -29,6 +29,24 @@ pub enum Resource {
     /// A process, identified by pid and start time (clock ticks since boot) so a recycled pid is
     /// never killed.
     Process { pid: i32, start_time: u64 },
+    /// An nftables table the run created and owns whole (its NAT rules live in it), removed
+    /// with `nft delete table <family> <name>`.
+    NftTable { family: String, name: String },
+    /// A sysctl under /proc/sys the run changed, with the value to put back (e.g. ip_forward
+    /// switched on for the container's NAT path).
+    Sysctl { path: PathBuf, restore: String },
+    /// A container of an OCI runtime (runc, crun, runsc) kept under a state root the run owns,
+    /// removed with `<runtime> --root <root> delete --force <id>`.
+    OciContainer {
+        runtime: PathBuf,
+        root: PathBuf,
+        id: String,
+    },
+    /// An LXC container under an lxcpath the run owns, stopped with
+    /// `lxc-stop --kill -P <lxcpath> -n <name>`.
+    LxcContainer { lxcpath: PathBuf, name: String },
+    /// A Docker container by its isobench-owned name, removed with `docker rm --force <name>`.
+    DockerContainer { name: String },
 }
 
 /// Who owns a run: the harness process, by pid and start time.
@@ -131,10 +149,29 @@ impl RunState {
         )
     }
 
+    /// Record several resources before creating them, in one ledger write (one fsync).
+    pub fn record_all(&self, rs: &[Resource]) -> std::io::Result<()> {
+        let mut l = self.ledger.lock().expect("ledger lock");
+        for r in rs {
+            if !l.resources.contains(r) {
+                l.resources.push(r.clone());
+            }
+        }
+        write_atomic(
+            &self.dir.join("ledger.json"),
+            &serde_json::to_vec_pretty(&*l).expect("ledger serialises"),
+        )
+    }
+
     /// Forget `r` after it has been removed.
     pub fn release(&self, r: &Resource) -> std::io::Result<()> {
+        self.release_all(std::slice::from_ref(r))
+    }
+
+    /// Forget several removed resources in one ledger write.
+    pub fn release_all(&self, rs: &[Resource]) -> std::io::Result<()> {
         let mut l = self.ledger.lock().expect("ledger lock");
-        l.resources.retain(|x| x != r);
+        l.resources.retain(|x| !rs.contains(x));
         write_atomic(
             &self.dir.join("ledger.json"),
             &serde_json::to_vec_pretty(&*l).expect("ledger serialises"),
@@ -197,6 +234,21 @@ mod tests {
         assert_eq!(l.owner.as_ref().unwrap().pid, std::process::id() as i32);
         rs.release(&r).unwrap();
         assert!(sd.ledgers()[0].1.as_ref().unwrap().resources.is_empty());
+        let more = vec![
+            r.clone(),
+            Resource::Link {
+                name: "isbk1d".into(),
+            },
+            Resource::NftTable {
+                family: "ip".into(),
+                name: "isobench_k1".into(),
+            },
+        ];
+        rs.record_all(&more).unwrap();
+        rs.record_all(&more).unwrap();
+        assert_eq!(rs.resources(), more);
+        rs.release_all(&more[..2]).unwrap();
+        assert_eq!(sd.ledgers()[0].1.as_ref().unwrap().resources, more[2..]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One isolation tier. Order is the spectrum order, lightest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Tier {
     /// The agent as a plain child process.
     Bare,
@@ -15,8 +15,22 @@ pub enum Tier {
     Chroot,
     /// Linux namespaces + cgroup + overlay rootfs, built by isobench through `nix`.
     Container,
+    /// An OCI bundle of the same rootfs, run by `runc run`.
+    Runc,
+    /// The same OCI bundle run by `crun`.
+    Crun,
+    /// The Docker Engine, with an image imported from the same rootfs.
+    Docker,
+    /// An LXC container from the same rootfs.
+    Lxc,
+    /// gVisor (`runsc`): a user-space kernel between containers and VMs.
+    Gvisor,
     /// A KVM microVM (QEMU `-M microvm -accel kvm`).
     Microvm,
+    /// The microVM through Firecracker instead of QEMU.
+    Firecracker,
+    /// The microVM through Cloud Hypervisor instead of QEMU.
+    CloudHypervisor,
     /// The same guest under QEMU's TCG software emulation (no hardware assistance).
     Emulated,
 }
@@ -35,14 +49,21 @@ impl Tier {
             Tier::Bare => "bare",
             Tier::Chroot => "chroot",
             Tier::Container => "container",
+            Tier::Runc => "runc",
+            Tier::Crun => "crun",
+            Tier::Docker => "docker",
+            Tier::Lxc => "lxc",
+            Tier::Gvisor => "gvisor",
             Tier::Microvm => "microvm",
+            Tier::Firecracker => "firecracker",
+            Tier::CloudHypervisor => "cloud-hypervisor",
             Tier::Emulated => "emulated",
         }
     }
 
     /// True for tiers whose agent runs under a guest kernel.
     pub fn is_vm(self) -> bool {
-        matches!(self, Tier::Microvm | Tier::Emulated)
+        matches!(self, Tier::Microvm | Tier::Firecracker | Tier::CloudHypervisor | Tier::Emulated)
     }
 
     pub fn describe(self) -> &'static str {
@@ -50,7 +71,14 @@ impl Tier {
             Tier::Bare => "plain child process",
             Tier::Chroot => "chroot into a hand-prepared rootfs",
             Tier::Container => "namespaces + cgroup + overlay rootfs (pivot_root)",
+            Tier::Runc => "OCI bundle run by runc",
+            Tier::Crun => "OCI bundle run by crun",
+            Tier::Docker => "Docker Engine, image imported from the rootfs",
+            Tier::Lxc => "LXC container from the rootfs",
+            Tier::Gvisor => "gVisor runsc: user-space kernel",
             Tier::Microvm => "QEMU microvm with hardware KVM",
+            Tier::Firecracker => "Firecracker microVM (KVM)",
+            Tier::CloudHypervisor => "Cloud Hypervisor microVM (KVM)",
             Tier::Emulated => "QEMU microvm under TCG software emulation",
         }
     }
@@ -75,7 +103,7 @@ impl fmt::Display for Tier {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown tier '{0}': use one of bare, chroot, container, microvm, emulated")]
+#[error("unknown tier '{0}': use one of bare, chroot, container, runc, crun, docker, lxc, gvisor, microvm, firecracker, cloud-hypervisor, emulated")]
 pub struct UnknownTier(pub String);
 
 impl FromStr for Tier {
@@ -106,7 +134,8 @@ mod tests {
             Tier::parse_list("bare, container,bare").unwrap(),
             vec![Tier::Bare, Tier::Container]
         );
-        let e = Tier::parse_list("bare,docker").unwrap_err();
-        assert!(e.to_string().contains("'docker'"));
+        let e = Tier::parse_list("bare,vmware").unwrap_err();
+        assert!(e.to_string().contains("'vmware'"));
+        assert_eq!(Tier::parse_list("cloud-hypervisor").unwrap(), vec![Tier::CloudHypervisor]);
     }
 }

@@ -1,24 +1,37 @@
 //! `bare`: the agent as a plain child process, pinned to the budget's CPUs.
+//!
+//! Data paths: the fs workload works in `<run scratch>/bare-data` (both `DataPath`s: a bare
+//! process has only the host's directories), the net workload talks to a `NetPeer` on
+//! 127.0.0.1 (both `NetPath`s: loopback is the whole network path of a host process).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::child::{into_report, read_agent, Waiter};
-use super::{Availability, Backend, BackendError, Outcome, RunEnv, Timings};
+use super::child::{into_report, read_agent, wait_ready, Waiter};
+use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
+use crate::cleanup::safe_remove_tree;
 use crate::host::HostFacts;
+use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
+use crate::state::{Resource, RunState};
 use crate::tier::Tier;
+use crate::workload::Workload;
 
 /// Longest a process-tier launch may take before it is killed.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(300);
+/// Longest an idle instance may take to signal ready.
+pub const IDLE_READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest an idle instance may take to exit once its stdin is closed; then it is killed.
+pub const IDLE_STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 pub fn availability(_host: &HostFacts) -> Availability {
     Availability::Available {
@@ -31,6 +44,140 @@ pub struct Bare {
     agent: PathBuf,
     cpus: Vec<usize>,
     cancel: Arc<AtomicBool>,
+    /// The fs workload's host directory, recorded in `state`.
+    data: Option<(Arc<RunState>, PathBuf)>,
+    /// The net workload's peer on 127.0.0.1.
+    peer: Option<NetPeer>,
+}
+
+/// Point a process tier's task at its data paths: one directory for both fs paths (`fs_dir`,
+/// as the agent sees it) and the loopback peer for both net paths.
+pub fn process_task(
+    task: &Task,
+    fs_dir: &str,
+    peer: Option<SocketAddr>,
+) -> Result<Task, BackendError> {
+    let mut t = task.clone();
+    match &mut t.workload {
+        Workload::Fs(p) => p.dir = fs_dir.to_string(),
+        Workload::Net(p) => {
+            let peer = peer.ok_or_else(|| {
+                BackendError::Other("the net peer is not running: call prepare() first".into())
+            })?;
+            p.peer = peer.to_string();
+        }
+        _ => {}
+    }
+    Ok(t)
+}
+
+/// Refuse a task other than `idle` for an idle instance.
+pub fn check_idle(task: &Task) -> Result<(), BackendError> {
+    match task.workload {
+        Workload::Idle(_) => Ok(()),
+        ref w => Err(BackendError::Other(format!(
+            "start_idle runs the `idle` workload, not `{}`: use run_once for measurements",
+            w.name()
+        ))),
+    }
+}
+
+/// Start the loopback peer of the process tiers.
+pub fn loopback_peer() -> Result<NetPeer, BackendError> {
+    NetPeer::start("127.0.0.1:0").map_err(|e| BackendError::Other(e.to_string()))
+}
+
+/// Make a run-level data directory: refused if it exists, recorded, then created.
+pub fn make_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), BackendError> {
+    super::container::refuse_existing(dir)?;
+    state
+        .record(Resource::Dir { path: dir.into() })
+        .map_err(|e| BackendError::io("recording the data directory in the ledger", e))?;
+    std::fs::create_dir(dir).map_err(|e| {
+        let _ = state.release(&Resource::Dir { path: dir.into() });
+        BackendError::io(format!("creating {}", dir.display()), e)
+    })
+}
+
+/// Remove a run-level data directory made by [`make_data_dir`] and forget it.
+pub fn remove_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), BackendError> {
+    safe_remove_tree(dir)
+        .map_err(|e| BackendError::io(format!("removing {}", dir.display()), e))?;
+    state
+        .release(&Resource::Dir { path: dir.into() })
+        .map_err(|e| BackendError::io("updating the run ledger", e))
+}
+
+/// An idle agent of a process tier (bare, chroot): running until its stdin closes.
+pub struct ProcessIdle {
+    waiter: Waiter,
+    stdin: Option<ChildStdin>,
+    _stdout: ChildStdout,
+}
+
+impl IdleInstance for ProcessIdle {
+    fn host_pids(&self) -> Vec<Pid> {
+        vec![self.waiter.pid()]
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
+        // End of file on stdin ends the idle workload; a stuck agent is killed at the deadline
+        // (Waiter::wait kills and reaps it then), so the instance is gone either way.
+        drop(self.stdin.take());
+        match self
+            .waiter
+            .wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false))
+        {
+            Ok(_) | Err(BackendError::Timeout(..)) => Ok(()),
+            Err(e) => {
+                self.waiter.kill_and_reap();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Spawn `cmd` as an idle instance: stdin and stdout piped, returned once the agent is ready.
+pub fn spawn_idle(
+    mut cmd: Command,
+    task: &Task,
+    cancel: &AtomicBool,
+) -> Result<ProcessIdle, BackendError> {
+    check_idle(task)?;
+    cmd.env(
+        TASK_ENV,
+        serde_json::to_string(task).expect("task serialises"),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| BackendError::io("starting the idle agent", e))?;
+    let stdin = child.stdin.take().expect("stdin was piped");
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+    let waiter = match Waiter::new(pid) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    if let Err(e) = wait_ready(
+        stdout.as_fd(),
+        Instant::now() + IDLE_READY_DEADLINE,
+        cancel,
+    ) {
+        waiter.kill_and_reap();
+        return Err(e);
+    }
+    Ok(ProcessIdle {
+        waiter,
+        stdin: Some(stdin),
+        _stdout: stdout,
+    })
 }
 
 /// Pre-exec setup shared by the process tiers: die with the harness, stay on the budget's CPUs.
@@ -112,24 +259,67 @@ impl Backend for Bare {
         self.agent = env.agent.clone();
         self.cpus = env.budget.cpus.clone();
         self.cancel = env.cancel.clone();
+        let dir = env.state.scratch().join("bare-data");
+        make_data_dir(&env.state, &dir)?;
+        self.data = Some((env.state.clone(), dir));
+        match loopback_peer() {
+            Ok(p) => self.peer = Some(p),
+            Err(e) => {
+                let _ = self.finish();
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
+        let task = self.task_for(task)?;
+        measure_command(self.command()?, &task, &self.cancel, || Ok(()))
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        if let Some(p) = self.peer.take() {
+            p.stop();
+        }
+        if let Some((state, dir)) = self.data.take() {
+            remove_data_dir(&state, &dir)?;
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("cpus".into(), format!("{:?}", self.cpus)),
+            ("fs_path".into(), "host directory (run scratch)".into()),
+            ("net_path".into(), "loopback (127.0.0.1)".into()),
+        ])
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        let cmd = self.command()?;
+        Ok(Box::new(spawn_idle(cmd, task, &self.cancel)?))
+    }
+}
+
+impl Bare {
+    fn command(&self) -> Result<Command, BackendError> {
         let set = cpuset(&self.cpus)?;
         let mut cmd = Command::new(&self.agent);
         // SAFETY: the closure only calls prctl and sched_setaffinity (async-signal-safe).
         unsafe {
             cmd.pre_exec(move || child_common(&set));
         }
-        measure_command(cmd, task, &self.cancel, || Ok(()))
+        Ok(cmd)
     }
 
-    fn finish(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    fn settings(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("cpus".into(), format!("{:?}", self.cpus))])
+    fn task_for(&self, task: &Task) -> Result<Task, BackendError> {
+        let (_, dir) = self.data.as_ref().ok_or_else(|| {
+            BackendError::Other("bare backend used before prepare(): call prepare first".into())
+        })?;
+        process_task(
+            task,
+            &dir.to_string_lossy(),
+            self.peer.as_ref().map(NetPeer::local_addr),
+        )
     }
 }

@@ -88,6 +88,59 @@ pub fn read_agent(
     Ok(res)
 }
 
+/// Read `fd` only until the agent's ready line (an idle instance keeps running after it) and
+/// return the instant it came. End of file first means the agent died: an error with what it
+/// printed. `Timeout` on the deadline, `Interrupted` on cancel.
+pub fn wait_ready(
+    fd: BorrowedFd<'_>,
+    deadline: Instant,
+    cancel: &AtomicBool,
+) -> Result<Instant, BackendError> {
+    let mut seen: Vec<u8> = Vec::with_capacity(256);
+    let mut buf = [0u8; 4096];
+    loop {
+        let now = Instant::now();
+        if cancel.load(Ordering::Relaxed) {
+            return Err(BackendError::Interrupted);
+        }
+        if now >= deadline {
+            return Err(BackendError::Timeout(
+                Duration::ZERO,
+                String::from_utf8_lossy(&seen).trim().to_string(),
+            ));
+        }
+        let wait = (deadline - now).min(CANCEL_POLL);
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(BackendError::sys("poll on the agent's output", e)),
+        }
+        let n = match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(n) => n,
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
+            Err(e) => return Err(BackendError::sys("reading the agent's output", e)),
+        };
+        if n == 0 {
+            let tail: String = String::from_utf8_lossy(&seen).chars().rev().take(600).collect();
+            let tail: String = tail.chars().rev().collect();
+            return Err(BackendError::Agent(format!(
+                "the idle agent exited before signalling ready; output: {}",
+                if tail.trim().is_empty() { "<empty>" } else { tail.trim() }
+            )));
+        }
+        let at = Instant::now();
+        seen.extend_from_slice(&buf[..n]);
+        if contains(&seen, READY_LINE.as_bytes()) {
+            return Ok(at);
+        }
+        if seen.len() > 64 * 1024 {
+            seen.drain(..32 * 1024);
+        }
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

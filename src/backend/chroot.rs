@@ -3,6 +3,10 @@
 //!
 //! Not a security boundary: a root process can leave a chroot. It isolates the file view only;
 //! pids, network, hostname and mounts are the host's.
+//!
+//! Data paths: the fs workload works in the jail's `/data`, a plain directory of the rootfs copy
+//! on the host filesystem (both `DataPath`s); the net workload talks to a `NetPeer` on
+//! 127.0.0.1 (both `NetPath`s: the jail shares the host's network).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -13,10 +17,11 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::bare::{child_common, cpuset, measure_command};
-use super::{Availability, Backend, BackendError, Outcome, RunEnv};
+use super::bare::{child_common, cpuset, loopback_peer, measure_command, process_task, spawn_idle};
+use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::cleanup::safe_remove_tree;
 use crate::host::HostFacts;
+use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::rootfs::{self, AGENT_IN_ROOTFS};
 use crate::state::{Resource, RunState};
@@ -40,7 +45,12 @@ pub struct Chroot {
     state: Option<Arc<RunState>>,
     cpus: Vec<usize>,
     cancel: Arc<AtomicBool>,
+    /// The net workload's peer on 127.0.0.1.
+    peer: Option<NetPeer>,
 }
+
+/// The fs workload's directory inside the jail (a directory of the rootfs copy).
+pub const DATA_IN_JAIL: &str = "/data";
 
 /// Mark every fd above stderr close-on-exec (one syscall; Linux 5.11+), falling back to a loop
 /// of fcntl on older kernels. Async-signal-safe, no allocation.
@@ -86,10 +96,75 @@ impl Backend for Chroot {
         self.state = Some(env.state.clone());
         self.cpus = env.budget.cpus.clone();
         self.cancel = env.cancel.clone();
+        // rootfs::build makes /data a plain directory; refuse anything else (rule 7).
+        let data = self.rootfs.join(DATA_IN_JAIL.trim_start_matches('/'));
+        if !std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_dir()) {
+            let _ = self.finish();
+            return Err(BackendError::Other(format!(
+                "{} is not a plain directory: rebuild the rootfs",
+                data.display()
+            )));
+        }
+        match loopback_peer() {
+            Ok(p) => self.peer = Some(p),
+            Err(e) => {
+                let _ = self.finish();
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
+        let task = process_task(
+            task,
+            DATA_IN_JAIL,
+            self.peer.as_ref().map(NetPeer::local_addr),
+        )?;
+        measure_command(self.command()?, &task, &self.cancel, || Ok(()))
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        let cmd = self.command()?;
+        Ok(Box::new(spawn_idle(cmd, task, &self.cancel)?))
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        if let Some(p) = self.peer.take() {
+            p.stop();
+        }
+        if let Some(state) = self.state.take() {
+            safe_remove_tree(&self.rootfs).map_err(|e| {
+                BackendError::io(
+                    format!("removing the chroot rootfs {}", self.rootfs.display()),
+                    e,
+                )
+            })?;
+            state
+                .release(&Resource::Dir {
+                    path: self.rootfs.clone(),
+                })
+                .map_err(|e| BackendError::io("updating the run ledger", e))?;
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("cpus".into(), format!("{:?}", self.cpus)),
+            ("rootfs".into(), "minimal (agent + ldd libraries)".into()),
+            (
+                "fs_path".into(),
+                "/data in the jail (a directory of the rootfs copy, host filesystem)".into(),
+            ),
+            ("net_path".into(), "loopback (127.0.0.1)".into()),
+        ])
+    }
+}
+
+impl Chroot {
+    /// The agent's command: pinned, chrooted, cwd "/", every inherited fd close-on-exec.
+    fn command(&self) -> Result<Command, BackendError> {
         if self.state.is_none() {
             return Err(BackendError::Other(
                 "chroot backend used before prepare(): call prepare first".into(),
@@ -116,30 +191,6 @@ impl Backend for Chroot {
             });
         }
         // Exec resolves /bin/isobench-agent after pre_exec, i.e. inside the jail.
-        measure_command(cmd, task, &self.cancel, || Ok(()))
-    }
-
-    fn finish(&mut self) -> Result<(), BackendError> {
-        if let Some(state) = self.state.take() {
-            safe_remove_tree(&self.rootfs).map_err(|e| {
-                BackendError::io(
-                    format!("removing the chroot rootfs {}", self.rootfs.display()),
-                    e,
-                )
-            })?;
-            state
-                .release(&Resource::Dir {
-                    path: self.rootfs.clone(),
-                })
-                .map_err(|e| BackendError::io("updating the run ledger", e))?;
-        }
-        Ok(())
-    }
-
-    fn settings(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("cpus".into(), format!("{:?}", self.cpus)),
-            ("rootfs".into(), "minimal (agent + ldd libraries)".into()),
-        ])
+        Ok(cmd)
     }
 }

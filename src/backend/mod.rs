@@ -10,6 +10,7 @@ pub mod bare;
 pub mod child;
 pub mod chroot;
 pub mod container;
+pub mod runtimes;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -208,6 +209,9 @@ pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avai
         Tier::Chroot => chroot::availability(host),
         Tier::Container => container::availability(host),
         Tier::Microvm | Tier::Emulated => vm::availability(tier, host, opts),
+        Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor | Tier::Firecracker | Tier::CloudHypervisor => {
+            runtimes::availability(tier, host, opts)
+        }
     }
 }
 
@@ -218,5 +222,6 @@ pub fn make(tier: Tier) -> Box<dyn Backend> {
         Tier::Chroot => Box::new(chroot::Chroot::default()),
         Tier::Container => Box::new(container::Container::default()),
         Tier::Microvm | Tier::Emulated => Box::new(vm::Vm::new(tier)),
+        Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor | Tier::Firecracker | Tier::CloudHypervisor => runtimes::make(tier),
     }
 }

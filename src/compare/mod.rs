@@ -196,6 +196,8 @@ pub fn compare(
     keys.dedup();
 
     let mut metrics = Vec::with_capacity(keys.len());
+    // (metric index, new samples, base samples) of every tested metric, for the intervals.
+    let mut intervals: Vec<(usize, &[f64], &[f64])> = vec![];
     for key in keys {
         let (b, n) = (gb.get(key), gn.get(key));
         let any = b.or(n).expect("key from one side");
@@ -240,13 +242,19 @@ pub fn compare(
                 let t = mwu::mann_whitney(&n.values, &b.values);
                 m.p_value = Some(t.p);
                 m.test_method = Some(t.method);
-                if opts.resamples > 0 {
-                    m.ratio_ci = stats::ratio_of_medians(&n.values, &b.values, opts.resamples)
-                        .map(|r| (r.ci_low, r.ci_high));
-                }
+                intervals.push((metrics.len(), &n.values[..], &b.values[..]));
             }
         }
         metrics.push(m);
+    }
+
+    if opts.resamples > 0 {
+        let cis = parallel_map(&intervals, |&(_, n, b)| {
+            stats::ratio_of_medians(n, b, opts.resamples).map(|r| (r.ci_low, r.ci_high))
+        });
+        for (&(i, _, _), ci) in intervals.iter().zip(cis) {
+            metrics[i].ratio_ci = ci;
+        }
     }
 
     // Holm over every metric that was tested.
@@ -272,6 +280,28 @@ pub fn compare(
         warnings: warnings(base, new),
         metrics,
     }
+}
+
+/// `f` over `items` on every available CPU, results in order. Bootstrap intervals of large runs
+/// dominate a comparison's time, and each is independent (seeded by its own data).
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("interval thread panicked"))
+            .collect()
+    })
 }
 
 fn ratio(base: Option<f64>, new: Option<f64>) -> Option<f64> {

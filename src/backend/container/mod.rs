@@ -3,54 +3,66 @@
 //!
 //! Per launch: a cgroup with the budget's memory limit and CPU quota (v2, or v1 on v1/hybrid
 //! hosts), fresh overlay upper/work/merged directories under the run's scratch area (lower = the
-//! run's read-only rootfs), then `clone(NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)`. The child, PID 1 of
-//! its pid namespace, waits until the parent has put it into the cgroup, then runs
-//! [`syscalls::setup_container`] (cgroup ns, rprivate /, hostname, overlay, pivot_root, /proc,
-//! /dev, /tmp, cgroupfs, lo up), pins itself to the budget's CPUs, sets up stdio, marks every other
-//! fd close-on-exec and execs the agent.
+//! run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
+//! transient containers: no syncfs of the whole upper filesystem when the overlay goes), then
+//! `clone(NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)`. The child, PID 1 of its pid namespace, moves
+//! itself into the cgroup, waits until the parent has set up its network (if any), then runs
+//! [`syscalls::setup_container`] (cgroup ns, rprivate /, hostname, overlay, volume, pivot_root,
+//! /proc, /dev, /tmp, cgroupfs, lo up), pins itself to the budget's CPUs, sets up stdio, marks
+//! every other fd close-on-exec and execs the agent.
 //!
-//! Timings: launch = just before clone; ready = the READY line read; exit = the pidfd fired;
-//! teardown = exit until the cgroup and the per-launch directories are gone.
+//! Data paths: the fs workload runs on `/data` of the overlay rootfs (writes go to the upper
+//! layer, as on Docker's image layers) or on `/volume`, a host directory under the run scratch
+//! bind-mounted in the container's mount namespace only. The net workload gets a veth pair
+//! (`direct`) or a bridge with NAT (`nat`), see [`net`].
+//!
+//! Timings: launch = before the per-launch directories, cgroup and overlay are made (after the
+//! ledger is written, which is harness bookkeeping); ready = the READY line read; exit = the
+//! pidfd fired; teardown = exit until the cgroup, the devices and the directories are gone.
 //!
 //! Not protected against: a root agent is root on the host (no user namespace, no seccomp, no
-//! capability drop, /proc not masked); the network namespace has only `lo`.
+//! capability drop, /proc not masked); the network is not filtered (see [`net`]).
 
+pub mod launch;
+pub mod net;
 pub mod netlo;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sched::{CloneFlags, CpuSet};
 use nix::unistd::Pid;
 
-use super::bare::{cpuset, PROCESS_DEADLINE};
-use super::child::{into_report, read_agent, StreamResult, Waiter};
-use super::chroot::cloexec_from_3;
-use super::{Availability, Backend, BackendError, Budget, Outcome, RunEnv, Timings};
+use super::bare::{check_idle, cpuset, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
+use super::child::{into_report, read_agent, wait_ready, StreamResult};
+use super::{
+    Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv, Timings,
+};
 use crate::cgroup::{self, CgroupManager};
 use crate::cleanup::safe_remove_tree;
 use crate::host::{CgroupLayout, HostFacts};
-use crate::protocol::{Task, TASK_ENV};
-use crate::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::protocol::Task;
+use crate::rootfs;
 use crate::state::{Resource, RunState};
 use crate::tier::Tier;
-use syscalls::{setup_container, CgroupMount, LinuxSyscall, MountPlan, Step};
+use crate::workload::{DataPath, NetPath, Workload};
+use launch::{read_setup_error, setup_error, IdleContainer, LaunchPlan, Started};
+use net::RunNet;
+use syscalls::CgroupMount;
 
 /// Namespaces the container needs (names as in /proc/self/ns).
 pub const NAMESPACES: &[&str] = &["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 /// Hostname inside the container.
 pub const HOSTNAME: &str = "isobench";
-/// Stack for the cloned child until it execs.
-const CHILD_STACK: usize = 256 * 1024;
+/// Stack for the cloned child until it execs (it runs a shallow, non-allocating sequence).
+const CHILD_STACK: usize = 64 * 1024;
+/// Directories of the rootfs that the launch mounts over or works in; none may be a symlink.
+const ROOTFS_MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "data", "volume"];
 
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {
@@ -106,9 +118,11 @@ pub struct RawOutcome {
     pub memory_peak_bytes: Option<u64>,
 }
 
-struct Prepared {
+pub(crate) struct Prepared {
     state: Arc<RunState>,
     layout: CgroupLayout,
+    /// The v1 hierarchies mounted here (per-launch cgroup paths are built from it, no stat).
+    v1: Vec<&'static str>,
     budget: Budget,
     cancel: Arc<AtomicBool>,
     /// scratch/container: the rootfs and every launch's directories.
@@ -118,99 +132,89 @@ struct Prepared {
     cgroup_rel: PathBuf,
     parent: CgroupManager,
     cgroup_mount: CgroupMount,
+    /// Mount the overlay with `volatile` (Linux 5.10+).
+    volatile: bool,
 }
 
 #[derive(Default)]
 pub struct Container {
     prepared: Option<Prepared>,
+    net: Option<RunNet>,
     launches: u64,
     stack: Vec<u8>,
 }
 
-/// Everything the child uses, prepared before clone (the child must not allocate).
-struct ChildArgs<'a> {
-    plan: MountPlan<'a>,
-    agent: &'a CStr,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
-    cpus: &'a CpuSet,
-    sync_r: RawFd,
-    err_w: RawFd,
-    stdout_w: RawFd,
-    devnull: RawFd,
-}
-
-/// Tell the parent which step failed (8 bytes: step, errno) and exit.
-fn child_fail(err_w: RawFd, step: Step, errno: Errno) -> ! {
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&(step as u32).to_le_bytes());
-    msg[4..].copy_from_slice(&(errno as i32).to_le_bytes());
-    // SAFETY: write(2) of a stack buffer to an fd we own, then _exit: both async-signal-safe.
-    unsafe {
-        libc::write(err_w, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
-}
-
-/// The cloned child. Runs on its own stack in a copy of the parent's memory; no allocation.
-fn child_main(a: &ChildArgs<'_>) -> isize {
-    // Die with the harness. If it already died, the sync read below sees end of file.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-        child_fail(a.err_w, Step::Pdeathsig, Errno::last());
-    }
-    // Wait until the parent has moved us into the cgroup (one byte; EOF = parent gone).
-    let mut b = [0u8; 1];
-    loop {
-        // SAFETY: read(2) into a one-byte stack buffer.
-        match unsafe { libc::read(a.sync_r, b.as_mut_ptr().cast(), 1) } {
-            1 => break,
-            -1 if Errno::last() == Errno::EINTR => continue,
-            // SAFETY: _exit is async-signal-safe.
-            _ => unsafe { libc::_exit(126) },
-        }
-    }
-    if let Err((step, e)) = setup_container(&LinuxSyscall, &a.plan) {
-        child_fail(a.err_w, step, e);
-    }
-    if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(0), a.cpus) {
-        child_fail(a.err_w, Step::Affinity, e);
-    }
-    // stdin and stderr: /dev/null of the host (opened before clone); stdout: the pipe.
-    for (from, to) in [(a.devnull, 0), (a.stdout_w, 1), (a.devnull, 2)] {
-        // SAFETY: dup2 on fds we own; the new fd does not inherit close-on-exec.
-        if unsafe { libc::dup2(from, to) } < 0 {
-            child_fail(a.err_w, Step::Stdio, Errno::last());
-        }
-    }
-    // Nothing but 0, 1, 2 may survive exec (RELIABILITY rule 5).
-    if let Err(e) = cloexec_from_3() {
-        child_fail(
-            a.err_w,
-            Step::CloseFds,
-            Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-        );
-    }
-    // SAFETY: agent, argv and envp are NUL-terminated strings / NULL-terminated pointer arrays
-    // built before clone and alive in this copy of the parent's memory.
-    unsafe { libc::execve(a.agent.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr()) };
-    child_fail(a.err_w, Step::Exec, Errno::last())
-}
-
-fn cstring(p: &Path) -> Result<CString, BackendError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-        BackendError::Other(format!(
-            "{} contains a NUL byte: use another state directory",
-            p.display()
-        ))
-    })
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| BackendError::sys("creating a pipe", e))
+/// Does this kernel release (`uname -r`) have overlayfs' `volatile` option (5.10+)?
+pub fn kernel_has_volatile(release: &str) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (major, minor) >= (5, 10)
 }
 
 impl Container {
+    /// Name every per-launch resource and record them all in one ledger write, before the
+    /// launch clock starts. Network paths are set up lazily: the NAT path's run-level part is
+    /// built on the first `nat` launch.
+    fn plan_launch(&mut self, task: &Task) -> Result<LaunchPlan, BackendError> {
+        let p = self.prepared.as_ref().ok_or_else(|| {
+            BackendError::Other(
+                "container backend used before prepare(): call prepare first".into(),
+            )
+        })?;
+        self.launches += 1;
+        let n = self.launches;
+        let dir = p.base.join(format!("launch-{n}"));
+        let volume = match &task.workload {
+            Workload::Fs(f) if f.path == DataPath::Volume => {
+                Some(p.base.join(format!("volume-{n}")))
+            }
+            _ => None,
+        };
+        let cg = CgroupManager::at(
+            Path::new(cgroup::CGROUP_ROOT),
+            p.layout,
+            &p.v1,
+            &p.cgroup_rel.join(format!("launch-{n}")),
+        )
+        .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
+        let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
+        let (net, nat_peer) = match &task.workload {
+            Workload::Net(np) if np.path == NetPath::Direct => (Some(run_net.plan_direct(n)?), None),
+            Workload::Net(_) => {
+                let (net, peer) = run_net.plan_nat(n, &p.state)?;
+                (Some(net), Some(peer))
+            }
+            _ => (None, None),
+        };
+        if let Some(net) = &net {
+            net.check_free()?;
+        }
+        for d in std::iter::once(&dir).chain(volume.as_ref()) {
+            refuse_existing(d)?;
+        }
+        let plan = LaunchPlan {
+            dir,
+            volume,
+            cg,
+            net,
+            nat_peer,
+        };
+        p.state
+            .record_all(&plan.resources())
+            .map_err(|e| BackendError::io("recording the launch's resources in the ledger", e))?;
+        Ok(plan)
+    }
+
+    fn stack(&mut self) -> &mut [u8] {
+        if self.stack.len() != CHILD_STACK {
+            self.stack = vec![0u8; CHILD_STACK];
+        }
+        &mut self.stack
+    }
+
     /// Launch once and return the raw stream and exit code. `after_start` runs in the parent
     /// right after the child is released (tests use it to signal the container's PID 1).
     pub fn run_raw(
@@ -218,36 +222,19 @@ impl Container {
         task: &Task,
         after_start: impl FnOnce(Pid),
     ) -> Result<RawOutcome, BackendError> {
-        self.launches += 1;
-        let n = self.launches;
-        if self.stack.len() != CHILD_STACK {
-            self.stack = vec![0u8; CHILD_STACK];
-        }
-        let p = self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other(
-                "container backend used before prepare(): call prepare first".into(),
-            )
-        })?;
-        let dir = p.base.join(format!("launch-{n}"));
-        let dir_res = Resource::Dir { path: dir.clone() };
-        p.state
-            .record(dir_res.clone())
-            .map_err(|e| BackendError::io("recording a launch directory in the ledger", e))?;
-        let mut cg: Option<CgroupManager> = None;
-        let result = launch(p, task, &dir, n, &mut cg, &mut self.stack, after_start);
-        // On success `launch` has torn down (timed); on failure tear down here.
+        let plan = self.plan_launch(task)?;
+        self.stack();
+        let p = self.prepared.as_ref().expect("planned above");
+        let result = launch::start(p, &plan, task, &mut self.stack, false, after_start)
+            .and_then(|started| measure(p, &plan, started));
+        // On success `measure` has torn down (timed); on failure tear down here.
         let torn_down = match &result {
             Ok(_) => Ok(()),
-            Err(_) => teardown(cg.as_ref(), &dir),
+            Err(_) => plan.teardown(),
         };
         // Forget the resources only once they are gone; otherwise `isobench cleanup` finds them.
         if result.is_ok() || torn_down.is_ok() {
-            if let Some(cg) = &cg {
-                for d in cg.dirs() {
-                    let _ = p.state.release(&Resource::Cgroup { path: d.into() });
-                }
-            }
-            let _ = p.state.release(&dir_res);
+            let _ = p.state.release_all(&plan.resources());
         }
         match (result, torn_down) {
             (Ok(o), _) => Ok(o),
@@ -259,128 +246,16 @@ impl Container {
     }
 }
 
-/// Remove the launch's cgroup (kill, wait empty, rmdir) and directories. Idempotent.
-fn teardown(cg: Option<&CgroupManager>, dir: &Path) -> Result<(), BackendError> {
-    if let Some(cg) = cg {
-        cg.kill_all()
-            .and_then(|()| cg.remove())
-            .map_err(|e| BackendError::Other(format!("removing the launch cgroup: {e}")))?;
-    }
-    safe_remove_tree(dir).map_err(|e| {
-        BackendError::io(
-            format!("removing the launch directory {}", dir.display()),
-            e,
-        )
-    })
-}
-
-fn launch(
-    p: &Prepared,
-    task: &Task,
-    dir: &Path,
-    n: u64,
-    cg_slot: &mut Option<CgroupManager>,
-    stack: &mut [u8],
-    after_start: impl FnOnce(Pid),
-) -> Result<RawOutcome, BackendError> {
-    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-    for d in [dir, &upper, &work, &merged] {
-        std::fs::create_dir(d)
-            .map_err(|e| BackendError::io(format!("creating {}", d.display()), e))?;
-    }
-    let cg = CgroupManager::create(
-        p.layout,
-        &p.cgroup_rel.join(format!("launch-{n}")),
-        &p.budget,
-        &p.state,
-    )
-    .map_err(|e| BackendError::Other(format!("creating the launch cgroup: {e}")))?;
-    let cg = cg_slot.insert(cg);
-
-    // Everything the child needs, before clone.
-    let merged_c = cstring(&merged)?;
-    let overlay = cstring(Path::new(&format!(
-        "lowerdir={},upperdir={},workdir={}",
-        p.lower.display(),
-        upper.display(),
-        work.display()
-    )))?;
-    let hostname = CString::new(HOSTNAME).expect("no NUL");
-    let agent = CString::new(AGENT_IN_ROOTFS).expect("no NUL");
-    let task_json = serde_json::to_string(task).expect("task serialises");
-    let env_task = CString::new(format!("{TASK_ENV}={task_json}"))
-        .map_err(|_| BackendError::Other("the task contains a NUL byte".into()))?;
-    let env_path = CString::new("PATH=/bin").expect("no NUL");
-    let argv = [agent.as_ptr(), std::ptr::null()];
-    let envp = [env_task.as_ptr(), env_path.as_ptr(), std::ptr::null()];
-    let cpus = cpuset(&p.budget.cpus)?;
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| BackendError::io("opening /dev/null", e))?;
-    let (out_r, out_w) = pipe()?;
-    let (sync_r, sync_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let args = ChildArgs {
-        plan: MountPlan {
-            merged: &merged_c,
-            overlay_options: &overlay,
-            hostname: &hostname,
-            cgroup: p.cgroup_mount,
-        },
-        agent: &agent,
-        argv: &argv,
-        envp: &envp,
-        cpus: &cpus,
-        sync_r: sync_r.as_raw_fd(),
-        err_w: err_w.as_raw_fd(),
-        stdout_w: out_w.as_raw_fd(),
-        devnull: devnull.as_raw_fd(),
-    };
-    let flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET;
-
-    let launch = Instant::now();
-    // SAFETY: without CLONE_VM the child runs `child_main` in a copy of our memory on `stack`;
-    // `child_main` makes only async-signal-safe syscalls on data prepared above (no allocation,
-    // no locks), and it either execs or _exits, never returning into Rust code of the parent.
-    let pid = unsafe {
-        nix::sched::clone(
-            Box::new(|| child_main(&args)),
-            stack,
-            flags,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(|e| BackendError::sys("clone with new namespaces (are you root?)", e))?;
-    drop((out_w, sync_r, err_w));
-
-    let waiter = match Waiter::new(pid) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            return Err(e);
-        }
-    };
-    // Into the cgroup before the child does anything, then release it.
-    if let Err(e) = cg.add_pid(pid) {
-        waiter.kill_and_reap();
-        return Err(BackendError::Other(format!(
-            "moving the container into its cgroup: {e}"
-        )));
-    }
-    if let Err(e) = nix::unistd::write(&sync_w, &[1u8]) {
-        waiter.kill_and_reap();
-        return Err(BackendError::sys("releasing the container child", e));
-    }
-    drop(sync_w);
-    after_start(pid);
-
+/// Read the agent's output, wait for its exit, tear the launch down (timed).
+fn measure(p: &Prepared, plan: &LaunchPlan, s: Started) -> Result<RawOutcome, BackendError> {
+    let Started {
+        launch,
+        waiter,
+        out_r,
+        err_r,
+        peer,
+        ..
+    } = s;
     let deadline = launch + PROCESS_DEADLINE;
     let stream = match read_agent(out_r.as_fd(), deadline, &p.cancel) {
         Ok(s) => s,
@@ -392,14 +267,13 @@ fn launch(
     let (exited, code) = waiter.wait(deadline, &p.cancel)?;
     drop(out_r);
     if let Some((step, errno)) = read_setup_error(&err_r) {
-        return Err(BackendError::Other(format!(
-            "container setup failed at {step}: {errno} ({}); check `isobench doctor` and the kernel log",
-            errno.desc()
-        )));
+        return Err(setup_error(step, errno));
     }
-    let memory_peak_bytes = cg.memory_peak_bytes();
-    teardown(Some(cg), dir)?;
+    let memory_peak_bytes = plan.cg.memory_peak_bytes();
+    plan.teardown()?;
     let released = Instant::now();
+    // The direct path's peer is harness, not tier: stopped off the clock.
+    drop(peer);
     Ok(RawOutcome {
         launch_to_ready: stream.ready_at.map(|r| r.saturating_duration_since(launch)),
         stream,
@@ -408,23 +282,6 @@ fn launch(
         teardown: released - exited,
         memory_peak_bytes,
     })
-}
-
-/// The child's setup failure message, if it wrote one before exiting.
-fn read_setup_error(err_r: &OwnedFd) -> Option<(Step, Errno)> {
-    let mut msg = [0u8; 8];
-    let n = loop {
-        match nix::unistd::read(err_r.as_raw_fd(), &mut msg) {
-            Err(Errno::EINTR) => continue,
-            r => break r.ok()?,
-        }
-    };
-    if n != 8 {
-        return None;
-    }
-    let step = u32::from_le_bytes(msg[..4].try_into().ok()?);
-    let errno = i32::from_le_bytes(msg[4..].try_into().ok()?);
-    Some((Step::from_u32(step)?, Errno::from_raw(errno)))
 }
 
 /// Overlay options are comma-separated and colon-separated: refuse paths that would break them.
@@ -452,9 +309,10 @@ pub(crate) fn refuse_existing(p: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Refuse a rootfs whose /proc, /sys, /dev or /tmp is a symlink (RELIABILITY rule 7).
+/// Refuse a rootfs whose mount points (/proc, /sys, /dev, /tmp, /data, /volume) are not plain
+/// directories: a symlink could point a mount at the host (RELIABILITY rule 7).
 fn check_rootfs(lower: &Path) -> Result<(), BackendError> {
-    for d in ["proc", "sys", "dev", "tmp"] {
+    for d in ROOTFS_MOUNT_POINTS {
         let p = lower.join(d);
         let m = std::fs::symlink_metadata(&p)
             .map_err(|e| BackendError::io(format!("inspecting {}", p.display()), e))?;
@@ -475,6 +333,9 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     let lower = base.join("rootfs");
     rootfs::build(&env.agent, &lower)
         .map_err(|e| BackendError::Other(format!("building the container rootfs: {e}")))?;
+    // The volume's mount point (rootfs::build makes /data, the rootfs data path).
+    std::fs::create_dir(lower.join("volume"))
+        .map_err(|e| BackendError::io("creating /volume in the rootfs", e))?;
     check_rootfs(&lower)?;
     let v1 = cgroup::v1_present(Path::new(cgroup::CGROUP_ROOT));
     let (cgroup_mount, mount_dir) = match env.host.cgroup_layout {
@@ -491,9 +352,14 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     let parent =
         CgroupManager::create(env.host.cgroup_layout, &cgroup_rel, &env.budget, &env.state)
             .map_err(|e| BackendError::Other(format!("creating the run's cgroup: {e}")))?;
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(Prepared {
         state: env.state.clone(),
         layout: env.host.cgroup_layout,
+        v1,
+        volatile: kernel_has_volatile(&release),
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
@@ -569,28 +435,73 @@ impl Backend for Container {
         let Some(p) = &self.prepared else {
             return Ok(());
         };
-        // Kill and remove the run's cgroup with any launch cgroup left below it, then the files.
+        // Kill and remove the run's cgroup with any launch cgroup left below it (idle instances
+        // not stopped), then the network (run-level NAT path, devices of launches that were
+        // not torn down), then the files.
         p.parent
             .kill_all()
             .and_then(|()| p.parent.remove())
             .map_err(|e| BackendError::Other(format!("removing the run's cgroup: {e}")))?;
+        if let Some(net) = &mut self.net {
+            net.finish(&p.state)?;
+            for r in p.state.resources() {
+                if let Resource::Link { name } = &r {
+                    if name.starts_with(net.stem()) {
+                        crate::cleanup::remove_link(name).map_err(BackendError::Other)?;
+                        let _ = p.state.release(&r);
+                    }
+                }
+            }
+        }
         safe_remove_tree(&p.base)
             .map_err(|e| BackendError::io(format!("removing {}", p.base.display()), e))?;
         let dirs = p.parent.dirs();
-        for r in p.state.resources() {
-            let gone = match &r {
+        let gone: Vec<Resource> = p
+            .state
+            .resources()
+            .into_iter()
+            .filter(|r| match r {
                 Resource::Cgroup { path } => dirs.iter().any(|d| path.starts_with(d)),
                 Resource::Dir { path } => path.starts_with(&p.base),
                 _ => false,
-            };
-            if gone {
-                p.state
-                    .release(&r)
-                    .map_err(|e| BackendError::io("updating the run ledger", e))?;
-            }
-        }
+            })
+            .collect();
+        p.state
+            .release_all(&gone)
+            .map_err(|e| BackendError::io("updating the run ledger", e))?;
         self.prepared = None;
+        self.net = None;
         Ok(())
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        check_idle(task)?;
+        let plan = self.plan_launch(task)?;
+        self.stack();
+        let p = self.prepared.as_ref().expect("planned above");
+        let started = match launch::start(p, &plan, task, &mut self.stack, true, |_| {}) {
+            Ok(s) => s,
+            Err(e) => return Err(undo(&p.state, &plan, e)),
+        };
+        let ready = wait_ready(
+            started.out_r.as_fd(),
+            started.launch + IDLE_READY_DEADLINE,
+            &p.cancel,
+        );
+        if let Err(e) = ready {
+            started.waiter.kill_and_reap();
+            let e = match read_setup_error(&started.err_r) {
+                Some((step, errno)) => setup_error(step, errno),
+                None => e,
+            };
+            drop(started);
+            return Err(undo(&p.state, &plan, e));
+        }
+        Ok(Box::new(IdleContainer {
+            plan,
+            state: p.state.clone(),
+            started,
+        }))
     }
 
     fn settings(&self) -> BTreeMap<String, String> {
@@ -600,10 +511,48 @@ impl Backend for Container {
         )]);
         if let Some(p) = &self.prepared {
             s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
+            s.insert(
+                "cgroup_join".into(),
+                match p.layout {
+                    CgroupLayout::V2 => "the child writes 0 to cgroup.procs",
+                    _ => "the child writes 0 to tasks (a thread moving itself skips the global threadgroup lock)",
+                }
+                .into(),
+            );
             s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
             s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
             s.insert("rootfs".into(), "overlay over a minimal rootfs".into());
+            s.insert(
+                "overlay_options".into(),
+                if p.volatile {
+                    "volatile: the upper layer is thrown away after each launch, so the overlay \
+                     skips the syncfs of the whole upper filesystem at unmount (as podman does \
+                     for transient containers)"
+                } else {
+                    "default (kernel older than 5.10: no volatile)"
+                }
+                .into(),
+            );
+            s.insert(
+                "fs_path".into(),
+                "rootfs: /data on the overlay (upper layer); volume: host directory bind-mounted at /volume".into(),
+            );
+            s.insert(
+                "net_path".into(),
+                "direct: veth pair per launch; nat: bridge + veth per launch, peer behind nftables masquerade".into(),
+            );
         }
         s
+    }
+}
+
+/// Tear a failed launch down and forget it; the original error, plus the teardown's if it
+/// failed too (then the ledger keeps the resources for `isobench cleanup`).
+fn undo(state: &RunState, plan: &LaunchPlan, e: BackendError) -> BackendError {
+    match plan.teardown_and_forget(state) {
+        Ok(()) => e,
+        Err(t) => BackendError::Other(format!(
+            "{e}; tearing the launch down also failed: {t} (run `isobench cleanup`)"
+        )),
     }
 }

@@ -102,6 +102,9 @@ pub struct MountPlan<'a> {
     pub overlay_options: &'a CStr,
     pub hostname: &'a CStr,
     pub cgroup: CgroupMount,
+    /// A volume: (host directory, mount point inside the overlay as a host path), bind-mounted
+    /// in the container's mount namespace only.
+    pub volume: Option<(&'a CStr, &'a CStr)>,
 }
 
 /// Each step, so a failure in the child can be reported to the parent as a number.
@@ -109,11 +112,13 @@ pub struct MountPlan<'a> {
 #[repr(u32)]
 pub enum Step {
     Pdeathsig = 1,
+    JoinCgroup,
     SyncWait,
     UnshareCgroup,
     MakePrivate,
     Hostname,
     MountOverlay,
+    MountVolume,
     ChdirNewRoot,
     PivotRoot,
     UmountOldRoot,
@@ -131,13 +136,15 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 20] = [
+    pub const ALL: [Step; 22] = [
         Step::Pdeathsig,
+        Step::JoinCgroup,
         Step::SyncWait,
         Step::UnshareCgroup,
         Step::MakePrivate,
         Step::Hostname,
         Step::MountOverlay,
+        Step::MountVolume,
         Step::ChdirNewRoot,
         Step::PivotRoot,
         Step::UmountOldRoot,
@@ -163,11 +170,13 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Step::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
+            Step::JoinCgroup => "joining the launch cgroup",
             Step::SyncWait => "waiting for the parent",
             Step::UnshareCgroup => "unshare(CLONE_NEWCGROUP)",
             Step::MakePrivate => "making / rprivate",
             Step::Hostname => "sethostname",
             Step::MountOverlay => "mounting the overlay rootfs",
+            Step::MountVolume => "bind-mounting the volume",
             Step::ChdirNewRoot => "chdir into the new root",
             Step::PivotRoot => "pivot_root",
             Step::UmountOldRoot => "detaching the old root",
@@ -230,6 +239,14 @@ pub fn setup_container<S: Syscall>(sys: &S, plan: &MountPlan<'_>) -> Result<(), 
         Some(plan.overlay_options),
     )
     .map_err(at(Step::MountOverlay))?;
+
+    // 4b. The volume: a host directory bind-mounted at /volume of the new root. The mount point
+    //     is a directory of our own rootfs (checked not to be a symlink), and the mount lives
+    //     only in this namespace, made private in step 2, so the host never sees it.
+    if let Some((source, target)) = plan.volume {
+        sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)
+            .map_err(at(Step::MountVolume))?;
+    }
 
     // 5. pivot_root(".", ".") (pivot_root(2), as runc does): with the new root as cwd, the old
     //    root ends up mounted on top of it, so no put_old directory is needed inside the rootfs.
@@ -413,6 +430,7 @@ mod tests {
             overlay_options: c"lowerdir=/l,upperdir=/u,workdir=/w",
             hostname: c"isobench",
             cgroup: cg,
+            volume: None,
         }
     }
 
@@ -510,6 +528,40 @@ mod tests {
         assert!(!mount_targets(&r.calls.borrow())
             .iter()
             .any(|t| t.contains("cgroup")));
+    }
+
+    #[test]
+    fn volume_is_bound_after_the_overlay_and_before_pivot_root() {
+        let r = Recorder::default();
+        let p = MountPlan {
+            volume: Some((c"/state/scratch/container/volume-1", c"/m/volume")),
+            ..plan(CgroupMount::None)
+        };
+        setup_container(&r, &p).unwrap();
+        let calls = r.calls.borrow().clone();
+        let bind = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { flags, .. } if *flags == MsFlags::MS_BIND))
+            .expect("volume bind mount");
+        let overlay = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"))
+            .unwrap();
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .unwrap();
+        assert!(overlay < bind && bind < pivot, "{calls:?}");
+        assert_eq!(
+            calls[bind],
+            Call::Mount {
+                source: Some("/state/scratch/container/volume-1".into()),
+                target: "/m/volume".into(),
+                fstype: None,
+                flags: MsFlags::MS_BIND,
+                data: None
+            }
+        );
     }
 
     #[test]

@@ -139,10 +139,18 @@ impl Launch {
         }
     }
 
-    /// Forget the process and remove the launch directory (QEMU is reaped).
+    /// Forget the process and remove the launch directory (QEMU is reaped). A QEMU that
+    /// survived SIGKILL (uninterruptible sleep) stays in the ledger for `isobench cleanup`.
     fn release_all(&mut self) -> Result<(), BackendError> {
         self.released = true;
         self.stdout = None;
+        if self.alive() {
+            return Err(BackendError::Other(format!(
+                "QEMU (pid {}) survived SIGKILL: find what holds it (cat /proc/{}/stack), then \
+                 run `isobench cleanup`",
+                self.pid, self.pid
+            )));
+        }
         let r = release(&self.state, &self.proc_res);
         remove_dir(&self.state, &self.dir)?;
         r

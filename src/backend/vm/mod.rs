@@ -12,7 +12,18 @@
 //! on the console, exit when QEMU exits (pidfd), teardown = exit -> the launch's files removed.
 //! QEMU runs in its own process group with PR_SET_PDEATHSIG, is recorded in the ledger by
 //! (pid, start time) right after spawn and released after it is reaped, and is killed on the
-//! deadline or on cancel. Not protected against: the guest's network traffic is not filtered.
+//! deadline or on cancel (see [`launch`]).
+//!
+//! Data paths, made on first need and kept for the run: the fs workload (`fs` and `fs_volume`
+//! alike) runs on a virtio-blk disk backed by a raw ext4 image in the run's scratch ([`disk`]);
+//! the net workload (`net` and `net_nat` alike) reaches the host's [`NetPeer`] through a tap
+//! device and virtio-net ([`tap`]). Workloads are fitted to the guest's RAM, and under emulation
+//! scaled down by time budget ([`scale`]). Idle instances for the density measurement boot
+//! without disk or tap, any number at once ([`idle`]).
+//!
+//! `finish` stops live idle instances, then the peer and the tap, then removes the image and
+//! the work directory (RELIABILITY rule 2's order). Not protected against: the guest's network
+//! traffic is not filtered.
 
 pub mod disk;
 pub mod idle;

@@ -1,0 +1,128 @@
+//! `lxc`: the same rootfs run by `lxc-execute` (LXC's application containers: `init.lxc` is
+//! PID 1 and the agent its child, so the agent sees itself as pid 2). The configuration is a
+//! per-launch file written by isobench; containers live under an lxcpath in the run's scratch
+//! area, so nothing goes to /var/lib/lxc.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use crate::backend::Budget;
+use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us};
+use crate::host::CgroupLayout;
+
+/// What one LXC launch needs.
+pub struct LxcLaunch<'a> {
+    pub rootfs: &'a Path,
+    pub task_json: &'a str,
+    pub budget: &'a Budget,
+    pub layout: CgroupLayout,
+    /// Share the host's network namespace (the `net` workload) instead of an empty one.
+    pub share_host_net: bool,
+    /// Host directory bind-mounted at /volume.
+    pub volume: Option<&'a Path>,
+    /// Cgroup directory, relative to the cgroup root (`isobench-lxc-<run>/<name>`).
+    pub cgroup_dir: &'a str,
+}
+
+/// The LXC configuration file of one launch.
+pub fn config(l: &LxcLaunch<'_>) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k} = {v}");
+    };
+    line("lxc.uts.name", "isobench");
+    line("lxc.rootfs.path", &format!("dir:{}", l.rootfs.display()));
+    line(
+        "lxc.net.0.type",
+        if l.share_host_net { "none" } else { "empty" },
+    );
+    line(
+        "lxc.mount.auto",
+        if l.share_host_net {
+            "proc:mixed"
+        } else {
+            "proc:mixed sys:ro"
+        },
+    );
+    if let Some(v) = l.volume {
+        line(
+            "lxc.mount.entry",
+            &format!("{} volume none rbind,create=dir 0 0", v.display()),
+        );
+    }
+    line("lxc.environment", "PATH=/bin");
+    line("lxc.environment", &format!("ISOBENCH_TASK={}", l.task_json));
+    line("lxc.apparmor.profile", "unconfined");
+    line("lxc.cgroup.dir", l.cgroup_dir);
+    let mem = budget_memory_bytes(l.budget);
+    let cpus = cpu_list(&l.budget.cpus);
+    let (quota, period) = cpu_quota_us(l.budget.cpus.len());
+    match l.layout {
+        CgroupLayout::V2 => {
+            line("lxc.cgroup2.memory.max", &mem.to_string());
+            line("lxc.cgroup2.cpuset.cpus", &cpus);
+            if quota > 0 {
+                line("lxc.cgroup2.cpu.max", &format!("{quota} {period}"));
+            }
+        }
+        _ => {
+            line("lxc.cgroup.memory.limit_in_bytes", &mem.to_string());
+            line("lxc.cgroup.cpuset.cpus", &cpus);
+            if quota > 0 {
+                line("lxc.cgroup.cpu.cfs_period_us", &period.to_string());
+                line("lxc.cgroup.cpu.cfs_quota_us", &quota.to_string());
+            }
+        }
+    }
+    s
+}
+
+/// `lxc-execute` for one launch (the config file, the lxcpath, a log file for errors).
+pub fn run_command(
+    bin: &Path,
+    lxcpath: &Path,
+    name: &str,
+    conf: &Path,
+    log: &Path,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-P")
+        .arg(lxcpath)
+        .args(["-n", name])
+        .arg("-f")
+        .arg(conf)
+        .arg("-o")
+        .arg(log)
+        .args(["-l", "ERROR", "--", crate::rootfs::AGENT_IN_ROOTFS]);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_carries_budget_task_and_paths() {
+        let b = Budget {
+            cpus: vec![0, 1],
+            memory_mib: 512,
+        };
+        let c = config(&LxcLaunch {
+            rootfs: Path::new("/r/rootfs"),
+            task_json: r#"{"workload":{"kind":"noop"}}"#,
+            budget: &b,
+            layout: CgroupLayout::Hybrid,
+            share_host_net: false,
+            volume: Some(Path::new("/r/volume")),
+            cgroup_dir: "isobench-lxc-x/isobench-x-1",
+        });
+        assert!(c.contains("lxc.rootfs.path = dir:/r/rootfs\n"));
+        assert!(c.contains("lxc.net.0.type = empty\n"));
+        assert!(c.contains("lxc.cgroup.memory.limit_in_bytes = 536870912\n"));
+        assert!(c.contains("lxc.cgroup.cpuset.cpus = 0-1\n"));
+        assert!(c.contains("lxc.cgroup.cpu.cfs_quota_us = 200000\n"));
+        assert!(c.contains("lxc.mount.entry = /r/volume volume none rbind,create=dir 0 0\n"));
+        assert!(c.contains(r#"ISOBENCH_TASK={"workload":{"kind":"noop"}}"#));
+    }
+}

@@ -1,0 +1,365 @@
+//! Privileged tests of the process tiers' data paths and idle instances: the fs workload on
+//! bare, chroot, the container's overlay rootfs and its volume; the net workload over loopback,
+//! the container's veth pair and its bridge + NAT path; idle instances started side by side.
+//! Each test takes a leak census (mounts, cgroups, network devices, nftables tables,
+//! ip_forward, child processes) before and after.
+//!
+//! Without root each test prints `SKIPPED <test>: needs root`; with
+//! `ISOBENCH_REQUIRE_PRIVILEGED=1` it fails instead.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use isobench::backend::{self, Backend, BackendOptions, Budget, Outcome, RunEnv};
+use isobench::cleanup;
+use isobench::host::HostFacts;
+use isobench::protocol::{AgentReport, Task};
+use isobench::state::{Ledger, StateDir};
+use isobench::tier::Tier;
+use isobench::workload::{
+    DataPath, FsParams, IdleParams, NetParams, NetPath, Workload,
+};
+
+/// Privileged tests share host-global state (cgroup roots, devices, the census): one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("SKIPPED {test}: needs root");
+    assert!(
+        std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
+    );
+    false
+}
+
+/// What a test must not leave behind.
+#[derive(Debug, PartialEq)]
+struct Census {
+    mounts: Vec<String>,
+    cgroups: BTreeSet<PathBuf>,
+    links: Vec<String>,
+    nft_tables: Vec<String>,
+    ip_forward: String,
+    children: Vec<i32>,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn census(tmp: &Path) -> Census {
+    let tmp = tmp.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&tmp))
+        .map(String::from)
+        .collect();
+    let mut cgroups = BTreeSet::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut levels = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        levels.extend(rd.flatten().map(|e| e.path()));
+    }
+    for l in levels {
+        if let Ok(rd) = std::fs::read_dir(&l) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("isobench-") {
+                    cgroups.insert(e.path());
+                }
+            }
+        }
+    }
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("isbk"))
+        .collect();
+    links.sort();
+    let nft_tables = sh("nft", &["list", "tables"])
+        .lines()
+        .filter(|l| l.contains("isobench_k"))
+        .map(String::from)
+        .collect();
+    Census {
+        mounts,
+        cgroups,
+        links,
+        nft_tables,
+        ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
+        children: children_of_self(),
+    }
+}
+
+/// Live children of this test process.
+fn children_of_self() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut v = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(s) = std::fs::read_to_string(e.path().join("stat")) {
+            if let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.get(1) == Some(&me.as_str()) {
+                    v.push(name.parse().unwrap());
+                }
+            }
+        }
+    }
+    v
+}
+
+fn budget() -> Budget {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .take(2)
+        .collect();
+    Budget {
+        cpus,
+        memory_mib: 512,
+    }
+}
+
+/// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
+/// leaked: ledger empty, census unchanged, scratch empty.
+fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
+    let mut b = backend::make(tier);
+    let tmp = tempfile::tempdir().unwrap();
+    let before = census(tmp.path());
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let env = RunEnv {
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
+        state: Arc::new(
+            sd.begin_run(&format!("dp-{tier}-{}", std::process::id()))
+                .unwrap(),
+        ),
+        cache_dir: tmp.path().join("cache"),
+        budget: budget(),
+        options: BackendOptions::default(),
+        host: HostFacts::detect(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        b.prepare(&env).unwrap();
+        body(&mut *b, &env);
+    }));
+    let fin = b.finish();
+    if res.is_err() {
+        // Safety net so a failed test does not leave the host dirty.
+        let ledger = Ledger {
+            run_id: env.state.id.clone(),
+            owner: None,
+            resources: env.state.resources(),
+        };
+        let c = cleanup::cleanup_run(&env.state.dir, &ledger);
+        eprintln!("cleanup after failure: {c:?}");
+    }
+    if let Err(e) = res {
+        resume_unwind(e);
+    }
+    fin.unwrap();
+    assert_eq!(
+        env.state.resources(),
+        vec![],
+        "ledger still lists resources"
+    );
+    assert_eq!(census(tmp.path()), before, "leak census differs");
+    let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
+    assert!(left.is_empty(), "scratch not empty: {left:?}");
+    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+}
+
+fn metric(r: &AgentReport, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("metric {name} missing in {:?}", r.metrics))
+        .value
+}
+
+fn tiny_fs(path: DataPath) -> Task {
+    Task {
+        probe: true,
+        ..Task::new(Workload::Fs(FsParams {
+            path,
+            file_mib: 4,
+            seq_block_kib: 256,
+            rand_ops: 200,
+            meta_files: 50,
+            fsync_ops: 10,
+            time_budget_ms: 3_000,
+            ..FsParams::default()
+        }))
+    }
+}
+
+fn check_fs(o: &Outcome, label: &str) {
+    assert_eq!(o.exit_code, Some(0), "{label}");
+    for m in [
+        "seq_write_mb_per_s",
+        "seq_read_mb_per_s",
+        "rand_read_iops",
+        "rand_write_iops",
+        "meta_ops_per_s",
+        "fsync_p50_us",
+    ] {
+        let v = metric(&o.report, m);
+        assert!(v.is_finite() && v > 0.0, "{label}: {m} = {v}");
+    }
+    println!(
+        "FS {label:<18} seq_write {:>8.1} MB/s  seq_read {:>8.1} MB/s  rand_read {:>8.0} IOPS  \
+         rand_write {:>8.0} IOPS  direct_io {}",
+        metric(&o.report, "seq_write_mb_per_s"),
+        metric(&o.report, "seq_read_mb_per_s"),
+        metric(&o.report, "rand_read_iops"),
+        metric(&o.report, "rand_write_iops"),
+        metric(&o.report, "direct_io"),
+    );
+}
+
+#[test]
+fn fs_workload_on_every_process_data_path() {
+    if !privileged("fs_workload_on_every_process_data_path") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for tier in [Tier::Bare, Tier::Chroot] {
+        with_backend(tier, |b, _| {
+            let o = b.run_once(&tiny_fs(DataPath::Rootfs)).unwrap();
+            check_fs(&o, &tier.to_string());
+        });
+    }
+    with_backend(Tier::Container, |b, _| {
+        let rootfs = b.run_once(&tiny_fs(DataPath::Rootfs)).unwrap();
+        check_fs(&rootfs, "container rootfs");
+        let volume = b.run_once(&tiny_fs(DataPath::Volume)).unwrap();
+        check_fs(&volume, "container volume");
+        // The volume is one more mount in the container's namespace, and only there.
+        let mounts = |o: &Outcome| o.report.isolation.as_ref().unwrap().mounts.unwrap();
+        assert_eq!(mounts(&volume), mounts(&rootfs) + 1);
+    });
+}
+
+fn tiny_net(path: NetPath) -> Task {
+    Task {
+        probe: true,
+        ..Task::new(Workload::Net(NetParams {
+            path,
+            stream_duration_ms: 300,
+            stream_max_mib: 256,
+            stream_block_kib: 64,
+            rr_transactions: 300,
+            time_budget_ms: 2_000,
+            connect_timeout_ms: 3_000,
+            ..NetParams::default()
+        }))
+    }
+}
+
+fn check_net(o: &Outcome, label: &str) {
+    assert_eq!(o.exit_code, Some(0), "{label}");
+    for m in [
+        "stream_gbit_per_s",
+        "rr_latency_p50_us",
+        "rr_latency_p99_us",
+        "rr_transactions_per_s",
+    ] {
+        let v = metric(&o.report, m);
+        assert!(v.is_finite() && v > 0.0, "{label}: {m} = {v}");
+    }
+    println!(
+        "NET {label:<16} stream {:>7.2} Gbit/s  rr p50 {:>7.1} us  p99 {:>7.1} us",
+        metric(&o.report, "stream_gbit_per_s"),
+        metric(&o.report, "rr_latency_p50_us"),
+        metric(&o.report, "rr_latency_p99_us"),
+    );
+}
+
+#[test]
+fn net_workload_on_loopback_veth_and_nat() {
+    if !privileged("net_workload_on_loopback_veth_and_nat") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    with_backend(Tier::Bare, |b, _| {
+        check_net(&b.run_once(&tiny_net(NetPath::Direct)).unwrap(), "bare");
+        check_net(&b.run_once(&tiny_net(NetPath::Nat)).unwrap(), "bare (nat)");
+    });
+    with_backend(Tier::Container, |b, _| {
+        let direct = b.run_once(&tiny_net(NetPath::Direct)).unwrap();
+        check_net(&direct, "container direct");
+        let v = direct.report.isolation.as_ref().unwrap();
+        assert_eq!(v.interfaces, vec!["eth0".to_string(), "lo".to_string()]);
+        // The per-launch pair is gone with the launch.
+        assert!(census(Path::new("/nonexistent")).links.is_empty());
+        for _ in 0..2 {
+            let nat = b.run_once(&tiny_net(NetPath::Nat)).unwrap();
+            check_net(&nat, "container nat");
+        }
+        // The run-level NAT path stays for the run: bridge, uplink, the run's table, forwarding.
+        let c = census(Path::new("/nonexistent"));
+        assert_eq!(c.links.len(), 2, "bridge + uplink: {:?}", c.links);
+        assert_eq!(c.nft_tables.len(), 1, "{:?}", c.nft_tables);
+        assert_eq!(c.ip_forward.trim(), "1");
+        let rules = sh("nft", &["list", "ruleset"]);
+        assert!(rules.contains("masquerade"), "{rules}");
+        assert!(rules.contains("isobench run dp-container"), "{rules}");
+    });
+}
+
+#[test]
+fn idle_instances_run_side_by_side() {
+    if !privileged("idle_instances_run_side_by_side") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let idle = Task::new(Workload::Idle(IdleParams { max_s: 60 }));
+    for (tier, k) in [(Tier::Bare, 2), (Tier::Chroot, 2), (Tier::Container, 3)] {
+        with_backend(tier, |b, _| {
+            // An idle instance runs only the idle workload.
+            assert!(b.start_idle(&Task::new(Workload::Noop)).is_err());
+            let instances: Vec<_> = (0..k).map(|_| b.start_idle(&idle).unwrap()).collect();
+            let pids: BTreeSet<i32> = instances
+                .iter()
+                .flat_map(|i| i.host_pids())
+                .map(|p| p.as_raw())
+                .collect();
+            assert_eq!(pids.len(), k, "{tier}: distinct agents");
+            for p in &pids {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+                let state = stat.rsplit(')').next().unwrap().trim_start().chars().next();
+                assert!(matches!(state, Some('S' | 'R')), "{tier}: {p} is {state:?}");
+            }
+            if tier == Tier::Container {
+                for i in &instances {
+                    let mem = i.cgroup_memory_bytes().expect("container cgroup memory");
+                    assert!(mem > 0, "cgroup memory {mem}");
+                }
+            }
+            // A normal launch still works while they idle.
+            let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+            assert_eq!(o.exit_code, Some(0));
+            for i in instances {
+                i.stop().unwrap();
+            }
+            for p in &pids {
+                assert!(!Path::new(&format!("/proc/{p}")).exists(), "{p} still there");
+            }
+        });
+    }
+}
