@@ -45,6 +45,8 @@ pub struct RunCleanup {
     pub containers_removed: Vec<String>,
     /// nftables tables removed, as `family name`.
     pub nft_tables_removed: Vec<String>,
+    /// iptables rules deleted, as `table chain rule`.
+    pub iptables_rules_removed: Vec<String>,
     /// Sysctls put back to the value they had before the run.
     pub sysctls_restored: Vec<PathBuf>,
     pub dir_removed: bool,
@@ -260,6 +262,17 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
             }
         }
     }
+    for x in &ledger.resources {
+        if let Resource::IptablesRule { table, chain, rule } = x {
+            match remove_iptables_rule(table, chain, rule) {
+                Ok(true) => r
+                    .iptables_rules_removed
+                    .push(format!("{table} {chain} {}", rule.join(" "))),
+                Ok(false) => {}
+                Err(e) => r.errors.push(e),
+            }
+        }
+    }
     // 4c. Sysctls the run switched (ip_forward), back to what they were.
     for x in &ledger.resources {
         if let Resource::Sysctl { path, restore } = x {
@@ -324,7 +337,8 @@ pub fn remove_link(name: &str) -> Result<bool, String> {
 pub fn valid_container_name(s: &str) -> bool {
     s.starts_with("isobench-")
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn run_tool(cmd: &mut std::process::Command, what: &str) -> Result<std::process::Output, String> {
@@ -353,7 +367,11 @@ pub fn remove_oci_container(runtime: &Path, root: &Path, id: &str) -> Result<boo
     if !known {
         return Ok(false);
     }
-    let what = format!("{} --root {} delete --force {id}", runtime.display(), root.display());
+    let what = format!(
+        "{} --root {} delete --force {id}",
+        runtime.display(),
+        root.display()
+    );
     let out = run_tool(
         std::process::Command::new(runtime)
             .arg("--root")
@@ -368,7 +386,10 @@ pub fn remove_oci_container(runtime: &Path, root: &Path, id: &str) -> Result<boo
         if err.contains("does not exist") || err.contains("not found") || err.contains("No such") {
             Ok(false)
         } else {
-            Err(format!("`{what}` failed: {}; remove it by hand", err.trim()))
+            Err(format!(
+                "`{what}` failed: {}; remove it by hand",
+                err.trim()
+            ))
         }
     }
 }
@@ -425,7 +446,8 @@ pub fn remove_docker_container(name: &str) -> Result<bool, String> {
 pub fn valid_nft_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && s.as_bytes()[0].is_ascii_alphabetic()
 }
 
@@ -452,6 +474,36 @@ pub fn remove_nft_table(family: &str, name: &str) -> Result<bool, String> {
     } else {
         Err(format!(
             "`nft delete table {family} {name}` failed: {}; remove it by hand",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Delete `iptables -t table -D chain rule...` if that rule is there. Ok(false) when it is not.
+pub fn remove_iptables_rule(table: &str, chain: &str, rule: &[String]) -> Result<bool, String> {
+    if !valid_nft_name(table) || !valid_nft_name(chain) {
+        return Err(format!(
+            "ledger names an invalid iptables chain {table:?} {chain:?}: edit the ledger by hand"
+        ));
+    }
+    let run = |op: &str| {
+        std::process::Command::new("iptables")
+            .args(["-w", "-t", table, op, chain])
+            .args(rule)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("running `iptables {op} {chain}`: {e} (install iptables)"))
+    };
+    if !run("-C")?.status.success() {
+        return Ok(false);
+    }
+    let out = run("-D")?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!(
+            "`iptables -t {table} -D {chain} {}` failed: {}; remove it by hand",
+            rule.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }

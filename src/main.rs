@@ -63,6 +63,24 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let state = StateDir::open(&root)
                 .with_context(|| format!("opening state directory {}", root.display()))?;
             let report = isobench::cleanup::cleanup(&state);
+            // The docker tier's image cache (isobench/agent:<hash>, labelled as isobench's) goes
+            // too, when a daemon answers (see docs/runtimes.md).
+            let images = if std::os::unix::net::UnixStream::connect(
+                isobench::backend::runtimes::docker::daemon_socket(),
+            )
+            .is_ok()
+            {
+                isobench::backend::runtimes::docker::remove_cached_images()
+            } else {
+                Ok(vec![])
+            };
+            match &images {
+                Ok(v) if !v.is_empty() => {
+                    println!("removed cached docker image(s): {}", v.join(", "))
+                }
+                Ok(_) => {}
+                Err(e) => println!("cached docker images left: {e}"),
+            }
             if report.runs.is_empty() {
                 println!("nothing to clean in {}", root.display());
             }
@@ -80,7 +98,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     ),
                 }
             }
-            Ok(if report.is_clean() {
+            Ok(if report.is_clean() && images.is_ok() {
                 ExitCode::Success
             } else {
                 ExitCode::Failure

@@ -94,6 +94,26 @@ pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
     }
     std::fs::write(dest.join("etc/hostname"), "isobench\n")
         .map_err(io("writing", &dest.join("etc/hostname")))?;
+    // A dynamic loader cache, as every distribution image has: without it ld.so probes a dozen
+    // hwcaps and tls directories per library on each start, a cost of this minimal rootfs and
+    // not of the tier (the bare tier uses the host's cache). `-X`: no symlinks are made.
+    match std::process::Command::new("ldconfig")
+        .args(["-X", "-r"])
+        .arg(dest)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => tracing::warn!(
+            "ldconfig -r {} failed ({}): the rootfs has no loader cache, so the agent starts \
+             slower there",
+            dest.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::warn!(
+            "ldconfig not found ({e}): the rootfs has no loader cache; install libc-bin"
+        ),
+    }
     Ok(copied)
 }
 

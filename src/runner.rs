@@ -73,8 +73,11 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
 /// The last `n` CPUs this process may run on (CPU 0 usually takes the most interrupts and
 /// housekeeping, so the budget stays away from it when it can).
 pub fn budget_cpus(n: usize) -> anyhow::Result<Vec<usize>> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("reading CPU affinity")?;
-    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false)).collect();
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .context("reading CPU affinity")?;
+    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .collect();
     if allowed.len() < n {
         bail!("the scenario's budget asks for {n} CPUs but only {} are available: lower [budget] cpus", allowed.len());
     }
@@ -91,6 +94,8 @@ struct TierRun {
     spent: Vec<Duration>,
     consecutive_failures: u32,
     dropped: Option<String>,
+    /// Workloads this tier cannot run (skipped with a note).
+    unsupported: Vec<bool>,
     /// Workloads that take no warmup (density: a warm host is not what it measures).
     no_warmup: Vec<bool>,
     record_idx: usize,
@@ -103,7 +108,7 @@ enum Phase {
 
 impl TierRun {
     fn next_phase(&self, wi: usize) -> Option<Phase> {
-        if self.dropped.is_some() {
+        if self.dropped.is_some() || self.unsupported[wi] {
             return None;
         }
         let p = &self.plan;
@@ -360,6 +365,7 @@ fn measure(
                     spent: vec![Duration::ZERO; nw],
                     consecutive_failures: 0,
                     dropped: None,
+                    unsupported: vec![false; nw],
                     no_warmup: cfg
                         .scenario
                         .workloads
@@ -464,6 +470,15 @@ fn interleave(
                         r.warm[wi] += 1;
                     }
                     (Err(BackendError::Interrupted), _) => break 'rounds,
+                    (Err(BackendError::Unsupported(why)), _) => {
+                        // Not a failed launch: this tier cannot run this workload at all.
+                        r.unsupported[wi] = true;
+                        let note = format!("{}: {why}", workload.name());
+                        rec.note = Some(match rec.note.take() {
+                            Some(n) => format!("{n}; {note}"),
+                            None => note,
+                        });
+                    }
                     (Err(e), phase) => {
                         if matches!(phase, Phase::Warmup) {
                             r.warm[wi] += 1;
@@ -503,7 +518,9 @@ fn interleave(
             .workloads
             .iter()
             .enumerate()
-            .filter(|(wi, _)| r.done[*wi] < r.plan.runs && r.dropped.is_none())
+            .filter(|(wi, _)| {
+                r.done[*wi] < r.plan.runs && r.dropped.is_none() && !r.unsupported[*wi]
+            })
             .map(|(wi, w)| {
                 format!(
                     "{}: {} of {} launches in the {:.0} s budget",

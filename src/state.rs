@@ -32,6 +32,14 @@ pub enum Resource {
     /// An nftables table the run created and owns whole (its NAT rules live in it), removed
     /// with `nft delete table <family> <name>`.
     NftTable { family: String, name: String },
+    /// A rule the run inserted into a chain it does not own (`iptables -t <table> -I <chain>
+    /// <rule>`), e.g. an ACCEPT for its own devices ahead of a FORWARD chain that drops (Docker
+    /// sets `-P FORWARD DROP`); removed with `-D` and the same rule.
+    IptablesRule {
+        table: String,
+        chain: String,
+        rule: Vec<String>,
+    },
     /// A sysctl under /proc/sys the run changed, with the value to put back (e.g. ip_forward
     /// switched on for the container's NAT path).
     Sysctl { path: PathBuf, restore: String },

@@ -190,7 +190,9 @@ mod tests {
             let mut buf = Vec::new();
             for _ in 0..50 {
                 let fast = resample_median(&xs, &mut a, &mut buf);
-                let mut v: Vec<f64> = (0..n).map(|_| xs[b.gen_range(0..n)]).collect();
+                let mut v: Vec<f64> = (0..n)
+                    .map(|_| xs[rand::Rng::gen_range(&mut b, 0..n)])
+                    .collect();
                 v.sort_by(f64::total_cmp);
                 assert_eq!(fast, quantile_sorted(&v, 0.5));
             }

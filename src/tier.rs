@@ -36,11 +36,27 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 5] = [
+    /// The tiers isobench builds itself (the rest are runtimes people use).
+    pub const BUILT_IN: [Tier; 5] = [
         Tier::Bare,
         Tier::Chroot,
         Tier::Container,
         Tier::Microvm,
+        Tier::Emulated,
+    ];
+
+    pub const ALL: [Tier; 12] = [
+        Tier::Bare,
+        Tier::Chroot,
+        Tier::Container,
+        Tier::Runc,
+        Tier::Crun,
+        Tier::Docker,
+        Tier::Lxc,
+        Tier::Gvisor,
+        Tier::Microvm,
+        Tier::Firecracker,
+        Tier::CloudHypervisor,
         Tier::Emulated,
     ];
 
@@ -63,7 +79,10 @@ impl Tier {
 
     /// True for tiers whose agent runs under a guest kernel.
     pub fn is_vm(self) -> bool {
-        matches!(self, Tier::Microvm | Tier::Firecracker | Tier::CloudHypervisor | Tier::Emulated)
+        matches!(
+            self,
+            Tier::Microvm | Tier::Firecracker | Tier::CloudHypervisor | Tier::Emulated
+        )
     }
 
     pub fn describe(self) -> &'static str {
@@ -136,6 +155,9 @@ mod tests {
         );
         let e = Tier::parse_list("bare,vmware").unwrap_err();
         assert!(e.to_string().contains("'vmware'"));
-        assert_eq!(Tier::parse_list("cloud-hypervisor").unwrap(), vec![Tier::CloudHypervisor]);
+        assert_eq!(
+            Tier::parse_list("cloud-hypervisor").unwrap(),
+            vec![Tier::CloudHypervisor]
+        );
     }
 }

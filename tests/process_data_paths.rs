@@ -19,9 +19,7 @@ use isobench::host::HostFacts;
 use isobench::protocol::{AgentReport, Task};
 use isobench::state::{Ledger, StateDir};
 use isobench::tier::Tier;
-use isobench::workload::{
-    DataPath, FsParams, IdleParams, NetParams, NetPath, Workload,
-};
+use isobench::workload::{DataPath, FsParams, IdleParams, NetParams, NetPath, Workload};
 
 /// Privileged tests share host-global state (cgroup roots, devices, the census): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -358,8 +356,67 @@ fn idle_instances_run_side_by_side() {
                 i.stop().unwrap();
             }
             for p in &pids {
-                assert!(!Path::new(&format!("/proc/{p}")).exists(), "{p} still there");
+                assert!(
+                    !Path::new(&format!("/proc/{p}")).exists(),
+                    "{p} still there"
+                );
             }
         });
     }
+}
+
+/// A run killed after building its NAT path (bridge, uplink, nftables table, ip_forward
+/// switched on) is fully undone by `isobench cleanup`'s per-run step, from the ledger alone.
+#[test]
+fn cleanup_undoes_a_killed_nat_run() {
+    if !privileged("cleanup_undoes_a_killed_nat_run") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let before = census(tmp.path());
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let env = RunEnv {
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
+        state: Arc::new(
+            sd.begin_run(&format!("dp-killed-{}", std::process::id()))
+                .unwrap(),
+        ),
+        cache_dir: tmp.path().join("cache"),
+        budget: budget(),
+        options: BackendOptions::default(),
+        host: HostFacts::detect(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let mut b = backend::make(Tier::Container);
+    b.prepare(&env).unwrap();
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        check_net(
+            &b.run_once(&tiny_net(NetPath::Nat)).unwrap(),
+            "container nat",
+        );
+    }));
+    // The harness "dies": no finish(); the backend's in-process parts (peer, its namespace) go.
+    drop(b);
+    let ledger = Ledger {
+        run_id: env.state.id.clone(),
+        owner: None,
+        resources: env.state.resources(),
+    };
+    let c = cleanup::cleanup_run(&env.state.dir, &ledger);
+    if let Err(e) = run {
+        resume_unwind(e);
+    }
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    // The bridge; the uplink pair went with the peer's namespace when the harness "died".
+    assert!(c.links_removed.iter().any(|l| l.ends_with("br")), "{c:?}");
+    let fw_rules = ledger
+        .resources
+        .iter()
+        .filter(|r| matches!(r, isobench::state::Resource::IptablesRule { .. }))
+        .count();
+    assert_eq!(c.iptables_rules_removed.len(), fw_rules, "{c:?}");
+    assert_eq!(c.nft_tables_removed.len(), 1, "{c:?}");
+    assert!(c.dir_removed);
+    assert_eq!(census(tmp.path()), before, "leak census differs");
 }

@@ -165,11 +165,7 @@ pub fn spawn_idle(
             return Err(e);
         }
     };
-    if let Err(e) = wait_ready(
-        stdout.as_fd(),
-        Instant::now() + IDLE_READY_DEADLINE,
-        cancel,
-    ) {
+    if let Err(e) = wait_ready(stdout.as_fd(), Instant::now() + IDLE_READY_DEADLINE, cancel) {
         waiter.kill_and_reap();
         return Err(e);
     }

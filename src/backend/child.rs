@@ -123,11 +123,19 @@ pub fn wait_ready(
             Err(e) => return Err(BackendError::sys("reading the agent's output", e)),
         };
         if n == 0 {
-            let tail: String = String::from_utf8_lossy(&seen).chars().rev().take(600).collect();
+            let tail: String = String::from_utf8_lossy(&seen)
+                .chars()
+                .rev()
+                .take(600)
+                .collect();
             let tail: String = tail.chars().rev().collect();
             return Err(BackendError::Agent(format!(
                 "the idle agent exited before signalling ready; output: {}",
-                if tail.trim().is_empty() { "<empty>" } else { tail.trim() }
+                if tail.trim().is_empty() {
+                    "<empty>"
+                } else {
+                    tail.trim()
+                }
             )));
         }
         let at = Instant::now();
@@ -167,20 +175,27 @@ pub struct Waiter {
     pidfd: OwnedFd,
 }
 
+/// A pidfd for `pid` (close-on-exec; readable once the process has exited).
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, BackendError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(BackendError::io(
+            "pidfd_open (needs Linux 5.3 or newer)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let fd = i32::try_from(fd).map_err(|_| BackendError::Other("pidfd out of range".into()))?;
+    // SAFETY: the syscall just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Waiter {
     pub fn new(pid: Pid) -> Result<Self, BackendError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if fd < 0 {
-            return Err(BackendError::io(
-                "pidfd_open (needs Linux 5.3 or newer)",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let fd = i32::try_from(fd).map_err(|_| BackendError::Other("pidfd out of range".into()))?;
-        // SAFETY: the syscall just returned this fd and nothing else owns it.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Waiter { pid, pidfd })
+        Ok(Waiter {
+            pid,
+            pidfd: pidfd_open(pid)?,
+        })
     }
 
     pub fn pid(&self) -> Pid {

@@ -49,6 +49,9 @@ pub enum BackendError {
     Agent(String),
     #[error("interrupted")]
     Interrupted,
+    /// The tier cannot run this workload at all (not a failure of one launch).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -182,8 +185,8 @@ pub trait Backend {
     /// Every resource is recorded in the ledger like a normal launch.
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         let _ = task;
-        Err(BackendError::Other(format!(
-            "{} cannot start idle instances yet",
+        Err(BackendError::Unsupported(format!(
+            "{} cannot start idle instances yet: density is not measured on this tier",
             self.tier()
         )))
     }
@@ -209,9 +212,13 @@ pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avai
         Tier::Chroot => chroot::availability(host),
         Tier::Container => container::availability(host),
         Tier::Microvm | Tier::Emulated => vm::availability(tier, host, opts),
-        Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor | Tier::Firecracker | Tier::CloudHypervisor => {
-            runtimes::availability(tier, host, opts)
-        }
+        Tier::Runc
+        | Tier::Crun
+        | Tier::Docker
+        | Tier::Lxc
+        | Tier::Gvisor
+        | Tier::Firecracker
+        | Tier::CloudHypervisor => runtimes::availability(tier, host, opts),
     }
 }
 
@@ -222,6 +229,12 @@ pub fn make(tier: Tier) -> Box<dyn Backend> {
         Tier::Chroot => Box::new(chroot::Chroot::default()),
         Tier::Container => Box::new(container::Container::default()),
         Tier::Microvm | Tier::Emulated => Box::new(vm::Vm::new(tier)),
-        Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor | Tier::Firecracker | Tier::CloudHypervisor => runtimes::make(tier),
+        Tier::Runc
+        | Tier::Crun
+        | Tier::Docker
+        | Tier::Lxc
+        | Tier::Gvisor
+        | Tier::Firecracker
+        | Tier::CloudHypervisor => runtimes::make(tier),
     }
 }

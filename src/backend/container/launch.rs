@@ -24,7 +24,7 @@ use super::net::LaunchNet;
 use super::syscalls::{setup_container, LinuxSyscall, MountPlan, Step};
 use super::{Prepared, HOSTNAME};
 use crate::backend::bare::{cpuset, IDLE_STOP_DEADLINE};
-use crate::backend::child::Waiter;
+use crate::backend::child::{pidfd_open, Waiter};
 use crate::backend::chroot::cloexec_from_3;
 use crate::backend::{BackendError, IdleInstance};
 use crate::cgroup::CgroupManager;
@@ -123,6 +123,8 @@ struct ChildArgs<'a> {
     cpus: &'a CpuSet,
     /// Open for writing: `tasks` (v1) / `cgroup.procs` (v2) of each hierarchy.
     join: &'a [RawFd],
+    /// A pidfd of the parent: readable once it has exited.
+    parent: RawFd,
     sync_r: RawFd,
     err_w: RawFd,
     stdin_r: RawFd,
@@ -149,6 +151,17 @@ fn child_main(a: &ChildArgs<'_>) -> isize {
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         child_fail(a.err_w, Step::Pdeathsig, Errno::last());
     }
+    // The parent may have died before PDEATHSIG was armed: its pidfd says so.
+    let mut pfd = libc::pollfd {
+        fd: a.parent,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd on our stack, timeout 0 (never blocks).
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(126) }
+    }
     // Into the launch cgroup before anything else: "0" is the writer itself. On v1 the file is
     // `tasks`, and a thread moving itself skips the global threadgroup lock (and its RCU grace
     // period) that a parent's cgroup.procs write takes; this child has one thread, so the whole
@@ -159,8 +172,8 @@ fn child_main(a: &ChildArgs<'_>) -> isize {
             child_fail(a.err_w, Step::JoinCgroup, Errno::last());
         }
     }
-    // Wait until the parent is done with us (network devices moved in; one byte; EOF = parent
-    // gone).
+    // Wait until the parent is done with us (one byte; EOF = parent gone). Without a network
+    // device to move in, the parent wrote it before clone and this read does not block.
     let mut b = [0u8; 1];
     loop {
         // SAFETY: read(2) into a one-byte stack buffer.
@@ -323,6 +336,13 @@ pub(crate) fn start(
     let (out_r, out_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let parent = pidfd_open(nix::unistd::getpid())?;
+    let mut sync_w = Some(sync_w);
+    if plan.net.is_none() {
+        // Nothing to do between clone and the child's setup: release it in advance (saves a
+        // wake-up round trip on every launch).
+        release_child(sync_w.take())?;
+    }
     let args = ChildArgs {
         plan: MountPlan {
             merged: &merged_c,
@@ -336,6 +356,7 @@ pub(crate) fn start(
         envp: &envp,
         cpus: &cpus,
         join: &join,
+        parent: parent.as_raw_fd(),
         sync_r: sync_r.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
         stdin_r: stdin
@@ -382,11 +403,11 @@ pub(crate) fn start(
             return Err(e);
         }
     }
-    if let Err(e) = nix::unistd::write(&sync_w, &[1u8]) {
+    if let Err(e) = release_child(sync_w.take()) {
         waiter.kill_and_reap();
-        return Err(BackendError::sys("releasing the container child", e));
+        return Err(e);
     }
-    drop(sync_w);
+    drop(parent);
     after_start(pid);
     Ok(Started {
         launch,
@@ -396,6 +417,16 @@ pub(crate) fn start(
         stdin_w,
         peer,
     })
+}
+
+/// Write the one byte that lets the child go on (no-op once written).
+fn release_child(sync_w: Option<OwnedFd>) -> Result<(), BackendError> {
+    match sync_w {
+        Some(w) => nix::unistd::write(&w, &[1u8])
+            .map(drop)
+            .map_err(|e| BackendError::sys("releasing the container child", e)),
+        None => Ok(()),
+    }
 }
 
 /// The child's setup failure message, if it wrote one before exiting.
@@ -455,10 +486,7 @@ impl IdleInstance for IdleContainer {
         } = started;
         drop(stdin_w);
         // A stuck agent is killed at the deadline (and the cgroup is killed below anyway).
-        let waited = waiter.wait(
-            Instant::now() + IDLE_STOP_DEADLINE,
-            &AtomicBool::new(false),
-        );
+        let waited = waiter.wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false));
         drop((out_r, err_r, peer));
         let torn = plan.teardown_and_forget(&state);
         match (waited, torn) {

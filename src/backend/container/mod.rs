@@ -40,9 +40,7 @@ use nix::unistd::Pid;
 
 use super::bare::{check_idle, cpuset, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
 use super::child::{into_report, read_agent, wait_ready, StreamResult};
-use super::{
-    Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv, Timings,
-};
+use super::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv, Timings};
 use crate::cgroup::{self, CgroupManager};
 use crate::cleanup::safe_remove_tree;
 use crate::host::{CgroupLayout, HostFacts};
@@ -182,7 +180,9 @@ impl Container {
         .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
         let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
         let (net, nat_peer) = match &task.workload {
-            Workload::Net(np) if np.path == NetPath::Direct => (Some(run_net.plan_direct(n)?), None),
+            Workload::Net(np) if np.path == NetPath::Direct => {
+                (Some(run_net.plan_direct(n)?), None)
+            }
             Workload::Net(_) => {
                 let (net, peer) = run_net.plan_nat(n, &p.state)?;
                 (Some(net), Some(peer))

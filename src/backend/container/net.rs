@@ -19,10 +19,14 @@
 //! 10.214.0.0/16 (direct), 10.215.0.0/16 (bridge) and 10.216.0.0/16 (uplink), the VM tiers use
 //! 10.213.0.0/16; each run takes a block that overlaps no address or route of this host.
 //!
+//! Where iptables' FORWARD chain would drop the forwarded traffic (Docker sets `-P FORWARD
+//! DROP`), the run inserts two ACCEPT rules for its own bridge <-> uplink pair at the top of
+//! that chain, commented with the run id, recorded, and deleted at the end of the run. Another
+//! firewall that drops forwarded traffic (a custom nftables drop chain) breaks the `nat` path:
+//! the agent then reports that it cannot connect.
+//!
 //! Not protected against: the container's traffic is not filtered; on the `nat` path it can
-//! reach what the host routes (the run's table only adds masquerading). A firewall on this host
-//! that drops forwarded traffic breaks the `nat` path (the agent then reports that it cannot
-//! connect).
+//! reach what the host routes (the run's table only adds masquerading).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -171,7 +175,12 @@ fn ip_output(args: &[&str]) -> Result<String, BackendError> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| BackendError::io(format!("running `ip {}` (install iproute2)", args.join(" ")), e))?;
+        .map_err(|e| {
+            BackendError::io(
+                format!("running `ip {}` (install iproute2)", args.join(" ")),
+                e,
+            )
+        })?;
     if !out.status.success() {
         return Err(BackendError::Other(format!(
             "`ip {}` failed: {}",
@@ -342,6 +351,8 @@ pub struct NatPath {
     subnet: Ipv4Addr,
     uplink: [String; 2],
     table: String,
+    /// Rules inserted into iptables' filter FORWARD chain (recorded in the ledger).
+    fw_rules: Vec<Vec<String>>,
     forward_restore: Option<String>,
     peer: Option<NetPeer>,
     /// Holds the peer's network namespace (it dies with the last reference: this fd, the
@@ -435,6 +446,7 @@ impl RunNet {
             subnet,
             uplink: [format!("{}u0", self.stem), format!("{}u1", self.stem)],
             table: format!("isobench_{}", &self.stem[3..]),
+            fw_rules: vec![],
             forward_restore: None,
             peer: None,
             peer_ns: None,
@@ -516,6 +528,39 @@ impl RunNet {
                 id = self.run_id,
             )),
         )?;
+        // A FORWARD chain that drops (Docker's) would eat the forwarded traffic: let our own
+        // bridge <-> uplink pair through, ahead of it.
+        if iptables_forward_drops() {
+            let comment = format!("isobench run {}", self.run_id);
+            for (i, o) in [(&nat.bridge, &nat.uplink[0]), (&nat.uplink[0], &nat.bridge)] {
+                let rule: Vec<String> = [
+                    "-i",
+                    i,
+                    "-o",
+                    o,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &comment,
+                    "-j",
+                    "ACCEPT",
+                ]
+                .iter()
+                .map(|a| (*a).to_string())
+                .collect();
+                state
+                    .record(Resource::IptablesRule {
+                        table: "filter".into(),
+                        chain: "FORWARD".into(),
+                        rule: rule.clone(),
+                    })
+                    .map_err(|e| BackendError::io("recording an iptables rule in the ledger", e))?;
+                nat.fw_rules.push(rule.clone());
+                let mut args = vec!["-t", "filter", "-I", "FORWARD", "1"];
+                args.extend(rule.iter().map(String::as_str));
+                iptables(&args)?;
+            }
+        }
         // Forwarding, only if it is off; recorded so it is put back even after a crash.
         let fwd = std::fs::read_to_string(IP_FORWARD)
             .map_err(|e| BackendError::io(format!("reading {IP_FORWARD}"), e))?;
@@ -584,6 +629,18 @@ impl NatPath {
                 Err(e) => errors.push(e),
             }
         }
+        for rule in std::mem::take(&mut self.fw_rules) {
+            match crate::cleanup::remove_iptables_rule("filter", "FORWARD", &rule) {
+                Ok(_) => {
+                    let _ = state.release(&Resource::IptablesRule {
+                        table: "filter".into(),
+                        chain: "FORWARD".into(),
+                        rule,
+                    });
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         if let Some(v) = self.forward_restore.take() {
             match crate::cleanup::restore_sysctl(Path::new(IP_FORWARD), &v) {
                 Ok(()) => {
@@ -611,6 +668,40 @@ fn no_block(range: &str) -> BackendError {
         "no free block left in {range} on this host: every candidate overlaps an address or a \
          route; remove stale addresses there (`ip -o addr`) or leftover runs (`isobench cleanup`)"
     ))
+}
+
+/// Would iptables' filter FORWARD chain drop traffic it has no rule for? False where iptables
+/// is not installed or has no filter table (listing never creates one).
+fn iptables_forward_drops() -> bool {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-t", "filter", "-S", "FORWARD"])
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let s = String::from_utf8_lossy(&out.stdout);
+    out.status.success()
+        && s.lines()
+            .any(|l| l == "-P FORWARD DROP" || l.ends_with("-j DROP") || l.contains("-j REJECT"))
+}
+
+fn iptables(args: &[&str]) -> Result<(), BackendError> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BackendError::io("running `iptables`", e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BackendError::Other(format!(
+            "`iptables {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), BackendError> {

@@ -62,7 +62,15 @@ mod tests {
             .collect();
         assert_eq!(
             args,
-            ["--root", "/s", "--network=none", "run", "--bundle", "/b", "isobench-r-1"]
+            [
+                "--root",
+                "/s",
+                "--network=none",
+                "run",
+                "--bundle",
+                "/b",
+                "isobench-r-1"
+            ]
         );
     }
 }

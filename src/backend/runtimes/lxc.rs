@@ -79,13 +79,7 @@ pub fn config(l: &LxcLaunch<'_>) -> String {
 }
 
 /// `lxc-execute` for one launch (the config file, the lxcpath, a log file for errors).
-pub fn run_command(
-    bin: &Path,
-    lxcpath: &Path,
-    name: &str,
-    conf: &Path,
-    log: &Path,
-) -> Command {
+pub fn run_command(bin: &Path, lxcpath: &Path, name: &str, conf: &Path, log: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("-P")
         .arg(lxcpath)

@@ -191,12 +191,7 @@ pub fn run_checked(cmd: &mut Command, what: &str, fix: &str) -> Result<String, B
 pub fn log_tail(log: &Path, n: usize) -> String {
     let s = std::fs::read_to_string(log).unwrap_or_default();
     let s = s.trim();
-    let start = s
-        .char_indices()
-        .rev()
-        .nth(n)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
+    let start = s.char_indices().rev().nth(n).map(|(i, _)| i).unwrap_or(0);
     if s.is_empty() {
         "<empty>".into()
     } else {

@@ -1,0 +1,663 @@
+//! `runc`, `crun`, `gvisor` and `lxc`: the rootfs isobench builds, run by a container runtime's
+//! CLI from a per-launch bundle that isobench writes (an OCI `config.json` for runc, crun and
+//! runsc; an LXC config for `lxc-execute`).
+//!
+//! Per run: `<scratch>/<tier>/` holds the rootfs (built once), the runtime's state root
+//! (`--root` / `-P`, so isobench never touches containers it did not make), the host directory
+//! of the fs `volume` path, and one `launch-<n>/` bundle per launch. Containers are named
+//! `isobench-<run>-<tier>-<n>` and recorded in the ledger before they are created; their cgroups
+//! live under `isobench-<tier>-<run>/` in every hierarchy (recorded too).
+//!
+//! Per launch: namespaces pid, ipc, uts, mount, cgroup and network; the budget as resources
+//! (memory limit, CPU quota, cpuset); rootfs writable, no terminal. Data paths: fs `rootfs` in
+//! the bundle rootfs' `/data` (a host directory: these runtimes use no overlay), fs `volume` a
+//! bind mount of a host directory at `/volume`. Net: the runtimes have no NAT path of their own,
+//! so both net paths share the host's network namespace (no network namespace in config.json;
+//! runsc `--network=host`; LXC `none`) and talk to a peer on 127.0.0.1, as `bare` does.
+//!
+//! Timings: launch = before the CLI is spawned; ready = READY read from its stdout; exit = the
+//! CLI exits (`run` deletes the container on exit); teardown = until the runtime's state for the
+//! container (deleted with `delete --force` if the CLI left it) and the bundle are gone.
+//!
+//! Not protected against: as with `container`, the agent is root on the host (no user
+//! namespace); with a shared network namespace it reaches every host address.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
+use crate::backend::bare::{cpuset, loopback_peer};
+use crate::backend::container::refuse_existing;
+use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
+use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us, rmdir_retry, subtree_dirs};
+use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
+use crate::host::{CgroupLayout, HostFacts};
+use crate::netpeer::NetPeer;
+use crate::protocol::Task;
+use crate::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::state::{Resource, RunState};
+use crate::tier::Tier;
+use crate::workload::{DataPath, Workload};
+
+/// Where the fs workload writes inside the bundle rootfs, and where the volume is mounted.
+pub const DATA_DIR: &str = "/data";
+pub const VOLUME_DIR: &str = "/volume";
+
+/// crun 1.8's refusal on a hybrid cgroup host, verbatim.
+pub const CRUN_HYBRID: &str =
+    "cgroups in hybrid mode not supported, drop all controllers from cgroupv2";
+
+/// Tier-specific checks once the binary is on PATH and isobench is root.
+pub fn availability(tier: Tier, bin: &Path, host: &HostFacts) -> Availability {
+    if tier == Tier::Crun && host.cgroup_layout == CgroupLayout::Hybrid {
+        return Availability::unavailable(
+            format!("crun refuses this host's hybrid cgroup layout (v1 controllers + an empty v2 at /sys/fs/cgroup/unified): \"{CRUN_HYBRID}\""),
+            "boot with a pure cgroup v2 layout (systemd.unified_cgroup_hierarchy=1) or a pure v1 one; runc runs the same bundle here",
+        );
+    }
+    if host.cgroup_layout == CgroupLayout::None {
+        return Availability::unavailable(
+            "no cgroup filesystem is mounted",
+            "mount cgroup2 at /sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)",
+        );
+    }
+    if tier == Tier::Lxc && crate::host::which("lxc-stop").is_none() {
+        return Availability::unavailable("lxc-stop is missing", "apt-get install lxc");
+    }
+    let what = match tier {
+        Tier::Runc => "OCI bundle via runc run",
+        Tier::Crun => "OCI bundle via crun run",
+        Tier::Gvisor => "OCI bundle via runsc run (gVisor, ptrace platform)",
+        _ => "lxc-execute of the rootfs",
+    };
+    Availability::Available {
+        detail: format!("{what} ({})", bin.display()),
+    }
+}
+
+/// One launch's shape, decided from its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchShape {
+    pub share_host_net: bool,
+    pub volume: bool,
+}
+
+impl LaunchShape {
+    pub fn of(task: &Task) -> Self {
+        LaunchShape {
+            share_host_net: matches!(task.workload, Workload::Net(_)),
+            volume: matches!(&task.workload, Workload::Fs(p) if p.path == DataPath::Volume),
+        }
+    }
+}
+
+/// The OCI runtime spec (config.json) of one launch.
+pub fn oci_config(
+    rootfs: &Path,
+    task_json: &str,
+    budget: &Budget,
+    cgroups_path: &str,
+    shape: LaunchShape,
+    volume: &Path,
+) -> Value {
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    if !shape.share_host_net {
+        namespaces.push(json!({"type": "network"}));
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777"]}),
+    ];
+    // sysfs cannot be mounted fresh without an own network namespace.
+    if !shape.share_host_net {
+        mounts.push(
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                           "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        );
+        mounts.push(
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                           "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        );
+    }
+    if shape.volume {
+        mounts.push(json!({"destination": VOLUME_DIR, "type": "bind",
+                           "source": volume.to_string_lossy(),
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}));
+    }
+    let (quota, period) = cpu_quota_us(budget.cpus.len());
+    let mut cpu = json!({"cpus": cpu_list(&budget.cpus)});
+    if quota > 0 {
+        cpu["quota"] = json!(quota);
+        cpu["period"] = json!(period);
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [AGENT_IN_ROOTFS],
+            "env": ["PATH=/bin", format!("{}={task_json}", crate::protocol::TASK_ENV)],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps
+            },
+            "noNewPrivileges": true
+        },
+        "root": {"path": rootfs.to_string_lossy(), "readonly": false},
+        "hostname": "isobench",
+        "mounts": mounts,
+        "linux": {
+            "resources": {
+                "devices": [{"allow": false, "access": "rwm"}],
+                "memory": {"limit": budget_memory_bytes(budget)},
+                "cpu": cpu
+            },
+            "cgroupsPath": cgroups_path,
+            "namespaces": namespaces,
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+            ]
+        }
+    })
+}
+
+struct Prepared {
+    state: Arc<RunState>,
+    bin: PathBuf,
+    layout: CgroupLayout,
+    budget: Budget,
+    cancel: Arc<AtomicBool>,
+    base: PathBuf,
+    rootfs: PathBuf,
+    /// The runtime's state root (`--root`, or LXC's `-P`).
+    state_root: PathBuf,
+    volume: PathBuf,
+    /// `isobench-<tier>-<run>`: parent of every launch's cgroup, in every hierarchy.
+    cgroup_rel: String,
+    /// The recorded cgroup directories (absolute), parents of the launches'.
+    cgroup_dirs: Vec<PathBuf>,
+    peer: NetPeer,
+}
+
+/// runc, crun, runsc or lxc-execute driving a bundle isobench writes.
+pub struct Bundled {
+    tier: Tier,
+    prepared: Option<Prepared>,
+    launches: u64,
+}
+
+impl Bundled {
+    pub fn new(tier: Tier) -> Self {
+        Bundled {
+            tier,
+            prepared: None,
+            launches: 0,
+        }
+    }
+
+    fn prepared(&self) -> Result<&Prepared, BackendError> {
+        self.prepared.as_ref().ok_or_else(|| {
+            BackendError::Other(format!(
+                "{} backend used before prepare(): call prepare first",
+                self.tier
+            ))
+        })
+    }
+}
+
+/// The cgroup directories a runtime may create for `rel`: one per mounted hierarchy (v1
+/// controllers, named hierarchies and the unified one on hybrid hosts), or one on v2.
+pub fn cgroup_dirs_for(layout: CgroupLayout, rel: &str) -> Vec<PathBuf> {
+    let root = Path::new(crate::cgroup::CGROUP_ROOT);
+    match layout {
+        CgroupLayout::V2 => vec![root.join(rel)],
+        CgroupLayout::None => vec![],
+        CgroupLayout::V1 | CgroupLayout::Hybrid => std::fs::read_dir(root)
+            .map(|rd| {
+                let mut v: Vec<PathBuf> = rd
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path().join(rel))
+                    .collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
+    std::fs::create_dir(base)
+        .map_err(|e| BackendError::io(format!("creating {}", base.display()), e))?;
+    let rootfs = base.join("rootfs");
+    rootfs::build(&env.agent, &rootfs)
+        .map_err(|e| BackendError::Other(format!("building the {tier} rootfs: {e}")))?;
+    // Mount point of the volume (runtimes would otherwise create it in the shared rootfs).
+    std::fs::create_dir(rootfs.join(VOLUME_DIR.trim_start_matches('/')))
+        .map_err(|e| BackendError::io("creating /volume in the rootfs", e))?;
+    let state_root = base.join("state");
+    let volume = base.join("volume");
+    for d in [&state_root, &volume] {
+        std::fs::create_dir(d)
+            .map_err(|e| BackendError::io(format!("creating {}", d.display()), e))?;
+    }
+    let (bin, _) = super::binary_of(tier).expect("a runtime tier");
+    let bin = crate::host::which(bin).ok_or_else(|| BackendError::Unavailable {
+        tier,
+        reason: format!("{bin} vanished from PATH"),
+    })?;
+    let cgroup_rel = format!("isobench-{tier}-{}", env.state.id);
+    let cgroup_dirs = cgroup_dirs_for(env.host.cgroup_layout, &cgroup_rel);
+    let res: Vec<Resource> = cgroup_dirs
+        .iter()
+        .map(|p| Resource::Cgroup { path: p.clone() })
+        .collect();
+    env.state
+        .record_all(&res)
+        .map_err(|e| BackendError::io("recording the runtime's cgroups in the ledger", e))?;
+    prepare_cpuset_parent(env.host.cgroup_layout, &cgroup_rel, &env.budget)?;
+    let peer = loopback_peer()?;
+    Ok(Prepared {
+        state: env.state.clone(),
+        bin,
+        layout: env.host.cgroup_layout,
+        budget: env.budget.clone(),
+        cancel: env.cancel.clone(),
+        base: base.to_path_buf(),
+        rootfs,
+        state_root,
+        volume,
+        cgroup_rel,
+        cgroup_dirs,
+        peer,
+    })
+}
+
+/// On v1 hosts a new cpuset cgroup starts with no CPUs and no memory nodes, and runsc does not
+/// fill in the parents it creates (runc does): make the run's cpuset parent ourselves (already
+/// recorded) with the budget's CPUs and the root's memory nodes.
+fn prepare_cpuset_parent(
+    layout: CgroupLayout,
+    rel: &str,
+    budget: &Budget,
+) -> Result<(), BackendError> {
+    let root = Path::new(crate::cgroup::CGROUP_ROOT).join("cpuset");
+    if layout == CgroupLayout::V2 || !root.join("cpuset.cpus").exists() {
+        return Ok(());
+    }
+    let dir = root.join(rel);
+    let io = |what: &str, e| BackendError::io(format!("{what} {}", dir.display()), e);
+    std::fs::create_dir(&dir).map_err(|e| io("creating cgroup", e))?;
+    let mems = std::fs::read_to_string(root.join("cpuset.mems")).map_err(|e| io("reading", e))?;
+    std::fs::write(dir.join("cpuset.cpus"), cpu_list(&budget.cpus))
+        .map_err(|e| io("writing cpuset.cpus of", e))?;
+    std::fs::write(dir.join("cpuset.mems"), mems.trim())
+        .map_err(|e| io("writing cpuset.mems of", e))
+}
+
+/// Remove the run's cgroup parents (whatever the runtimes left below them, deepest first).
+fn remove_cgroups(dirs: &[PathBuf]) -> Result<(), BackendError> {
+    let mut all = vec![];
+    for d in dirs {
+        all.extend(subtree_dirs(d).unwrap_or_default());
+    }
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for d in all {
+        rmdir_retry(&d).map_err(|e| BackendError::Other(format!("{e}")))?;
+    }
+    Ok(())
+}
+
+impl Backend for Bundled {
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+        if let Availability::Unavailable { reason, fix } =
+            super::availability(self.tier, &env.host, &env.options)
+        {
+            return Err(BackendError::Unavailable {
+                tier: self.tier,
+                reason: format!("{reason}: {fix}"),
+            });
+        }
+        check_run_id(&env.state.id)?;
+        cpuset(&env.budget.cpus)?;
+        let base = env.state.scratch().join(self.tier.as_str());
+        refuse_existing(&base)?;
+        env.state
+            .record(Resource::Dir { path: base.clone() })
+            .map_err(|e| BackendError::io("recording the bundle directory in the ledger", e))?;
+        match prepare_in(self.tier, env, &base) {
+            Ok(p) => {
+                self.prepared = Some(p);
+                Ok(())
+            }
+            Err(e) => {
+                let dirs = cgroup_dirs_for(
+                    env.host.cgroup_layout,
+                    &format!("isobench-{}-{}", self.tier, env.state.id),
+                );
+                if remove_cgroups(&dirs).is_ok() {
+                    let res: Vec<Resource> = dirs
+                        .into_iter()
+                        .map(|path| Resource::Cgroup { path })
+                        .collect();
+                    let _ = env.state.release_all(&res);
+                }
+                if safe_remove_tree(&base).is_ok() {
+                    let _ = env.state.release(&Resource::Dir { path: base });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
+        self.launches += 1;
+        let n = self.launches;
+        let tier = self.tier;
+        let p = self.prepared()?;
+        let id = format!("isobench-{}-{tier}-{n}", p.state.id);
+        let shape = LaunchShape::of(task);
+        let mut task = task.clone();
+        match &mut task.workload {
+            Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
+            Workload::Net(net) => net.peer = p.peer.local_addr().to_string(),
+            _ => {}
+        }
+        let task_json = serde_json::to_string(&task).expect("task serialises");
+        let bundle = p.base.join(format!("launch-{n}"));
+        let container = if tier == Tier::Lxc {
+            Resource::LxcContainer {
+                lxcpath: p.state_root.clone(),
+                name: id.clone(),
+            }
+        } else {
+            Resource::OciContainer {
+                runtime: p.bin.clone(),
+                root: p.state_root.clone(),
+                id: id.clone(),
+            }
+        };
+        let bundle_res = Resource::Dir {
+            path: bundle.clone(),
+        };
+        p.state
+            .record_all(&[bundle_res.clone(), container.clone()])
+            .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
+        std::fs::create_dir(&bundle)
+            .map_err(|e| BackendError::io(format!("creating {}", bundle.display()), e))?;
+        let cgroup_leaf = format!("{}/{id}", p.cgroup_rel);
+        let cmd = if tier == Tier::Lxc {
+            let conf = bundle.join("lxc.conf");
+            let text = lxc::config(&lxc::LxcLaunch {
+                rootfs: &p.rootfs,
+                task_json: &task_json,
+                budget: &p.budget,
+                layout: p.layout,
+                share_host_net: shape.share_host_net,
+                volume: shape.volume.then_some(p.volume.as_path()),
+                cgroup_dir: &cgroup_leaf,
+            });
+            std::fs::write(&conf, text)
+                .map_err(|e| BackendError::io(format!("writing {}", conf.display()), e))?;
+            lxc::run_command(&p.bin, &p.state_root, &id, &conf, &bundle.join("lxc.log"))
+        } else {
+            let cfg = oci_config(
+                &p.rootfs,
+                &task_json,
+                &p.budget,
+                &format!("/{cgroup_leaf}"),
+                shape,
+                &p.volume,
+            );
+            let path = bundle.join("config.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json"))
+                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
+            if tier == Tier::Gvisor {
+                gvisor::run_command(&p.bin, &p.state_root, &bundle, &id, shape.share_host_net)
+            } else {
+                let mut c = Command::new(&p.bin);
+                c.arg("--root")
+                    .arg(&p.state_root)
+                    .arg("run")
+                    .arg("--bundle")
+                    .arg(&bundle)
+                    .arg(&id);
+                c
+            }
+        };
+        let log = p.base.join(format!("launch-{n}.stderr"));
+        let log_res = Resource::File { path: log.clone() };
+        let _ = p.state.record(log_res.clone());
+        // Teardown: the runtime's state for the container (normally already gone: `run`
+        // deletes on exit), then the bundle.
+        let teardown = || -> Result<(), BackendError> {
+            let gone = if tier == Tier::Lxc {
+                remove_lxc_container(&p.state_root, &id).map(|_| ())
+            } else {
+                remove_oci_container(&p.bin, &p.state_root, &id).map(|_| ())
+            };
+            gone.map_err(BackendError::Other)?;
+            safe_remove_tree(&bundle)
+                .map_err(|e| BackendError::io(format!("removing {}", bundle.display()), e))?;
+            p.state
+                .release_all(&[container.clone(), bundle_res.clone()])
+                .map_err(|e| BackendError::io("updating the run ledger", e))
+        };
+        let out = measure_cli(cmd, &task, &p.budget.cpus, &p.cancel, &log, teardown);
+        if out.is_ok() && safe_remove_tree(&log).is_ok() {
+            let _ = p.state.release(&log_res);
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Result<(), BackendError> {
+        let Some(p) = self.prepared.take() else {
+            return Ok(());
+        };
+        p.peer.stop();
+        // Any container a failed launch left (the ledger still names it).
+        let mut errors = vec![];
+        for r in p.state.resources() {
+            let done = match &r {
+                Resource::OciContainer { runtime, root, id } if root == &p.state_root => {
+                    remove_oci_container(runtime, root, id)
+                }
+                Resource::LxcContainer { lxcpath, name } if lxcpath == &p.state_root => {
+                    remove_lxc_container(lxcpath, name)
+                }
+                _ => continue,
+            };
+            match done {
+                Ok(_) => {
+                    let _ = p.state.release(&r);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(BackendError::Other(format!(
+                "{}; then run `isobench cleanup`",
+                errors.join("; ")
+            )));
+        }
+        remove_cgroups(&p.cgroup_dirs)?;
+        let res: Vec<Resource> = p
+            .cgroup_dirs
+            .iter()
+            .map(|path| Resource::Cgroup { path: path.clone() })
+            .collect();
+        p.state
+            .release_all(&res)
+            .map_err(|e| BackendError::io("updating the run ledger", e))?;
+        safe_remove_tree(&p.base)
+            .map_err(|e| BackendError::io(format!("removing {}", p.base.display()), e))?;
+        let under: Vec<Resource> = p
+            .state
+            .resources()
+            .into_iter()
+            .filter(|r| matches!(r, Resource::Dir { path } | Resource::File { path } if path.starts_with(&p.base)))
+            .collect();
+        p.state
+            .release_all(&under)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
+    }
+
+    fn versions(&self) -> BTreeMap<String, String> {
+        let Some((bin, _)) = super::binary_of(self.tier) else {
+            return BTreeMap::new();
+        };
+        let path = self
+            .prepared
+            .as_ref()
+            .map(|p| p.bin.clone())
+            .or_else(|| crate::host::which(bin))
+            .unwrap_or_else(|| PathBuf::from(bin));
+        let v = version_line(&path, &["--version"]).unwrap_or_else(|| "unknown".into());
+        BTreeMap::from([(bin.to_string(), v)])
+    }
+
+    fn settings(&self) -> BTreeMap<String, String> {
+        let mut s = BTreeMap::from([
+            (
+                "namespaces".into(),
+                "pid,ipc,uts,mount,cgroup,net (net: host's for the net workload)".to_string(),
+            ),
+            (
+                "rootfs".into(),
+                "minimal rootfs (agent + ldd libraries), plain directory, writable".into(),
+            ),
+            (
+                "fs_path".into(),
+                format!("rootfs: {DATA_DIR} of the bundle rootfs (host filesystem, no overlay); volume: bind mount at {VOLUME_DIR}"),
+            ),
+            (
+                "net_path".into(),
+                "host network namespace, peer on 127.0.0.1 (both paths: no NAT of its own)"
+                    .into(),
+            ),
+        ]);
+        if self.tier == Tier::Gvisor {
+            for (k, v) in gvisor::settings() {
+                s.insert(k.into(), v.into());
+            }
+        }
+        if self.tier == Tier::Lxc {
+            s.insert(
+                "init".into(),
+                "lxc-execute: init.lxc is PID 1, the agent PID 2".into(),
+            );
+        }
+        if let Some(p) = &self.prepared {
+            s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
+            s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
+            s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_namespaces_budget_and_mounts() {
+        let b = Budget {
+            cpus: vec![1],
+            memory_mib: 256,
+        };
+        let shape = LaunchShape {
+            share_host_net: false,
+            volume: true,
+        };
+        let c = oci_config(
+            Path::new("/s/rootfs"),
+            "{}",
+            &b,
+            "/isobench-runc-r/isobench-r-runc-1",
+            shape,
+            Path::new("/s/volume"),
+        );
+        let ns: Vec<&str> = c["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup", "network"]);
+        assert_eq!(
+            c["linux"]["resources"]["memory"]["limit"],
+            256 * 1024 * 1024
+        );
+        assert_eq!(c["linux"]["resources"]["cpu"]["cpus"], "1");
+        assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 100_000);
+        assert_eq!(c["process"]["terminal"], false);
+        assert_eq!(c["root"]["readonly"], false);
+        assert!(c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == VOLUME_DIR && m["source"] == "/s/volume"));
+        let host = oci_config(
+            Path::new("/s/rootfs"),
+            "{}",
+            &b,
+            "/x",
+            LaunchShape {
+                share_host_net: true,
+                volume: false,
+            },
+            Path::new("/s/volume"),
+        );
+        let ns = host["linux"]["namespaces"].as_array().unwrap();
+        assert!(!ns.iter().any(|n| n["type"] == "network"));
+        assert!(!host["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/sys"));
+    }
+}

@@ -1,0 +1,460 @@
+//! Privileged tests of the runtime tiers (docker, runc, gvisor; lxc where it runs; crun's
+//! reason on a hybrid cgroup host): startup, one workload of each family with tiny parameters,
+//! the isolation probe from inside, and a leak census (runtime containers, cgroups, mounts,
+//! processes) before and after.
+//!
+//! A tier whose package is missing prints `SKIPPED <test>: <reason>` and fails under
+//! `ISOBENCH_REQUIRE_PRIVILEGED=1`. When only dockerd is not running, the docker test starts
+//! one itself (`dockerd` on the default socket) and stops it afterwards.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
+use isobench::cleanup;
+use isobench::host::HostFacts;
+use isobench::protocol::{AgentReport, Task};
+use isobench::state::{Ledger, StateDir};
+use isobench::tier::Tier;
+use isobench::workload::{
+    CpuParams, DataPath, FsParams, MemoryParams, NetParams, NetPath, Workload,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn require() -> bool {
+    std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
+}
+
+fn skip(test: &str, reason: &str) {
+    println!("SKIPPED {test}: {reason}");
+    assert!(
+        !require(),
+        "{test}: {reason} (ISOBENCH_REQUIRE_PRIVILEGED=1)"
+    );
+}
+
+/// Is `tier` usable? Prints the skip line and returns false otherwise.
+fn usable(test: &str, tier: Tier) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "needs root");
+        return false;
+    }
+    match backend::availability(tier, &HostFacts::detect(), &BackendOptions::default()) {
+        Availability::Available { .. } => true,
+        Availability::Unavailable { reason, fix } => {
+            skip(test, &format!("{reason} ({fix})"));
+            false
+        }
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// What a test must not leave behind.
+#[derive(Debug, PartialEq)]
+struct Census {
+    mounts: Vec<String>,
+    cgroups: BTreeSet<PathBuf>,
+    docker: Vec<String>,
+    runc_default: Vec<String>,
+    runsc_default: Vec<String>,
+    processes: Vec<String>,
+}
+
+/// Everything that belongs to this test's run (other sessions may run isobench concurrently):
+/// mounts under `tmp`, cgroups and containers named with `run`, processes whose command line
+/// names `tmp` or whose cgroup names `run`.
+fn census(tmp: &Path, run: &str) -> Census {
+    let t = tmp.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&t))
+        .map(String::from)
+        .collect();
+    // isobench-* cgroups in every hierarchy, two levels deep (runtime cgroups sit below ours).
+    let mut cgroups = BTreeSet::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut levels = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        levels.extend(rd.flatten().map(|e| e.path()));
+    }
+    for l in levels {
+        if let Ok(rd) = std::fs::read_dir(&l) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("isobench-") && n.contains(run) {
+                    cgroups.insert(e.path());
+                }
+            }
+        }
+    }
+    let docker = if Path::new("/var/run/docker.sock").exists() {
+        sh(
+            "docker",
+            &[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("name=isobench-{run}"),
+                "--format",
+                "{{.Names}}",
+            ],
+        )
+        .lines()
+        .map(String::from)
+        .collect()
+    } else {
+        vec![]
+    };
+    let isob = |s: String| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains(run))
+            .map(String::from)
+            .collect()
+    };
+    let mut processes: Vec<String> = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            if c.contains(&t) || cg.contains(run) {
+                processes.push(c);
+            }
+        }
+    }
+    processes.sort();
+    Census {
+        mounts,
+        cgroups,
+        docker,
+        runc_default: isob(sh("runc", &["list"])),
+        runsc_default: isob(sh("runsc", &["list"])),
+        processes,
+    }
+}
+
+fn budget() -> Budget {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .take(2)
+        .collect();
+    Budget {
+        cpus,
+        memory_mib: 512,
+    }
+}
+
+/// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
+/// scratch empty.
+fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
+    let mut b = backend::make(tier);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = format!("rt-{tier}-{}", std::process::id());
+    let before = census(tmp.path(), &run);
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let env = RunEnv {
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
+        state: Arc::new(sd.begin_run(&run).unwrap()),
+        cache_dir: tmp.path().join("cache"),
+        budget: budget(),
+        options: BackendOptions::default(),
+        host: HostFacts::detect(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        b.prepare(&env).unwrap();
+        assert!(!b.versions().is_empty(), "{tier}: versions() is empty");
+        body(&mut *b);
+    }));
+    let fin = b.finish();
+    if res.is_err() || fin.is_err() {
+        let ledger = Ledger {
+            run_id: env.state.id.clone(),
+            owner: None,
+            resources: env.state.resources(),
+        };
+        eprintln!(
+            "cleanup after failure: {:?}",
+            cleanup::cleanup_run(&env.state.dir, &ledger)
+        );
+    }
+    if let Err(e) = res {
+        resume_unwind(e);
+    }
+    fin.unwrap();
+    assert_eq!(
+        env.state.resources(),
+        vec![],
+        "{tier}: ledger still lists resources"
+    );
+    assert_eq!(
+        census(tmp.path(), &run),
+        before,
+        "{tier}: leak census differs"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
+    assert!(left.is_empty(), "{tier}: scratch not empty: {left:?}");
+    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+}
+
+fn metric(r: &AgentReport, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("metric {name} missing in {:?}", r.metrics))
+        .value
+}
+
+fn positive(o: &Outcome, names: &[&str], label: &str) {
+    assert_eq!(o.exit_code, Some(0), "{label}");
+    for n in names {
+        let v = metric(&o.report, n);
+        assert!(v.is_finite() && v > 0.0, "{label}: {n} = {v}");
+    }
+}
+
+fn cpu() -> Task {
+    Task::new(Workload::Cpu(CpuParams {
+        ops_per_thread: 2_000_000,
+        threads: 1,
+        time_budget_ms: 2_000,
+    }))
+}
+
+fn memory() -> Task {
+    Task::new(Workload::Memory(MemoryParams {
+        array_mib: 8,
+        repeats: 1,
+        chase_mib: 8,
+        chase_accesses: 100_000,
+        time_budget_ms: 2_000,
+    }))
+}
+
+fn fs(path: DataPath) -> Task {
+    Task::new(Workload::Fs(FsParams {
+        path,
+        file_mib: 4,
+        seq_block_kib: 256,
+        rand_ops: 100,
+        meta_files: 20,
+        fsync_ops: 5,
+        time_budget_ms: 3_000,
+        ..FsParams::default()
+    }))
+}
+
+fn net(path: NetPath) -> Task {
+    Task::new(Workload::Net(NetParams {
+        path,
+        stream_duration_ms: 200,
+        rr_transactions: 200,
+        time_budget_ms: 2_000,
+        ..NetParams::default()
+    }))
+}
+
+fn host_hostname() -> String {
+    nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Startup, every workload family and the probe on one tier.
+fn exercise(tier: Tier, nets: &[NetPath]) {
+    with_backend(tier, |b| {
+        let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+        assert_eq!(o.exit_code, Some(0));
+        assert!(
+            o.timings.launch_to_ready < o.timings.launch_to_exit,
+            "{tier}: ready {:?} !< exit {:?}",
+            o.timings.launch_to_ready,
+            o.timings.launch_to_exit
+        );
+        println!(
+            "STARTUP {tier:<8} ready {:>7.1} ms  exit {:>7.1} ms  teardown {:>7.1} ms",
+            o.timings.launch_to_ready.as_secs_f64() * 1e3,
+            o.timings.launch_to_exit.as_secs_f64() * 1e3,
+            o.timings.teardown.as_secs_f64() * 1e3
+        );
+        let p = b
+            .run_once(&Task {
+                probe: true,
+                ..Task::new(Workload::Noop)
+            })
+            .unwrap();
+        let v = p.report.isolation.expect("probe view");
+        assert!(
+            v.pid <= 2,
+            "{tier}: agent pid {} (own pid namespace?)",
+            v.pid
+        );
+        assert_eq!(v.hostname, "isobench", "{tier}: own hostname");
+        assert_ne!(v.hostname, host_hostname());
+        let host_kernel = sh("uname", &["-r"]).trim().to_string();
+        if tier == Tier::Gvisor {
+            assert_ne!(
+                v.kernel_release, host_kernel,
+                "gVisor reports its own kernel"
+            );
+        } else {
+            assert_eq!(v.kernel_release, host_kernel);
+        }
+        let o = b.run_once(&cpu()).unwrap();
+        positive(&o, &["single_ops_per_s"], &format!("{tier} cpu"));
+        let o = b.run_once(&memory()).unwrap();
+        positive(&o, &["copy_gb_per_s"], &format!("{tier} memory"));
+        for path in [DataPath::Rootfs, DataPath::Volume] {
+            let o = b.run_once(&fs(path)).unwrap();
+            positive(
+                &o,
+                &["seq_write_mb_per_s", "seq_read_mb_per_s", "meta_ops_per_s"],
+                &format!("{tier} fs {path:?}"),
+            );
+        }
+        for &path in nets {
+            let o = b.run_once(&net(path)).unwrap();
+            positive(&o, &["stream_gbit_per_s"], &format!("{tier} net {path:?}"));
+        }
+    });
+}
+
+#[test]
+fn runc_end_to_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if usable("runc_end_to_end", Tier::Runc) {
+        exercise(Tier::Runc, &[NetPath::Direct]);
+    }
+}
+
+#[test]
+fn gvisor_end_to_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if usable("gvisor_end_to_end", Tier::Gvisor) {
+        exercise(Tier::Gvisor, &[NetPath::Direct]);
+    }
+}
+
+#[test]
+fn lxc_end_to_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if usable("lxc_end_to_end", Tier::Lxc) {
+        exercise(Tier::Lxc, &[NetPath::Direct]);
+    }
+}
+
+/// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
+struct OwnDockerd(std::process::Child);
+
+impl Drop for OwnDockerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start dockerd when the docker tier is unavailable only because no daemon answers.
+fn dockerd_if_needed(test: &str) -> Result<Option<OwnDockerd>, ()> {
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "needs root");
+        return Err(());
+    }
+    let host = HostFacts::detect();
+    match backend::availability(Tier::Docker, &host, &BackendOptions::default()) {
+        Availability::Available { .. } => Ok(None),
+        Availability::Unavailable { reason, fix } => {
+            if !reason.contains("dockerd is not running")
+                || isobench::host::which("dockerd").is_none()
+            {
+                skip(test, &format!("{reason} ({fix})"));
+                return Err(());
+            }
+            let log = std::fs::File::create("/tmp/isobench-test-dockerd.log").unwrap();
+            let child = std::process::Command::new("dockerd")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting dockerd");
+            let own = OwnDockerd(child);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if backend::availability(Tier::Docker, &host, &BackendOptions::default())
+                    .is_available()
+                    && sh("docker", &["info", "--format", "{{.ServerVersion}}"]).trim() != ""
+                {
+                    return Ok(Some(own));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            panic!("dockerd did not come up in 30 s: see /tmp/isobench-test-dockerd.log");
+        }
+    }
+}
+
+#[test]
+fn docker_end_to_end() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(own) = dockerd_if_needed("docker_end_to_end") else {
+        return;
+    };
+    exercise(Tier::Docker, &[NetPath::Direct, NetPath::Nat]);
+    // The image cache is isobench's and goes with `isobench cleanup`.
+    let removed = isobench::backend::runtimes::docker::remove_cached_images().unwrap();
+    assert!(
+        removed.iter().all(|r| r.starts_with("isobench/agent:")),
+        "{removed:?}"
+    );
+    drop(own);
+}
+
+#[test]
+fn crun_says_why_on_a_hybrid_host() {
+    let host = HostFacts::detect();
+    let a = backend::availability(Tier::Crun, &host, &BackendOptions::default());
+    if host.cgroup_layout == isobench::host::CgroupLayout::Hybrid
+        && isobench::host::which("crun").is_some()
+        && host.is_root
+    {
+        match a {
+            Availability::Unavailable { reason, .. } => {
+                assert!(reason.contains("hybrid"), "{reason}")
+            }
+            a => panic!("crun on a hybrid host must be unavailable: {a:?}"),
+        }
+    } else {
+        println!("crun here: {a:?}");
+    }
+}
+
+#[test]
+fn vmm_tiers_say_why() {
+    let host = HostFacts::detect();
+    for t in [Tier::Firecracker, Tier::CloudHypervisor] {
+        let a = backend::availability(t, &host, &BackendOptions::default());
+        assert!(!a.is_available(), "{t} is not driven: {a:?}");
+    }
+}
