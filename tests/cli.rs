@@ -83,7 +83,20 @@ fn doctor_json_lists_every_tier() {
         .collect();
     assert_eq!(
         tiers,
-        ["bare", "chroot", "container", "microvm", "emulated"]
+        [
+            "bare",
+            "chroot",
+            "container",
+            "runc",
+            "crun",
+            "docker",
+            "lxc",
+            "gvisor",
+            "microvm",
+            "firecracker",
+            "cloud-hypervisor",
+            "emulated"
+        ]
     );
     assert_eq!(v["tiers"][0]["status"], "available");
     for t in v["tiers"].as_array().unwrap() {

@@ -34,26 +34,21 @@ const WIDTH: u32 = 900;
 /// The colour of a tier, the same in every chart and table. Keyed by name so that tiers added
 /// later get a stable colour from the spare palette instead of failing to build.
 pub fn tier_rgb(t: Tier) -> (u8, u8, u8) {
-    // Okabe–Ito palette (readable with colour-vision deficiencies); bare is neutral grey.
-    match t.as_str() {
-        "bare" => (0x55, 0x55, 0x55),
-        "chroot" => (0xE6, 0x9F, 0x00),
-        "container" => (0x00, 0x72, 0xB2),
-        "microvm" => (0x00, 0x9E, 0x73),
-        "emulated" => (0xD5, 0x5E, 0x00),
-        other => {
-            const SPARE: [(u8, u8, u8); 5] = [
-                (0xCC, 0x79, 0xA7),
-                (0x56, 0xB4, 0xE9),
-                (0x88, 0x22, 0x55),
-                (0x44, 0xAA, 0x99),
-                (0x99, 0x99, 0x33),
-            ];
-            let h = other.bytes().fold(0usize, |h, b| {
-                h.wrapping_mul(31).wrapping_add(usize::from(b))
-            });
-            SPARE[h % SPARE.len()]
-        }
+    // Okabe–Ito palette for the built-in tiers (readable with colour-vision deficiencies; bare is
+    // neutral grey), then distinct Tol colours for the runtimes. One fixed colour per tier.
+    match t {
+        Tier::Bare => (0x55, 0x55, 0x55),
+        Tier::Chroot => (0xE6, 0x9F, 0x00),
+        Tier::Container => (0x00, 0x72, 0xB2),
+        Tier::Microvm => (0x00, 0x9E, 0x73),
+        Tier::Emulated => (0xD5, 0x5E, 0x00),
+        Tier::Runc => (0x56, 0xB4, 0xE9),
+        Tier::Crun => (0x33, 0x22, 0x88),
+        Tier::Docker => (0xCC, 0x79, 0xA7),
+        Tier::Lxc => (0x99, 0x99, 0x33),
+        Tier::Gvisor => (0x88, 0x22, 0x55),
+        Tier::Firecracker => (0x44, 0xAA, 0x99),
+        Tier::CloudHypervisor => (0x11, 0x77, 0x33),
     }
 }
 
