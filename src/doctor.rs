@@ -77,10 +77,10 @@ pub fn render(r: &Report) -> String {
     for t in &r.tiers {
         match &t.availability {
             Availability::Available { detail } => {
-                s.push_str(&format!("  ok    {:<10} {detail}\n", t.tier.as_str()))
+                s.push_str(&format!("  ok    {:<16} {detail}\n", t.tier.as_str()))
             }
             Availability::Unavailable { reason, fix } => s.push_str(&format!(
-                "  no    {:<10} {reason}\n  {:<16} fix: {fix}\n",
+                "  no    {:<16} {reason}\n  {:<22} fix: {fix}\n",
                 t.tier.as_str(),
                 ""
             )),

@@ -12,6 +12,9 @@ use crate::workload::Workload;
 
 /// Environment variable that carries the task.
 pub const TASK_ENV: &str = "ISOBENCH_TASK";
+/// Set by process tiers that spawn without a pre-exec hook: the harness's pid. The agent arms
+/// PR_SET_PDEATHSIG and exits at once if its parent is already another process.
+pub const PARENT_ENV: &str = "ISOBENCH_PARENT";
 /// Prefix that marks a hex-encoded task (kernel command lines cannot carry JSON).
 pub const HEX_PREFIX: &str = "hex:";
 /// The line the agent prints the instant it starts.

@@ -130,6 +130,18 @@ impl TierRun {
     }
 }
 
+/// Create the run's host marker file (inside the run's scratch, removed with it) and return
+/// its path; None when it cannot be made (the probe then reports no visibility check).
+fn host_marker(env: &RunEnv) -> Option<String> {
+    let p = env.state.scratch().join("host-marker");
+    std::fs::write(
+        &p,
+        b"isobench host marker: a sandbox that sees this shares the host's files\n",
+    )
+    .ok()?;
+    p.to_str().map(str::to_string)
+}
+
 /// One measured launch (or, for `density`, one density measurement) as samples.
 fn launch_samples(
     backend: &mut dyn Backend,
@@ -231,6 +243,15 @@ pub fn run(
         cpus: budget_cpus(cfg.scenario.budget.cpus)?,
         memory_mib: cfg.scenario.budget.memory_mib,
     };
+    // The harness runs on the budget's CPUs too: a launch then costs no cross-CPU wakeup, as
+    // when `taskset -c <cpus> hyperfine -N` times the agent (docs/architecture.md). The harness
+    // sleeps in poll while a sandbox runs, so it takes nothing from the budget.
+    let mut own = nix::sched::CpuSet::new();
+    for &c in &budget.cpus {
+        own.set(c).context("budget CPU out of range")?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &own)
+        .context("pinning isobench to the budget's CPUs")?;
     let mut results = Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -393,7 +414,7 @@ fn measure(
         }
     }
     if !cancel.load(Ordering::Relaxed) {
-        res = interleave(cfg, &mut runs, results, cancel);
+        res = interleave(cfg, env, &mut runs, results, cancel);
     }
     for r in &mut runs {
         if let Err(e) = r.backend.finish() {
@@ -413,6 +434,7 @@ fn measure(
 
 fn interleave(
     cfg: &RunConfig,
+    env: &RunEnv,
     runs: &mut [TierRun],
     results: &mut Results,
     cancel: &AtomicBool,
@@ -426,6 +448,8 @@ fn interleave(
     for r in runs.iter_mut() {
         let mut task = Task::new(crate::workload::Workload::Noop);
         task.probe = true;
+        // A file on the host, outside every rootfs: visible to bare, invisible to a jail.
+        task.probe_paths = host_marker(env).into_iter().collect();
         match r.backend.run_once(&task) {
             Ok(o) => results.tiers[r.record_idx].isolation = o.report.isolation,
             Err(BackendError::Interrupted) => return Ok(()),

@@ -176,3 +176,22 @@ fn bare_run_writes_results_and_samples() {
     let runs: Vec<_> = std::fs::read_dir(state.join("runs")).unwrap().collect();
     assert!(runs.is_empty(), "state left behind: {runs:?}");
 }
+
+#[test]
+fn agent_refuses_to_outlive_a_dead_parent() {
+    // The bare tier spawns without a pre-exec hook; the agent arms PR_SET_PDEATHSIG itself and
+    // exits at once when its parent is not the harness that launched it.
+    let out = Command::new(env!("CARGO_BIN_EXE_isobench-agent"))
+        .env("ISOBENCH_TASK", r#"{"workload":{"kind":"noop"}}"#)
+        .env("ISOBENCH_PARENT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let out = Command::new(env!("CARGO_BIN_EXE_isobench-agent"))
+        .env("ISOBENCH_TASK", r#"{"workload":{"kind":"noop"}}"#)
+        .env("ISOBENCH_PARENT", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ISOBENCH-RESULT"));
+}

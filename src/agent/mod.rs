@@ -18,6 +18,7 @@ pub fn main() -> ! {
     let ready = format!("{READY_LINE}\n");
     // SAFETY: write(2) on fd 1 with a valid buffer and length.
     unsafe { libc::write(1, ready.as_ptr().cast(), ready.len()) };
+    die_with_parent();
     install_signal_handlers();
 
     let task = match std::env::var(TASK_ENV) {
@@ -88,6 +89,22 @@ fn peak_rss_kib() -> Option<u64> {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .ok()
         .and_then(|u| u64::try_from(u.max_rss()).ok())
+}
+
+/// When the host asks for it (`ISOBENCH_PARENT`), die with the harness: arm PR_SET_PDEATHSIG,
+/// then check the parent is still the harness (it may have died before the prctl).
+fn die_with_parent() {
+    let Some(want) = std::env::var(crate::protocol::PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid().as_raw() != want {
+        std::process::exit(125);
+    }
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -255,6 +254,9 @@ impl Backend for Bare {
         self.agent = env.agent.clone();
         self.cpus = env.budget.cpus.clone();
         self.cancel = env.cancel.clone();
+        // Children inherit the spawning thread's CPUs: pin this thread to the budget.
+        nix::sched::sched_setaffinity(Pid::from_raw(0), &cpuset(&self.cpus)?)
+            .map_err(|e| BackendError::sys("pinning the harness thread to the budget's CPUs", e))?;
         let dir = env.state.scratch().join("bare-data");
         make_data_dir(&env.state, &dir)?;
         self.data = Some((env.state.clone(), dir));
@@ -298,13 +300,14 @@ impl Backend for Bare {
 }
 
 impl Bare {
+    /// A plain spawn, as `hyperfine -N` does it: no pre-exec hook, so the standard library
+    /// uses posix_spawn (vfork-style, no copy of the harness's page tables). The CPUs come from
+    /// the harness thread, pinned to the budget in `prepare`; dying with the harness is the
+    /// agent's first act (`ISOBENCH_PARENT`: PR_SET_PDEATHSIG, then a check that the parent is
+    /// still this process, which closes the race).
     fn command(&self) -> Result<Command, BackendError> {
-        let set = cpuset(&self.cpus)?;
         let mut cmd = Command::new(&self.agent);
-        // SAFETY: the closure only calls prctl and sched_setaffinity (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || child_common(&set));
-        }
+        cmd.env(crate::protocol::PARENT_ENV, std::process::id().to_string());
         Ok(cmd)
     }
 
