@@ -20,13 +20,24 @@ import json; r=json.load(open('$1/results.json'))
 for s in r['summaries']:
     if s['metric']=='launch_to_exit_ms': print(f\"isobench {s['tier']}: launch_to_exit median {s['median']:.3f} ms [{s['ci_low']:.3f}, {s['ci_high']:.3f}]\")"; }
 
-echo "== bare vs hyperfine -N (CPU $CPU)"
-$BIN/isobench run scenarios/startup.toml --backends bare,container -n "$RUNS" --out "$OUT/run" -q
-ISOBENCH_TASK=$TASK taskset -c "$CPU" hyperfine -N --warmup 5 -r "$RUNS" --export-json "$OUT/hf.json" "$BIN/isobench-agent" >/dev/null
-isob "$OUT/run"
-median "$OUT/hf.json"
+echo "== bare vs hyperfine -N (CPU $CPU), alternating, 3 rounds (bare alone, as hyperfine runs it)"
+for i in 1 2 3; do
+  $BIN/isobench run scenarios/startup.toml --backends bare -n "$RUNS" --out "$OUT/run$i" -q
+  ISOBENCH_TASK=$TASK taskset -c "$CPU" hyperfine -N --warmup 5 -r "$RUNS" --export-json "$OUT/hf$i.json" "$BIN/isobench-agent" >/dev/null
+  isob "$OUT/run$i"
+  median "$OUT/hf$i.json"
+done
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+iso = [next(s["median"] for s in json.load(open(f"{out}/run{i}/results.json"))["summaries"] if s["tier"] == "bare" and s["metric"] == "launch_to_exit_ms") for i in (1, 2, 3)]
+hf = [json.load(open(f"{out}/hf{i}.json"))["results"][0]["median"] * 1e3 for i in (1, 2, 3)]
+print(f"bare launch_to_exit / hyperfine: {statistics.median(iso):.3f} / {statistics.median(hf):.3f} ms = {statistics.median(iso) / statistics.median(hf):.2f}")
+PY
 
-echo "== container vs runc run"
+echo "== container, interleaved with bare, vs runc run"
+$BIN/isobench run scenarios/startup.toml --backends bare,container -n "$RUNS" --out "$OUT/mixed" -q
+isob "$OUT/mixed"
 B=$OUT/bundle
 mkdir -p "$B/rootfs"
 for d in bin proc sys dev tmp etc; do mkdir -p "$B/rootfs/$d"; done

@@ -21,6 +21,9 @@ use crate::state::{Ledger, RunState, StateDir};
 use crate::tier::Tier;
 use crate::workload::Workload;
 
+/// Completed rounds are saved at most this often (and always at the end).
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A tier that fails this many launches in a row is dropped from the run.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
@@ -461,6 +464,7 @@ fn interleave(
         }
     }
     let mut round: u32 = 0;
+    let mut last_save = Instant::now();
     'rounds: loop {
         let mut did_work = false;
         for (wi, workload) in cfg.scenario.workloads.iter().enumerate() {
@@ -524,8 +528,14 @@ fn interleave(
                 }
             }
         }
-        results.summarize();
-        results.write(&cfg.out_dir)?;
+        // Save completed rounds, at most once a second: a write ends with fsync, whose journal
+        // commit would otherwise land in the next launch of fast tiers. The run also saves at
+        // its end and on Ctrl-C, so at most one second of launches is lost to a SIGKILL.
+        if !did_work || last_save.elapsed() >= SAVE_INTERVAL {
+            results.summarize();
+            results.write(&cfg.out_dir)?;
+            last_save = Instant::now();
+        }
         if !did_work {
             break;
         }
