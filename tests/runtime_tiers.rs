@@ -357,6 +357,36 @@ fn lxc_end_to_end() {
     }
 }
 
+#[test]
+fn runc_and_gvisor_density() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, tier) in [
+        ("runc_density", Tier::Runc),
+        ("gvisor_density", Tier::Gvisor),
+    ] {
+        if !usable(name, tier) {
+            continue;
+        }
+        with_backend(tier, |b| {
+            let p = isobench::workload::DensityParams {
+                instances: 2,
+                settle_ms: 100,
+            };
+            let m = isobench::density::measure(b, &p).unwrap();
+            let pss = m
+                .iter()
+                .find(|x| x.name == "pss_per_instance_mib")
+                .expect("pss measured");
+            // The runtime CLI plus the container beneath it: more than nothing, less than a VM.
+            assert!(
+                pss.value > 0.5 && pss.value < 512.0,
+                "{tier}: pss {}",
+                pss.value
+            );
+        });
+    }
+}
+
 /// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
 struct OwnDockerd(std::process::Child);
 

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
 use crate::backend::container::refuse_existing;
-use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
+use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
 use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us, rmdir_retry, subtree_dirs};
 use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
 use crate::host::{CgroupLayout, HostFacts};
@@ -394,103 +394,76 @@ impl Backend for Bundled {
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        self.launches += 1;
-        let n = self.launches;
+        let Staged {
+            cmd,
+            task,
+            id,
+            bundle,
+            container,
+            bundle_res,
+            n,
+        } = self.stage(task)?;
         let tier = self.tier;
         let p = self.prepared()?;
-        let id = format!("isobench-{}-{tier}-{n}", p.state.id);
-        let shape = LaunchShape::of(task);
-        let mut task = task.clone();
-        match &mut task.workload {
-            Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
-            Workload::Net(net) => net.peer = p.peer.local_addr().to_string(),
-            _ => {}
-        }
-        let task_json = serde_json::to_string(&task).expect("task serialises");
-        let bundle = p.base.join(format!("launch-{n}"));
-        let container = if tier == Tier::Lxc {
-            Resource::LxcContainer {
-                lxcpath: p.state_root.clone(),
-                name: id.clone(),
-            }
-        } else {
-            Resource::OciContainer {
-                runtime: p.bin.clone(),
-                root: p.state_root.clone(),
-                id: id.clone(),
-            }
-        };
-        let bundle_res = Resource::Dir {
-            path: bundle.clone(),
-        };
-        p.state
-            .record_all(&[bundle_res.clone(), container.clone()])
-            .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
-        std::fs::create_dir(&bundle)
-            .map_err(|e| BackendError::io(format!("creating {}", bundle.display()), e))?;
-        let cgroup_leaf = format!("{}/{id}", p.cgroup_rel);
-        let cmd = if tier == Tier::Lxc {
-            let conf = bundle.join("lxc.conf");
-            let text = lxc::config(&lxc::LxcLaunch {
-                rootfs: &p.rootfs,
-                task_json: &task_json,
-                budget: &p.budget,
-                layout: p.layout,
-                share_host_net: shape.share_host_net,
-                volume: shape.volume.then_some(p.volume.as_path()),
-                cgroup_dir: &cgroup_leaf,
-            });
-            std::fs::write(&conf, text)
-                .map_err(|e| BackendError::io(format!("writing {}", conf.display()), e))?;
-            lxc::run_command(&p.bin, &p.state_root, &id, &conf, &bundle.join("lxc.log"))
-        } else {
-            let cfg = oci_config(
-                &p.rootfs,
-                &task_json,
-                &p.budget,
-                &format!("/{cgroup_leaf}"),
-                shape,
-                &p.volume,
-            );
-            let path = bundle.join("config.json");
-            std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json"))
-                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
-            if tier == Tier::Gvisor {
-                gvisor::run_command(&p.bin, &p.state_root, &bundle, &id, shape.share_host_net)
-            } else {
-                let mut c = Command::new(&p.bin);
-                c.arg("--root")
-                    .arg(&p.state_root)
-                    .arg("run")
-                    .arg("--bundle")
-                    .arg(&bundle)
-                    .arg(&id);
-                c
-            }
-        };
         let log = p.base.join(format!("launch-{n}.stderr"));
         let log_res = Resource::File { path: log.clone() };
         let _ = p.state.record(log_res.clone());
-        // Teardown: the runtime's state for the container (normally already gone: `run`
-        // deletes on exit), then the bundle.
-        let teardown = || -> Result<(), BackendError> {
-            let gone = if tier == Tier::Lxc {
-                remove_lxc_container(&p.state_root, &id).map(|_| ())
-            } else {
-                remove_oci_container(&p.bin, &p.state_root, &id).map(|_| ())
-            };
-            gone.map_err(BackendError::Other)?;
-            safe_remove_tree(&bundle)
-                .map_err(|e| BackendError::io(format!("removing {}", bundle.display()), e))?;
-            p.state
-                .release_all(&[container.clone(), bundle_res.clone()])
-                .map_err(|e| BackendError::io("updating the run ledger", e))
+        let teardown = || {
+            teardown_launch(
+                tier,
+                &p.bin,
+                &p.state_root,
+                &id,
+                &bundle,
+                &p.state,
+                &[container.clone(), bundle_res.clone()],
+            )
         };
         let out = measure_cli(cmd, &task, &p.budget.cpus, &p.cancel, &log, teardown);
         if out.is_ok() && safe_remove_tree(&log).is_ok() {
             let _ = p.state.release(&log_res);
         }
         out
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        let Staged {
+            mut cmd,
+            task,
+            id,
+            bundle,
+            container,
+            bundle_res,
+            ..
+        } = self.stage(task)?;
+        let tier = self.tier;
+        let p = self.prepared()?;
+        cmd.stderr(std::process::Stdio::null());
+        let resources = vec![container, bundle_res];
+        match crate::backend::bare::spawn_idle(cmd, &task, &p.cancel) {
+            Ok(inner) => Ok(Box::new(RuntimeIdle {
+                inner: Some(Box::new(inner)),
+                tier,
+                bin: p.bin.clone(),
+                state_root: p.state_root.clone(),
+                id,
+                bundle,
+                state: p.state.clone(),
+                resources,
+            })),
+            Err(e) => {
+                let _ = teardown_launch(
+                    tier,
+                    &p.bin,
+                    &p.state_root,
+                    &id,
+                    &bundle,
+                    &p.state,
+                    &resources,
+                );
+                Err(e)
+            }
+        }
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -596,6 +569,174 @@ impl Backend for Bundled {
             s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
         }
         s
+    }
+}
+
+impl Bundled {
+    /// Everything a launch needs before the runtime CLI starts: ids, ledger records, bundle.
+    fn stage(&mut self, task: &Task) -> Result<Staged, BackendError> {
+        self.launches += 1;
+        let n = self.launches;
+        let tier = self.tier;
+        let p = self.prepared()?;
+        let id = format!("isobench-{}-{tier}-{n}", p.state.id);
+        let shape = LaunchShape::of(task);
+        let mut task = task.clone();
+        match &mut task.workload {
+            Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
+            Workload::Net(net) => net.peer = p.peer.local_addr().to_string(),
+            _ => {}
+        }
+        let task_json = serde_json::to_string(&task).expect("task serialises");
+        let bundle = p.base.join(format!("launch-{n}"));
+        let container = if tier == Tier::Lxc {
+            Resource::LxcContainer {
+                lxcpath: p.state_root.clone(),
+                name: id.clone(),
+            }
+        } else {
+            Resource::OciContainer {
+                runtime: p.bin.clone(),
+                root: p.state_root.clone(),
+                id: id.clone(),
+            }
+        };
+        let bundle_res = Resource::Dir {
+            path: bundle.clone(),
+        };
+        p.state
+            .record_all(&[bundle_res.clone(), container.clone()])
+            .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
+        std::fs::create_dir(&bundle)
+            .map_err(|e| BackendError::io(format!("creating {}", bundle.display()), e))?;
+        let cgroup_leaf = format!("{}/{id}", p.cgroup_rel);
+        let cmd = if tier == Tier::Lxc {
+            let conf = bundle.join("lxc.conf");
+            let text = lxc::config(&lxc::LxcLaunch {
+                rootfs: &p.rootfs,
+                task_json: &task_json,
+                budget: &p.budget,
+                layout: p.layout,
+                share_host_net: shape.share_host_net,
+                volume: shape.volume.then_some(p.volume.as_path()),
+                cgroup_dir: &cgroup_leaf,
+            });
+            std::fs::write(&conf, text)
+                .map_err(|e| BackendError::io(format!("writing {}", conf.display()), e))?;
+            lxc::run_command(&p.bin, &p.state_root, &id, &conf, &bundle.join("lxc.log"))
+        } else {
+            let cfg = oci_config(
+                &p.rootfs,
+                &task_json,
+                &p.budget,
+                &format!("/{cgroup_leaf}"),
+                shape,
+                &p.volume,
+            );
+            let path = bundle.join("config.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json"))
+                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
+            if tier == Tier::Gvisor {
+                gvisor::run_command(&p.bin, &p.state_root, &bundle, &id, shape.share_host_net)
+            } else {
+                let mut c = Command::new(&p.bin);
+                c.arg("--root")
+                    .arg(&p.state_root)
+                    .arg("run")
+                    .arg("--bundle")
+                    .arg(&bundle)
+                    .arg(&id);
+                c
+            }
+        };
+        Ok(Staged {
+            cmd,
+            task,
+            id,
+            bundle,
+            container,
+            bundle_res,
+            n,
+        })
+    }
+}
+
+/// A launch staged by `stage`: the runtime command and what its teardown removes.
+struct Staged {
+    cmd: Command,
+    task: Task,
+    id: String,
+    bundle: std::path::PathBuf,
+    container: Resource,
+    bundle_res: Resource,
+    n: u64,
+}
+
+/// Teardown of one launch: the runtime's state for the container (normally already gone: `run`
+/// deletes on exit), then the bundle, then the ledger records.
+fn teardown_launch(
+    tier: Tier,
+    bin: &std::path::Path,
+    state_root: &std::path::Path,
+    id: &str,
+    bundle: &std::path::Path,
+    state: &crate::state::RunState,
+    resources: &[Resource],
+) -> Result<(), BackendError> {
+    let gone = if tier == Tier::Lxc {
+        remove_lxc_container(state_root, id).map(|_| ())
+    } else {
+        remove_oci_container(bin, state_root, id).map(|_| ())
+    };
+    gone.map_err(BackendError::Other)?;
+    safe_remove_tree(bundle)
+        .map_err(|e| BackendError::io(format!("removing {}", bundle.display()), e))?;
+    state
+        .release_all(resources)
+        .map_err(|e| BackendError::io("updating the run ledger", e))
+}
+
+/// An idle container of a runtime tier: the runtime CLI in the foreground with the agent
+/// beneath it. Its host processes are the CLI and every descendant (runc's container init, or
+/// gVisor's sandbox and gofer), for PSS accounting.
+struct RuntimeIdle {
+    inner: Option<Box<crate::backend::bare::ProcessIdle>>,
+    tier: Tier,
+    bin: std::path::PathBuf,
+    state_root: std::path::PathBuf,
+    id: String,
+    bundle: std::path::PathBuf,
+    state: std::sync::Arc<crate::state::RunState>,
+    resources: Vec<Resource>,
+}
+
+impl IdleInstance for RuntimeIdle {
+    fn host_pids(&self) -> Vec<nix::unistd::Pid> {
+        let Some(root) = self
+            .inner
+            .as_ref()
+            .and_then(|i| i.host_pids().first().copied())
+        else {
+            return vec![];
+        };
+        crate::density::descendants(root)
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
+        let stopped = match self.inner.take() {
+            Some(i) => i.stop(),
+            None => Ok(()),
+        };
+        let torn = teardown_launch(
+            self.tier,
+            &self.bin,
+            &self.state_root,
+            &self.id,
+            &self.bundle,
+            &self.state,
+            &self.resources,
+        );
+        stopped.and(torn)
     }
 }
 
