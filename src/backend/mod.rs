@@ -204,6 +204,29 @@ pub trait IdleInstance {
     fn stop(self: Box<Self>) -> Result<(), BackendError>;
 }
 
+/// Make a backend's run-level directory `base` and fill it: refuse a `base` that exists (one
+/// it did not create is never adopted), record it in the ledger before creating anything, and
+/// on failure remove what was made (what cannot be removed stays in the ledger for
+/// `isobench cleanup`). `fill` does the backend's own preparation inside `base`.
+pub(crate) fn prepare_run_dir<P>(
+    env: &RunEnv,
+    base: &std::path::Path,
+    fill: impl FnOnce() -> Result<P, BackendError>,
+) -> Result<P, BackendError> {
+    container::refuse_existing(base)?;
+    let res = crate::state::Resource::Dir {
+        path: base.to_path_buf(),
+    };
+    env.state
+        .record(res.clone())
+        .map_err(|e| BackendError::io(format!("recording {} in the ledger", base.display()), e))?;
+    fill().inspect_err(|_| {
+        if crate::cleanup::safe_remove_tree(base).is_ok() {
+            let _ = env.state.release(&res);
+        }
+    })
+}
+
 /// Can `tier` run here? Pure function of the host facts and options (VM tiers also look for a
 /// cached guest kernel).
 pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Availability {

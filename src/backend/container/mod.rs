@@ -395,23 +395,10 @@ impl Backend for Container {
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join("container");
         check_overlay_path(&base)?;
-        refuse_existing(&base)?;
-        env.state
-            .record(Resource::Dir { path: base.clone() })
-            .map_err(|e| BackendError::io("recording the container directory in the ledger", e))?;
-        match prepare_in(env, &base) {
-            Ok(p) => {
-                self.prepared = Some(p);
-                Ok(())
-            }
-            Err(e) => {
-                // Leave nothing behind; what cannot be removed stays in the ledger.
-                if safe_remove_tree(&base).is_ok() {
-                    let _ = env.state.release(&Resource::Dir { path: base });
-                }
-                Err(e)
-            }
-        }
+        self.prepared = Some(super::prepare_run_dir(env, &base, || {
+            prepare_in(env, &base)
+        })?);
+        Ok(())
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {

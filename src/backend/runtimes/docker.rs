@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
-use crate::backend::container::refuse_existing;
 use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
 use crate::cleanup::{remove_docker_container, safe_remove_tree};
 use crate::netpeer::NetPeer;
@@ -349,22 +348,10 @@ impl Backend for Docker {
         check_run_id(&env.state.id)?;
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join("docker");
-        refuse_existing(&base)?;
-        env.state
-            .record(Resource::Dir { path: base.clone() })
-            .map_err(|e| BackendError::io("recording the docker directory in the ledger", e))?;
-        match prepare_in(env, &base) {
-            Ok(p) => {
-                self.prepared = Some(p);
-                Ok(())
-            }
-            Err(e) => {
-                if safe_remove_tree(&base).is_ok() {
-                    let _ = env.state.release(&Resource::Dir { path: base });
-                }
-                Err(e)
-            }
-        }
+        self.prepared = Some(crate::backend::prepare_run_dir(env, &base, || {
+            prepare_in(env, &base)
+        })?);
+        Ok(())
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {

@@ -32,7 +32,6 @@ use serde_json::{json, Value};
 
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
-use crate::backend::container::refuse_existing;
 use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
 use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us, rmdir_retry, subtree_dirs};
 use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
@@ -364,19 +363,13 @@ impl Backend for Bundled {
         check_run_id(&env.state.id)?;
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join(self.tier.as_str());
-        refuse_existing(&base)?;
-        env.state
-            .record(Resource::Dir { path: base.clone() })
-            .map_err(|e| BackendError::io("recording the bundle directory in the ledger", e))?;
-        match prepare_in(self.tier, env, &base) {
-            Ok(p) => {
-                self.prepared = Some(p);
-                Ok(())
-            }
-            Err(e) => {
+        let tier = self.tier;
+        self.prepared = Some(crate::backend::prepare_run_dir(env, &base, || {
+            // The run's cgroup parent is made inside prepare_in: remove it before the directory.
+            prepare_in(tier, env, &base).inspect_err(|_| {
                 let dirs = cgroup_dirs_for(
                     env.host.cgroup_layout,
-                    &format!("isobench-{}-{}", self.tier, env.state.id),
+                    &format!("isobench-{tier}-{}", env.state.id),
                 );
                 if remove_cgroups(&dirs).is_ok() {
                     let res: Vec<Resource> = dirs
@@ -385,12 +378,9 @@ impl Backend for Bundled {
                         .collect();
                     let _ = env.state.release_all(&res);
                 }
-                if safe_remove_tree(&base).is_ok() {
-                    let _ = env.state.release(&Resource::Dir { path: base });
-                }
-                Err(e)
-            }
-        }
+            })
+        })?);
+        Ok(())
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
@@ -428,7 +418,7 @@ impl Backend for Bundled {
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         let Staged {
-            mut cmd,
+            cmd,
             task,
             id,
             bundle,
@@ -438,7 +428,6 @@ impl Backend for Bundled {
         } = self.stage(task)?;
         let tier = self.tier;
         let p = self.prepared()?;
-        cmd.stderr(std::process::Stdio::null());
         let resources = vec![container, bundle_res];
         match crate::backend::bare::spawn_idle(cmd, &task, &p.cancel) {
             Ok(inner) => Ok(Box::new(RuntimeIdle {
