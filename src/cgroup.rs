@@ -1,11 +1,26 @@
 //! A small cgroup manager for the container tier (youki's `AnyCgroupManager` idea, cut down):
-//! one enum with a pure cgroup v2 variant and a v1 variant that holds one directory per
-//! controller hierarchy. Hybrid hosts (v1 controllers plus an empty v2 at
-//! `/sys/fs/cgroup/unified`) are driven through their v1 controllers, where the limits live.
+//! one enum with a pure cgroup v2 variant and a v1 variant that holds one directory per mounted
+//! hierarchy ([`Hierarchies`], read from mountinfo: `cpu,cpuacct` co-mounted is one directory).
+//! Hybrid hosts (v1 controllers plus an empty v2 at `/sys/fs/cgroup/unified`) are driven
+//! through their v1 controllers, where the limits live.
 //!
-//! Every directory is recorded in the run's ledger before it is created (RELIABILITY rule 1) and
+//! Every directory is recorded in the run's ledger before it is created (RELIABILITY rule 1),
+//! created exclusively (a directory that exists is never adopted: only the hierarchy's root is
+//! pre-existing, every level below it is isobench's own, named `isobench-...` at the top), and
 //! removed children first, without force: a cgroup that still holds processes is killed and
 //! waited for, never "forced" (rule 2).
+//!
+//! v2 `cgroup.subtree_control`: a controller is usable in a cgroup only when its parent enables
+//! it. On levels isobench created it enables what it needs (memory, cpu, and cpuset, pids when
+//! offered); on the hierarchy root, which is not isobench's, only memory and cpu (required) and
+//! pids (for `pids.max`), never cpuset. What it had to enable there is written to
+//! `<run dir>/cgroup-subtree-changes.json` and logged; it is never disabled again, because other
+//! cgroups (systemd's slices, Docker's) may have started to rely on it meanwhile and disabling a
+//! controller drops every sibling's limits of that kind.
+
+mod hierarchy;
+
+pub use hierarchy::{Hierarchies, Hierarchy};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +29,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Budget;
 use crate::host::CgroupLayout;
@@ -21,10 +37,17 @@ use crate::state::{Resource, RunState};
 
 /// Where cgroup filesystems are mounted on every host isobench supports.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The v1 hierarchies isobench uses (those that exist on the host).
+/// The v1 controllers isobench uses (the hierarchies carrying them, one per mount).
 pub const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
 /// CFS period used for the CPU quota, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
+/// `pids.max` of every cgroup isobench or a runtime makes for a container: the agent needs a
+/// handful of tasks plus one thread per CPU (threads are bounded at parse time far below
+/// this), so 4096 never limits a workload, yet a fork bomb inside the container stops there
+/// instead of exhausting the host's pid space.
+pub const PIDS_MAX: u64 = 4096;
+/// Where the v2 controllers isobench enabled on a level it did not create are listed.
+pub const SUBTREE_CHANGES_FILE: &str = "cgroup-subtree-changes.json";
 /// How long `kill_all` waits for a cgroup to empty, and `remove` retries a busy rmdir.
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -49,7 +72,7 @@ pub enum CgroupError {
     ControllerMissing { controller: String, path: PathBuf },
     #[error("cgroup {path} still holds processes {pids:?} after SIGKILL and {SETTLE:?}: find what keeps them alive (D state?) and kill it, then run `isobench cleanup`")]
     StillPopulated { path: PathBuf, pids: Vec<i32> },
-    #[error("cgroup {path} already exists (left by an earlier run?): run `isobench cleanup`, or rmdir it once it holds no processes")]
+    #[error("cgroup {path} already exists (another run's, a crashed run's or a user's): isobench never adopts a cgroup it did not create; run `isobench cleanup` if a crashed isobench run left it, otherwise remove it or run again")]
     Exists { path: PathBuf },
     #[error(
         "cgroup {path} stays busy: {source}; run `isobench cleanup` once its processes are gone"
@@ -66,73 +89,91 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupE
     move |source| CgroupError::Io { what, path, source }
 }
 
+/// One directory of a v1 cgroup: in the hierarchy mounted at `mount`, carrying `controllers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Dir {
+    pub controllers: Vec<String>,
+    pub mount: PathBuf,
+    pub path: PathBuf,
+}
+
+impl V1Dir {
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// A controller isobench enabled in the `cgroup.subtree_control` of a level it did not create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeChange {
+    pub level: PathBuf,
+    pub controller: String,
+}
+
 /// One cgroup, in whichever hierarchy layout the host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupManager {
     /// Unified hierarchy: one directory.
     V2 { path: PathBuf },
-    /// Legacy hierarchies: (controller, directory) per mounted controller.
-    V1 { paths: Vec<(String, PathBuf)> },
+    /// Legacy hierarchies: one directory per mounted hierarchy isobench uses.
+    V1 { dirs: Vec<V1Dir> },
 }
 
 impl CgroupManager {
-    /// The manager for `rel` under `root` without touching the filesystem (pure path building).
-    /// Hybrid hosts use their v1 controllers; `v1_present` lists the v1 hierarchies mounted.
-    pub fn at(
-        root: &Path,
-        layout: CgroupLayout,
-        v1_present: &[&str],
-        rel: &Path,
-    ) -> Result<Self, CgroupError> {
+    /// The manager for `rel` in `hier` without touching the filesystem (pure path building).
+    /// `layout` is the host's: v1 and hybrid hosts use their v1 hierarchies.
+    pub fn at(hier: &Hierarchies, layout: CgroupLayout, rel: &Path) -> Result<Self, CgroupError> {
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         match layout {
-            CgroupLayout::V2 => Ok(CgroupManager::V2 {
-                path: root.join(rel),
-            }),
+            CgroupLayout::V2 => {
+                let h = hier.v2().ok_or(CgroupError::NoCgroupFs)?;
+                Ok(CgroupManager::V2 {
+                    path: h.mount.join(rel),
+                })
+            }
             CgroupLayout::V1 | CgroupLayout::Hybrid => {
-                let paths: Vec<(String, PathBuf)> = V1_CONTROLLERS
-                    .iter()
-                    .filter(|c| v1_present.contains(c))
-                    .map(|c| (c.to_string(), root.join(c).join(rel)))
+                let dirs: Vec<V1Dir> = hier
+                    .v1_used()
+                    .into_iter()
+                    .map(|h| V1Dir {
+                        controllers: h.controllers.clone(),
+                        mount: h.mount.clone(),
+                        path: h.mount.join(rel),
+                    })
                     .collect();
-                if paths.is_empty() {
+                if dirs.is_empty() {
                     Err(CgroupError::NoCgroupFs)
                 } else {
-                    Ok(CgroupManager::V1 { paths })
+                    Ok(CgroupManager::V1 { dirs })
                 }
             }
             CgroupLayout::None => Err(CgroupError::NoCgroupFs),
         }
     }
 
-    /// Open (without creating) `rel` on this host's layout.
-    pub fn open(layout: CgroupLayout, rel: &Path) -> Result<Self, CgroupError> {
-        let root = Path::new(CGROUP_ROOT);
-        Self::at(root, layout, &v1_present(root), rel)
-    }
-
-    /// Create `rel` (and any missing ancestor) with the budget's memory limit and CPU quota,
-    /// recording every directory in `state` before creating it.
+    /// Create `rel` (every level of it, each new: none is adopted) with the budget's memory
+    /// limit, CPU quota and [`PIDS_MAX`], recording every directory in `state` before creating
+    /// it. The hierarchies are this host's (mountinfo).
     pub fn create(
         layout: CgroupLayout,
         rel: &Path,
         budget: &Budget,
         state: &RunState,
     ) -> Result<Self, CgroupError> {
-        Self::create_in(Path::new(CGROUP_ROOT), layout, rel, budget, state)
+        Self::create_in(&Hierarchies::detect(), layout, rel, budget, state)
     }
 
-    /// [`CgroupManager::create`] under another root (tests use a fake tree).
+    /// [`CgroupManager::create`] in given hierarchies (tests use a fake tree).
     pub fn create_in(
-        root: &Path,
+        hier: &Hierarchies,
         layout: CgroupLayout,
         rel: &Path,
         budget: &Budget,
         state: &RunState,
     ) -> Result<Self, CgroupError> {
-        let m = Self::at(root, layout, &v1_present(root), rel)?;
+        let m = Self::at(hier, layout, rel)?;
         let mut created = vec![];
-        match m.build(root, rel, budget, state, &mut created) {
+        match m.build(rel, budget, state, &mut created) {
             Ok(()) => Ok(m),
             Err(e) => {
                 // Undo this call's directories (deepest first); what cannot be removed stays in
@@ -149,7 +190,6 @@ impl CgroupManager {
 
     fn build(
         &self,
-        root: &Path,
         rel: &Path,
         budget: &Budget,
         state: &RunState,
@@ -158,21 +198,32 @@ impl CgroupManager {
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         match self {
             CgroupManager::V2 { path } => {
-                // Enable the controllers on every level above the new cgroup: a v2 controller
-                // is only usable in a cgroup when its parent lists it in subtree_control.
-                let mut level = root.to_path_buf();
+                // The hierarchy root: the path minus `rel`.
+                let mut level = path.clone();
+                for _ in rel.components() {
+                    level.pop();
+                }
+                let root = level.clone();
                 for comp in rel.components() {
-                    enable_v2_controllers(&level)?;
+                    if level == root {
+                        let changes = enable_v2_controllers(&level, false)?;
+                        note_subtree_changes(state, &changes);
+                    } else {
+                        enable_v2_controllers(&level, true)?;
+                    }
                     level.push(comp);
-                    make_dir(&level, &level == path, state, created)?;
+                    make_dir(&level, state, created)?;
                 }
             }
-            CgroupManager::V1 { paths } => {
-                for (controller, path) in paths {
-                    let mut level = root.join(controller);
+            CgroupManager::V1 { dirs } => {
+                for d in dirs {
+                    let mut level = d.mount.clone();
                     for comp in rel.components() {
                         level.push(comp);
-                        make_dir(&level, &level == path, state, created)?;
+                        make_dir(&level, state, created)?;
+                        if d.has("cpuset") {
+                            init_v1_cpuset(&level, budget)?;
+                        }
                     }
                 }
             }
@@ -180,7 +231,7 @@ impl CgroupManager {
         self.apply_limits(budget)
     }
 
-    /// Write the budget's limits into every directory of this cgroup.
+    /// Write the budget's limits (and [`PIDS_MAX`]) into every directory of this cgroup.
     fn apply_limits(&self, budget: &Budget) -> Result<(), CgroupError> {
         match self {
             CgroupManager::V2 { path } => {
@@ -192,20 +243,27 @@ impl CgroupManager {
                 if path.join("cpuset.cpus").exists() {
                     write(&path.join("cpuset.cpus"), &cpu_list(&budget.cpus))?;
                 }
+                // There when the parent enabled pids (offered by the kernel): else no bound,
+                // which doctor reports.
+                if parent_enables(path, "pids") {
+                    write(&path.join("pids.max"), &PIDS_MAX.to_string())?;
+                }
             }
-            CgroupManager::V1 { paths } => {
-                for (controller, path) in paths {
-                    match controller.as_str() {
-                        "memory" => write(
-                            &path.join("memory.limit_in_bytes"),
+            CgroupManager::V1 { dirs } => {
+                for d in dirs {
+                    if d.has("memory") {
+                        write(
+                            &d.path.join("memory.limit_in_bytes"),
                             &budget_memory_bytes(budget).to_string(),
-                        )?,
-                        "cpu" => {
-                            let (quota, period) = cpu_quota_us(budget.cpus.len());
-                            write(&path.join("cpu.cfs_period_us"), &period.to_string())?;
-                            write(&path.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                        }
-                        _ => {}
+                        )?;
+                    }
+                    if d.has("cpu") {
+                        let (quota, period) = cpu_quota_us(budget.cpus.len());
+                        write(&d.path.join("cpu.cfs_period_us"), &period.to_string())?;
+                        write(&d.path.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    }
+                    if d.has("pids") {
+                        write(&d.path.join("pids.max"), &PIDS_MAX.to_string())?;
                     }
                 }
             }
@@ -221,8 +279,9 @@ impl CgroupManager {
         let mut made: Vec<&Path> = vec![];
         let res = (|| {
             for d in self.dirs() {
+                // The parent is isobench's own run-level cgroup.
                 if let (CgroupManager::V2 { .. }, Some(parent)) = (self, d.parent()) {
-                    enable_v2_controllers(parent)?;
+                    enable_v2_controllers(parent, true)?;
                 }
                 match std::fs::create_dir(d) {
                     Ok(()) => made.push(d),
@@ -230,6 +289,11 @@ impl CgroupManager {
                         return Err(CgroupError::Exists { path: d.into() })
                     }
                     Err(e) => return Err(io("creating cgroup", d)(e)),
+                }
+            }
+            if let CgroupManager::V1 { dirs } = self {
+                for d in dirs.iter().filter(|d| d.has("cpuset")) {
+                    init_v1_cpuset(&d.path, budget)?;
                 }
             }
             self.apply_limits(budget)
@@ -249,15 +313,15 @@ impl CgroupManager {
     pub fn self_join_files(&self) -> Vec<PathBuf> {
         match self {
             CgroupManager::V2 { path } => vec![path.join("cgroup.procs")],
-            CgroupManager::V1 { paths } => paths.iter().map(|(_, p)| p.join("tasks")).collect(),
+            CgroupManager::V1 { dirs } => dirs.iter().map(|d| d.path.join("tasks")).collect(),
         }
     }
 
-    /// Every directory of this cgroup (one on v2, one per controller on v1).
+    /// Every directory of this cgroup (one on v2, one per mounted hierarchy on v1).
     pub fn dirs(&self) -> Vec<&Path> {
         match self {
             CgroupManager::V2 { path } => vec![path.as_path()],
-            CgroupManager::V1 { paths } => paths.iter().map(|(_, p)| p.as_path()).collect(),
+            CgroupManager::V1 { dirs } => dirs.iter().map(|d| d.path.as_path()).collect(),
         }
     }
 
@@ -353,8 +417,8 @@ impl CgroupManager {
         for (file, v1_controller) in files {
             let dir = match (self, v1_controller) {
                 (CgroupManager::V2 { path }, None) => Some(path.as_path()),
-                (CgroupManager::V1 { paths }, Some(c)) => {
-                    paths.iter().find(|(n, _)| n == c).map(|(_, p)| p.as_path())
+                (CgroupManager::V1 { dirs }, Some(c)) => {
+                    dirs.iter().find(|d| d.has(c)).map(|d| d.path.as_path())
                 }
                 _ => None,
             };
@@ -367,15 +431,6 @@ impl CgroupManager {
         }
         None
     }
-}
-
-/// The v1 hierarchies among [`V1_CONTROLLERS`] mounted under `root`.
-pub fn v1_present(root: &Path) -> Vec<&'static str> {
-    V1_CONTROLLERS
-        .iter()
-        .copied()
-        .filter(|c| root.join(c).join("cgroup.procs").exists())
-        .collect()
 }
 
 /// The memory budget in bytes.
@@ -443,22 +498,32 @@ pub fn parse_keyed(s: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// The controllers to enable below `level` given its cgroup.controllers and
+/// The controllers to enable below a level isobench created, given its cgroup.controllers and
 /// cgroup.subtree_control contents: memory and cpu are required, cpuset and pids optional.
 pub fn controllers_to_enable(
     available: &str,
     enabled: &str,
 ) -> Result<Vec<&'static str>, &'static str> {
+    controllers_to_enable_at(available, enabled, true)
+}
+
+/// [`controllers_to_enable`] for a level isobench created (`owned`) or not: on a level that is
+/// not isobench's, only what a limit needs (memory, cpu; pids when offered), never cpuset.
+pub fn controllers_to_enable_at(
+    available: &str,
+    enabled: &str,
+    owned: bool,
+) -> Result<Vec<&'static str>, &'static str> {
     let avail: Vec<&str> = available.split_whitespace().collect();
     let on: Vec<&str> = enabled.split_whitespace().collect();
     let mut out = vec![];
-    for (c, required) in [
-        ("memory", true),
-        ("cpu", true),
-        ("cpuset", false),
-        ("pids", false),
+    for (c, required, foreign_ok) in [
+        ("memory", true, true),
+        ("cpu", true, true),
+        ("cpuset", false, false),
+        ("pids", false, true),
     ] {
-        if on.contains(&c) {
+        if on.contains(&c) || !(owned || foreign_ok) {
             continue;
         }
         if avail.contains(&c) {
@@ -470,54 +535,141 @@ pub fn controllers_to_enable(
     Ok(out)
 }
 
-fn enable_v2_controllers(level: &Path) -> Result<(), CgroupError> {
+/// Enable what isobench needs in `level`'s cgroup.subtree_control (see the module doc for
+/// `owned`); returns what it enabled.
+fn enable_v2_controllers(level: &Path, owned: bool) -> Result<Vec<SubtreeChange>, CgroupError> {
     let read =
         |f: &str| std::fs::read_to_string(level.join(f)).map_err(io("reading", &level.join(f)));
-    let want = controllers_to_enable(
+    let want = controllers_to_enable_at(
         &read("cgroup.controllers")?,
         &read("cgroup.subtree_control")?,
+        owned,
     )
     .map_err(|c| CgroupError::ControllerMissing {
         controller: c.into(),
         path: level.join("cgroup.controllers"),
     })?;
+    let mut done = vec![];
     for c in want {
         write(&level.join("cgroup.subtree_control"), &format!("+{c}"))?;
+        done.push(SubtreeChange {
+            level: level.to_path_buf(),
+            controller: c.to_string(),
+        });
     }
-    Ok(())
+    Ok(done)
 }
 
-/// Make one level. An existing ancestor level is used as is; the cgroup itself (`leaf`) must be
-/// new: one left by another run is never adopted.
-fn make_dir(
-    dir: &Path,
-    leaf: bool,
-    state: &RunState,
-    created: &mut Vec<PathBuf>,
-) -> Result<(), CgroupError> {
-    if dir.is_dir() {
-        if leaf {
-            return Err(CgroupError::Exists {
-                path: dir.to_path_buf(),
-            });
-        }
-        return Ok(());
-    }
-    state
-        .record(Resource::Cgroup {
-            path: dir.to_path_buf(),
+/// Does the parent of `dir` list `controller` in its cgroup.subtree_control?
+fn parent_enables(dir: &Path, controller: &str) -> bool {
+    dir.parent()
+        .and_then(|p| std::fs::read_to_string(p.join("cgroup.subtree_control")).ok())
+        .is_some_and(|s| {
+            s.split_whitespace()
+                .any(|c| c.trim_start_matches('+') == controller)
         })
+}
+
+/// Add `changes` to the run's [`SUBTREE_CHANGES_FILE`] and log them. Best effort: the list is
+/// informational (nothing is ever disabled again), a failure to write it is logged.
+fn note_subtree_changes(state: &RunState, changes: &[SubtreeChange]) {
+    if changes.is_empty() {
+        return;
+    }
+    for c in changes {
+        tracing::warn!(
+            "enabled the cgroup v2 controller {} in {}/cgroup.subtree_control (not isobench's; left enabled)",
+            c.controller,
+            c.level.display()
+        );
+    }
+    let path = state.dir.join(SUBTREE_CHANGES_FILE);
+    let mut all = subtree_changes(&state.dir);
+    all.extend(changes.iter().cloned());
+    let json = serde_json::to_vec_pretty(&all).expect("changes serialise");
+    if let Err(e) = crate::state::write_atomic(&path, &json) {
+        tracing::warn!("writing {}: {e}", path.display());
+    }
+}
+
+/// The v2 controllers a run enabled on levels it did not create (its run directory's
+/// [`SUBTREE_CHANGES_FILE`]; empty when there is none).
+pub fn subtree_changes(run_dir: &Path) -> Vec<SubtreeChange> {
+    std::fs::read(run_dir.join(SUBTREE_CHANGES_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// On v1 a new cpuset cgroup starts with no CPUs and no memory nodes, and no task can join it:
+/// give a level in a hierarchy that carries cpuset (co-mounted with one isobench uses) the
+/// budget's CPUs (its parent's when the budget names none) and its parent's memory nodes.
+fn init_v1_cpuset(dir: &Path, budget: &Budget) -> Result<(), CgroupError> {
+    let parent = dir.parent().unwrap_or(dir);
+    let read = |f: &str| {
+        std::fs::read_to_string(parent.join(f))
+            .map(|s| s.trim().to_string())
+            .map_err(io("reading", &parent.join(f)))
+    };
+    let cpus = if budget.cpus.is_empty() {
+        read("cpuset.cpus")?
+    } else {
+        cpu_list(&budget.cpus)
+    };
+    write(&dir.join("cpuset.cpus"), &cpus)?;
+    write(&dir.join("cpuset.mems"), &read("cpuset.mems")?)
+}
+
+/// Make one level, exclusively: record it, create it, and if it already exists forget the
+/// record and refuse (another run's, or a user's: never adopted).
+fn make_dir(dir: &Path, state: &RunState, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+    let res = Resource::Cgroup {
+        path: dir.to_path_buf(),
+    };
+    state
+        .record(res.clone())
         .map_err(|source| CgroupError::Ledger {
             path: dir.to_path_buf(),
             source,
         })?;
-    if let Err(e) = std::fs::create_dir(dir) {
-        let _ = state.release(&Resource::Cgroup {
-            path: dir.to_path_buf(),
-        });
-        return Err(io("creating cgroup", dir)(e));
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            created.push(dir.to_path_buf());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = state.release(&res);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Err(CgroupError::Exists {
+                    path: dir.to_path_buf(),
+                })
+            } else {
+                Err(io("creating cgroup", dir)(e))
+            }
+        }
     }
-    created.push(dir.to_path_buf());
+}
+
+/// Create each of `dirs` (recorded by the caller) exclusively: one that exists is refused,
+/// never adopted. On failure the directories this call made are removed again (deepest
+/// first) and the error returned; the caller forgets the records of those not made.
+pub fn create_exclusive(dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let mut made: Vec<&Path> = vec![];
+    for d in dirs {
+        match std::fs::create_dir(d) {
+            Ok(()) => made.push(d),
+            Err(e) => {
+                for m in made.iter().rev() {
+                    let _ = rmdir_retry(m);
+                }
+                return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    CgroupError::Exists { path: d.clone() }
+                } else {
+                    io("creating cgroup", d)(e)
+                });
+            }
+        }
+    }
     Ok(())
 }
 
@@ -578,22 +730,36 @@ mod tests {
     fn paths_per_layout() {
         let root = Path::new("/sys/fs/cgroup");
         let rel = Path::new("isobench-r1/launch-3");
+        let v2 = Hierarchies::parse(hierarchy::tests::PURE_V2, root);
         assert_eq!(
-            CgroupManager::at(root, CgroupLayout::V2, &[], rel).unwrap(),
+            CgroupManager::at(&v2, CgroupLayout::V2, rel).unwrap(),
             CgroupManager::V2 {
                 path: "/sys/fs/cgroup/isobench-r1/launch-3".into()
             }
         );
-        let m = CgroupManager::at(root, CgroupLayout::Hybrid, &["cpu", "memory"], rel).unwrap();
+        let hybrid = Hierarchies::parse(hierarchy::tests::HYBRID, root);
+        let m = CgroupManager::at(&hybrid, CgroupLayout::Hybrid, rel).unwrap();
         assert_eq!(
             m.dirs(),
-            vec![
-                Path::new("/sys/fs/cgroup/memory/isobench-r1/launch-3"),
-                Path::new("/sys/fs/cgroup/cpu/isobench-r1/launch-3")
-            ]
+            ["cpu", "cpuacct", "memory", "pids"]
+                .map(|c| root.join(c).join(rel))
+                .iter()
+                .map(PathBuf::as_path)
+                .collect::<Vec<_>>()
         );
-        assert!(CgroupManager::at(root, CgroupLayout::None, &[], rel).is_err());
-        assert!(CgroupManager::at(root, CgroupLayout::V1, &[], rel).is_err());
+        let co = Hierarchies::parse(&hierarchy::tests::comounted("/sys/fs/cgroup"), root);
+        let m = CgroupManager::at(&co, CgroupLayout::V1, rel).unwrap();
+        assert_eq!(
+            m.dirs(),
+            ["cpu,cpuacct", "memory", "pids"]
+                .map(|c| root.join(c).join(rel))
+                .iter()
+                .map(PathBuf::as_path)
+                .collect::<Vec<_>>()
+        );
+        assert!(CgroupManager::at(&hybrid, CgroupLayout::None, rel).is_err());
+        assert!(CgroupManager::at(&v2, CgroupLayout::V1, rel).is_err());
+        assert!(CgroupManager::at(&Hierarchies::default(), CgroupLayout::V2, rel).is_err());
     }
 
     #[test]
@@ -618,71 +784,245 @@ mod tests {
         assert_eq!(controllers_to_enable("cpu io", ""), Err("memory"));
     }
 
-    /// A fake v2 tree in a temp dir: create records every level and writes the limits.
+    fn budget() -> Budget {
+        Budget {
+            cpus: vec![0, 1],
+            memory_mib: 64,
+        }
+    }
+
+    /// A fake cgroup root: a directory per mount point of `mountinfo` (mimicking the kernel's
+    /// cgroup.procs and, for cpuset, its cpus and mems), plus the `cpu`/`cpuacct` symlinks a
+    /// systemd host makes to a co-mounted `cpu,cpuacct`.
+    fn fake_tree(root: &Path, mountinfo: &str) -> Hierarchies {
+        let hier = Hierarchies::parse(mountinfo, root);
+        for h in &hier.all {
+            std::fs::create_dir_all(&h.mount).unwrap();
+            std::fs::write(h.mount.join("cgroup.procs"), "").unwrap();
+            if h.has("cpuset") {
+                std::fs::write(h.mount.join("cpuset.cpus"), "0-3").unwrap();
+                std::fs::write(h.mount.join("cpuset.mems"), "0").unwrap();
+            }
+            if h.mount.ends_with("cpu,cpuacct") {
+                std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+                std::os::unix::fs::symlink("cpu,cpuacct", root.join("cpuacct")).unwrap();
+            }
+        }
+        hier
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// Co-mounted v1 (`cpu,cpuacct`, the systemd default): one directory per mount, each made
+    /// once and recorded once, limits and readings in the hierarchy that carries them.
     #[test]
-    fn creates_fake_v2_tree_and_records_it() {
+    fn comounted_v1_fake_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cg");
+        let hier = fake_tree(&root, &hierarchy::tests::comounted(root.to_str().unwrap()));
+        assert_eq!(hier.layout(), CgroupLayout::V1);
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        let rs = sd.begin_run("r").unwrap();
+        let rel = Path::new("isobench-r/launch-1");
+        let m = CgroupManager::create_in(&hier, CgroupLayout::V1, rel, &budget(), &rs).unwrap();
+        let cpu = root.join("cpu,cpuacct").join(rel);
+        let mem = root.join("memory").join(rel);
+        let pids = root.join("pids").join(rel);
+        assert_eq!(m.dirs(), vec![cpu.as_path(), mem.as_path(), pids.as_path()]);
+        assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "200000");
+        assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(&mem.join("memory.limit_in_bytes")), "67108864");
+        assert_eq!(read(&pids.join("pids.max")), "4096");
+        assert!(
+            !mem.join("pids.max").exists(),
+            "limits go to their own hierarchy"
+        );
+        // Every level recorded once, by its mount's real path (never through the symlinks).
+        let recorded: Vec<PathBuf> = rs
+            .resources()
+            .into_iter()
+            .map(|r| match r {
+                Resource::Cgroup { path } => path,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(recorded.len(), 6, "{recorded:?}");
+        assert!(recorded
+            .iter()
+            .all(|p| !p.starts_with(root.join("cpu")) && !p.starts_with(root.join("cpuacct"))));
+        // Readings: cpuacct.usage lives in the co-mounted directory.
+        std::fs::write(cpu.join("cpuacct.usage"), "1234").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "4096").unwrap();
+        assert_eq!(m.cpu_usage_ns(), Some(1234));
+        assert_eq!(m.memory_current_bytes(), Some(4096));
+        // Joining: one tasks file per hierarchy.
+        assert_eq!(m.self_join_files().len(), 3);
+    }
+
+    /// This host's layout (hybrid: each v1 controller on its own, empty v2 at unified): one
+    /// directory per v1 controller hierarchy, nothing in the unified or named ones.
+    #[test]
+    fn hybrid_fake_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cg");
+        let text = hierarchy::tests::HYBRID.replace("/sys/fs/cgroup", root.to_str().unwrap());
+        let hier = fake_tree(&root, &text);
+        assert_eq!(hier.layout(), CgroupLayout::Hybrid);
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        let rs = sd.begin_run("r").unwrap();
+        let rel = Path::new("isobench-r");
+        let m = CgroupManager::create_in(&hier, CgroupLayout::Hybrid, rel, &budget(), &rs).unwrap();
+        assert_eq!(m.dirs().len(), 4);
+        assert_eq!(
+            read(&root.join("cpu/isobench-r/cpu.cfs_quota_us")),
+            "200000"
+        );
+        assert_eq!(read(&root.join("pids/isobench-r/pids.max")), "4096");
+        for other in ["unified", "systemd", "cpuset"] {
+            assert!(!root.join(other).join(rel).exists(), "{other}");
+        }
+        assert_eq!(rs.resources().len(), 4);
+    }
+
+    /// A co-mount that includes cpuset gets the budget's CPUs and the parent's memory nodes
+    /// on every level it creates (else no task could join).
+    #[test]
+    fn v1_cpuset_comount_is_initialised() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cg");
+        let text = format!(
+            "1 0 0:50 / {}/cpuset,memory rw - cgroup cgroup rw,cpuset,memory\n",
+            root.display()
+        );
+        let hier = fake_tree(&root, &text);
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        let rs = sd.begin_run("r").unwrap();
+        let rel = Path::new("isobench-r/launch-1");
+        CgroupManager::create_in(&hier, CgroupLayout::V1, rel, &budget(), &rs).unwrap();
+        for level in ["isobench-r", "isobench-r/launch-1"] {
+            let dir = root.join("cpuset,memory").join(level);
+            assert_eq!(read(&dir.join("cpuset.cpus")), "0-1");
+            assert_eq!(read(&dir.join("cpuset.mems")), "0");
+        }
+    }
+
+    /// A fake v2 tree: every level is made new and recorded, the root (not isobench's) gets
+    /// only what a limit needs in its subtree_control (listed in the run directory), the
+    /// run-level cgroup everything, and the launch cgroup its limits and pids.max.
+    #[test]
+    fn v2_fake_tree_subtree_control_and_pids() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("cg");
         std::fs::create_dir(&root).unwrap();
-        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids").unwrap();
-        std::fs::write(root.join("cgroup.subtree_control"), "").unwrap();
-        // The fake kernel: a new level offers what its parent enabled (here: pre-made files).
+        std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu").unwrap();
+        let text = format!("1 0 0:60 / {} rw - cgroup2 cgroup2 rw\n", root.display());
+        let hier = Hierarchies::parse(&text, &root);
+        assert_eq!(hier.layout(), CgroupLayout::V2);
         let sd = StateDir::open(d.path().join("state")).unwrap();
         let rs = sd.begin_run("r").unwrap();
-        let budget = Budget {
-            cpus: vec![0, 1],
-            memory_mib: 64,
-        };
-        // Pre-create the first level's files so the second level can be enabled.
-        std::fs::create_dir(root.join("isobench-r")).unwrap();
-        std::fs::write(root.join("isobench-r/cgroup.controllers"), "cpu memory").unwrap();
-        std::fs::write(root.join("isobench-r/cgroup.subtree_control"), "").unwrap();
-        let m = CgroupManager::create_in(
-            &root,
+        let run = CgroupManager::create_in(
+            &hier,
             CgroupLayout::V2,
-            Path::new("isobench-r/launch-1"),
-            &budget,
+            Path::new("isobench-r"),
+            &budget(),
             &rs,
         )
         .unwrap();
-        let leaf = root.join("isobench-r/launch-1");
-        assert_eq!(m.dirs(), vec![leaf.as_path()]);
+        let run_dir = root.join("isobench-r");
+        assert_eq!(run.dirs(), vec![run_dir.as_path()]);
+        // memory and pids enabled at the root (cpu already was), never cpuset; listed.
+        let changes = subtree_changes(&rs.dir);
+        let enabled: Vec<&str> = changes.iter().map(|c| c.controller.as_str()).collect();
+        assert_eq!(enabled, ["memory", "pids"]);
+        assert!(changes.iter().all(|c| c.level == root));
+        assert_eq!(read(&run_dir.join("pids.max")), "4096");
+        assert_eq!(read(&run_dir.join("memory.max")), "67108864");
+        assert_eq!(read(&run_dir.join("cpu.max")), "200000 100000");
+        // The fake kernel: the new level offers what its parent enabled.
+        std::fs::write(run_dir.join("cgroup.controllers"), "cpuset cpu memory pids").unwrap();
+        std::fs::write(run_dir.join("cgroup.subtree_control"), "").unwrap();
+        let launch =
+            CgroupManager::at(&hier, CgroupLayout::V2, Path::new("isobench-r/launch-1")).unwrap();
+        launch.create_recorded(&budget()).unwrap();
+        let leaf = run_dir.join("launch-1");
+        assert_eq!(read(&leaf.join("pids.max")), "4096");
+        assert_eq!(read(&leaf.join("cpu.max")), "200000 100000");
+        // The run's own level got cpuset too (the fake file holds the last write).
+        assert_eq!(read(&run_dir.join("cgroup.subtree_control")), "+pids");
         assert_eq!(
-            std::fs::read_to_string(leaf.join("memory.max")).unwrap(),
-            "67108864"
+            subtree_changes(&rs.dir).len(),
+            2,
+            "own levels are not listed"
         );
-        assert_eq!(
-            std::fs::read_to_string(leaf.join("cpu.max")).unwrap(),
-            "200000 100000"
-        );
-        // The already existing level is not recorded (we did not create it); the new one is.
+        // An existing launch cgroup is never adopted.
+        assert!(matches!(
+            launch.create_recorded(&budget()),
+            Err(CgroupError::Exists { .. })
+        ));
         assert_eq!(
             rs.resources(),
-            vec![Resource::Cgroup { path: leaf.clone() }]
+            vec![Resource::Cgroup {
+                path: run_dir.clone()
+            }]
         );
-        // A cgroup that already exists is never adopted.
-        let again = CgroupManager::create_in(
-            &root,
-            CgroupLayout::V2,
-            Path::new("isobench-r/launch-1"),
-            &budget,
+    }
+
+    /// No level is adopted: an existing run-level parent (another run's or a user's) is
+    /// refused, left as it was, and nothing stays in the ledger; a half-made tree is undone.
+    #[test]
+    fn existing_levels_are_never_adopted() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cg");
+        let hier = fake_tree(&root, &hierarchy::tests::comounted(root.to_str().unwrap()));
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        let rs = sd.begin_run("r").unwrap();
+        // Someone else's parent, in one hierarchy only (memory).
+        let theirs = root.join("memory/isobench-x");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("marker"), "theirs").unwrap();
+        let r = CgroupManager::create_in(
+            &hier,
+            CgroupLayout::V1,
+            Path::new("isobench-x/launch-1"),
+            &budget(),
             &rs,
         );
-        assert!(
-            matches!(again, Err(CgroupError::Exists { .. })),
-            "{again:?}"
+        match r {
+            Err(CgroupError::Exists { path }) => assert_eq!(path, theirs),
+            other => panic!("expected Exists, got {other:?}"),
+        }
+        assert_eq!(read(&theirs.join("marker")), "theirs");
+        assert!(!theirs.join("launch-1").exists());
+        // What this call made in cpu,cpuacct before reaching memory is gone again.
+        assert!(!root.join("cpu,cpuacct/isobench-x").exists());
+        assert!(rs.resources().is_empty(), "{:?}", rs.resources());
+        // create_exclusive (the runtimes' parents): same rule, rollback of its own.
+        let mine = root.join("pids/isobench-y");
+        let e = create_exclusive(&[mine.clone(), theirs.clone()]).unwrap_err();
+        assert!(matches!(e, CgroupError::Exists { .. }), "{e}");
+        assert!(!mine.exists());
+        assert!(theirs.exists());
+        create_exclusive(std::slice::from_ref(&mine)).unwrap();
+        assert!(mine.is_dir());
+    }
+
+    #[test]
+    fn foreign_levels_get_only_what_limits_need() {
+        assert_eq!(
+            controllers_to_enable_at("cpuset cpu io memory pids", "", false),
+            Ok(vec!["memory", "cpu", "pids"])
         );
-        // A failure half-way removes what the call created and forgets it in the ledger:
-        // here the new level lacks the cgroup.controllers file the kernel would provide.
-        let failed = CgroupManager::create_in(
-            &root,
-            CgroupLayout::V2,
-            Path::new("isobench-q/launch-1"),
-            &budget,
-            &rs,
+        assert_eq!(
+            controllers_to_enable_at("cpuset cpu memory", "memory", false),
+            Ok(vec!["cpu"])
         );
-        assert!(failed.is_err());
-        assert!(!root.join("isobench-q").exists());
-        assert_eq!(rs.resources(), vec![Resource::Cgroup { path: leaf }]);
+        assert_eq!(controllers_to_enable_at("cpu", "", false), Err("memory"));
+        assert_eq!(
+            controllers_to_enable_at("cpuset cpu memory pids", "", true),
+            Ok(vec!["memory", "cpu", "cpuset", "pids"])
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `container`: Linux namespaces + a cgroup + an overlay rootfs, built by isobench through `nix`
 //! (no runc).
 //!
-//! Per launch: a cgroup with the budget's memory limit and CPU quota (v2, or v1 on v1/hybrid
+//! Per launch: a cgroup with the budget's memory limit, CPU quota and `pids.max` (v2, or v1 on v1/hybrid
 //! hosts), fresh overlay upper/work/merged directories under the run's scratch area (lower = the
 //! run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
 //! transient containers: no syncfs of the whole upper filesystem when the overlay goes), then
@@ -119,8 +119,8 @@ pub struct RawOutcome {
 pub(crate) struct Prepared {
     state: Arc<RunState>,
     layout: CgroupLayout,
-    /// The v1 hierarchies mounted here (per-launch cgroup paths are built from it, no stat).
-    v1: Vec<&'static str>,
+    /// The cgroup hierarchies mounted here (per-launch cgroup paths are built from them).
+    hier: cgroup::Hierarchies,
     budget: Budget,
     cancel: Arc<AtomicBool>,
     /// scratch/container: the rootfs and every launch's directories.
@@ -171,13 +171,8 @@ impl Container {
             }
             _ => None,
         };
-        let cg = CgroupManager::at(
-            Path::new(cgroup::CGROUP_ROOT),
-            p.layout,
-            &p.v1,
-            &p.cgroup_rel.join(format!("launch-{n}")),
-        )
-        .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
+        let cg = CgroupManager::at(&p.hier, p.layout, &p.cgroup_rel.join(format!("launch-{n}")))
+            .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
         let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
         let (net, nat_peer) = match &task.workload {
             Workload::Net(np) if np.path == NetPath::Direct => {
@@ -337,10 +332,15 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     std::fs::create_dir(lower.join("volume"))
         .map_err(|e| BackendError::io("creating /volume in the rootfs", e))?;
     check_rootfs(&lower)?;
-    let v1 = cgroup::v1_present(Path::new(cgroup::CGROUP_ROOT));
+    let hier = cgroup::Hierarchies::detect();
+    // The v1 memory hierarchy can be mounted inside by the option "memory" only when it
+    // carries memory alone (a co-mounted one would need all its controllers named).
+    let memory_alone = hier
+        .v1("memory")
+        .is_some_and(|h| h.controllers == ["memory"] && h.mount.ends_with("memory"));
     let (cgroup_mount, mount_dir) = match env.host.cgroup_layout {
         CgroupLayout::V2 => (CgroupMount::V2, Some("sys/fs/cgroup")),
-        _ if v1.contains(&"memory") => (CgroupMount::V1Memory, Some("sys/fs/cgroup/memory")),
+        _ if memory_alone => (CgroupMount::V1Memory, Some("sys/fs/cgroup/memory")),
         _ => (CgroupMount::None, None),
     };
     if let Some(d) = mount_dir {
@@ -349,16 +349,21 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     }
     let cgroup_rel = PathBuf::from(format!("isobench-{}", env.state.id));
     // Last: on failure it removes what it created itself.
-    let parent =
-        CgroupManager::create(env.host.cgroup_layout, &cgroup_rel, &env.budget, &env.state)
-            .map_err(|e| BackendError::Other(format!("creating the run's cgroup: {e}")))?;
+    let parent = CgroupManager::create_in(
+        &hier,
+        env.host.cgroup_layout,
+        &cgroup_rel,
+        &env.budget,
+        &env.state,
+    )
+    .map_err(|e| BackendError::Other(format!("creating the run's cgroup: {e}")))?;
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(Prepared {
         state: env.state.clone(),
         layout: env.host.cgroup_layout,
-        v1,
+        hier,
         volatile: kernel_has_volatile(&release),
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
