@@ -1,9 +1,9 @@
 //! `container`: Linux namespaces + a cgroup + an overlay rootfs, built by isobench through `nix`
 //! (no runc).
 //!
-//! Per launch: a cgroup with the budget's memory limit, CPU quota and `pids.max` (v2, or v1 on v1/hybrid
-//! hosts), fresh overlay upper/work/merged directories under the run's scratch area (lower = the
-//! run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
+//! Per launch: a cgroup with the budget's memory limit, CPU quota and `pids.max` (v2, or v1 on
+//! v1/hybrid hosts), fresh overlay upper/work/merged directories under the run's scratch area
+//! (lower = the run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
 //! transient containers: no syncfs of the whole upper filesystem when the overlay goes), then
 //! `clone(NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)`. The child, PID 1 of its pid namespace, moves
 //! itself into the cgroup, waits until the parent has set up its network (if any), then runs
