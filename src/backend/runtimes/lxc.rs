@@ -23,6 +23,9 @@ pub struct LxcLaunch<'a> {
     pub volume: Option<&'a Path>,
     /// Cgroup directory, relative to the cgroup root (`isobench-lxc-<run>/<name>`).
     pub cgroup_dir: &'a str,
+    /// `pids.max` of the container's cgroup (None where no pids controller is mounted: LXC
+    /// fails on a key it cannot write).
+    pub pids_max: Option<u64>,
 }
 
 /// The LXC configuration file of one launch.
@@ -65,6 +68,9 @@ pub fn config(l: &LxcLaunch<'_>) -> String {
             if quota > 0 {
                 line("lxc.cgroup2.cpu.max", &format!("{quota} {period}"));
             }
+            if let Some(n) = l.pids_max {
+                line("lxc.cgroup2.pids.max", &n.to_string());
+            }
         }
         _ => {
             line("lxc.cgroup.memory.limit_in_bytes", &mem.to_string());
@@ -72,6 +78,9 @@ pub fn config(l: &LxcLaunch<'_>) -> String {
             if quota > 0 {
                 line("lxc.cgroup.cpu.cfs_period_us", &period.to_string());
                 line("lxc.cgroup.cpu.cfs_quota_us", &quota.to_string());
+            }
+            if let Some(n) = l.pids_max {
+                line("lxc.cgroup.pids.max", &n.to_string());
             }
         }
     }
@@ -110,13 +119,40 @@ mod tests {
             share_host_net: false,
             volume: Some(Path::new("/r/volume")),
             cgroup_dir: "isobench-lxc-x/isobench-x-1",
+            pids_max: Some(4096),
         });
         assert!(c.contains("lxc.rootfs.path = dir:/r/rootfs\n"));
         assert!(c.contains("lxc.net.0.type = empty\n"));
         assert!(c.contains("lxc.cgroup.memory.limit_in_bytes = 536870912\n"));
         assert!(c.contains("lxc.cgroup.cpuset.cpus = 0-1\n"));
         assert!(c.contains("lxc.cgroup.cpu.cfs_quota_us = 200000\n"));
+        assert!(c.contains("lxc.cgroup.pids.max = 4096\n"));
+        assert!(c.contains("lxc.cgroup.dir = isobench-lxc-x/isobench-x-1\n"));
         assert!(c.contains("lxc.mount.entry = /r/volume volume none rbind,create=dir 0 0\n"));
         assert!(c.contains(r#"ISOBENCH_TASK={"workload":{"kind":"noop"}}"#));
+    }
+
+    #[test]
+    fn v2_config_and_no_pids_controller() {
+        let b = Budget {
+            cpus: vec![0],
+            memory_mib: 64,
+        };
+        let mut l = LxcLaunch {
+            rootfs: Path::new("/r/rootfs"),
+            task_json: "{}",
+            budget: &b,
+            layout: CgroupLayout::V2,
+            share_host_net: true,
+            volume: None,
+            cgroup_dir: "isobench-lxc-x/isobench-x-1",
+            pids_max: Some(4096),
+        };
+        let c = config(&l);
+        assert!(c.contains("lxc.cgroup2.pids.max = 4096\n"));
+        assert!(c.contains("lxc.cgroup2.memory.max = 67108864\n"));
+        l.pids_max = None;
+        l.layout = CgroupLayout::V1;
+        assert!(!config(&l).contains("pids.max"));
     }
 }

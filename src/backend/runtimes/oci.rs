@@ -6,10 +6,13 @@
 //! (`--root` / `-P`, so isobench never touches containers it did not make), the host directory
 //! of the fs `volume` path, and one `launch-<n>/` bundle per launch. Containers are named
 //! `isobench-<run>-<tier>-<n>` and recorded in the ledger before they are created; their cgroups
-//! live under `isobench-<tier>-<run>/` in every hierarchy (recorded too).
+//! live under `isobench-<tier>-<run>/` in every mounted hierarchy, a parent isobench records and
+//! creates itself, exclusively: one that exists already (another run's, a user's) is refused,
+//! never adopted, so teardown only ever removes what this run made.
 //!
 //! Per launch: namespaces pid, ipc, uts, mount, cgroup and network; the budget as resources
-//! (memory limit, CPU quota, cpuset); rootfs writable, no terminal. Data paths: fs `rootfs` in
+//! (memory limit, CPU quota, cpuset, and [`PIDS_MAX`] as the pids limit where a pids controller
+//! is mounted); rootfs writable, no terminal. Data paths: fs `rootfs` in
 //! the bundle rootfs' `/data` (a host directory: these runtimes use no overlay), fs `volume` a
 //! bind mount of a host directory at `/volume`. Net: the runtimes have no NAT path of their own,
 //! so both net paths share the host's network namespace (no network namespace in config.json;
@@ -33,7 +36,10 @@ use serde_json::{json, Value};
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
 use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
-use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us, rmdir_retry, subtree_dirs};
+use crate::cgroup::{
+    budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
+    Hierarchies, PIDS_MAX,
+};
 use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
 use crate::host::{CgroupLayout, HostFacts};
 use crate::netpeer::NetPeer;
@@ -101,6 +107,7 @@ pub fn oci_config(
     task_json: &str,
     budget: &Budget,
     cgroups_path: &str,
+    pids_limit: Option<u64>,
     shape: LaunchShape,
     volume: &Path,
 ) -> Value {
@@ -163,6 +170,14 @@ pub fn oci_config(
         cpu["quota"] = json!(quota);
         cpu["period"] = json!(period);
     }
+    let mut resources = json!({
+        "devices": [{"allow": false, "access": "rwm"}],
+        "memory": {"limit": budget_memory_bytes(budget)},
+        "cpu": cpu
+    });
+    if let Some(limit) = pids_limit {
+        resources["pids"] = json!({ "limit": limit });
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -180,11 +195,7 @@ pub fn oci_config(
         "hostname": "isobench",
         "mounts": mounts,
         "linux": {
-            "resources": {
-                "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": budget_memory_bytes(budget)},
-                "cpu": cpu
-            },
+            "resources": resources,
             "cgroupsPath": cgroups_path,
             "namespaces": namespaces,
             "maskedPaths": [
@@ -212,8 +223,12 @@ struct Prepared {
     volume: PathBuf,
     /// `isobench-<tier>-<run>`: parent of every launch's cgroup, in every hierarchy.
     cgroup_rel: String,
-    /// The recorded cgroup directories (absolute), parents of the launches'.
+    /// The cgroup directories (absolute) this run recorded and created, parents of the
+    /// launches'.
     cgroup_dirs: Vec<PathBuf>,
+    /// [`PIDS_MAX`] where a pids controller is mounted (runtimes fail on a limit they cannot
+    /// set), else None.
+    pids_limit: Option<u64>,
     peer: NetPeer,
 }
 
@@ -244,24 +259,19 @@ impl Bundled {
 }
 
 /// The cgroup directories a runtime may create for `rel`: one per mounted hierarchy (v1
-/// controllers, named hierarchies and the unified one on hybrid hosts), or one on v2.
-pub fn cgroup_dirs_for(layout: CgroupLayout, rel: &str) -> Vec<PathBuf> {
-    let root = Path::new(crate::cgroup::CGROUP_ROOT);
-    match layout {
-        CgroupLayout::V2 => vec![root.join(rel)],
+/// controllers, named hierarchies and the unified one on hybrid hosts; a co-mounted
+/// `cpu,cpuacct` once), or one on v2.
+pub fn cgroup_dirs_for(hier: &Hierarchies, layout: CgroupLayout, rel: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match layout {
+        CgroupLayout::V2 => hier.v2().map(|h| h.mount.join(rel)).into_iter().collect(),
         CgroupLayout::None => vec![],
-        CgroupLayout::V1 | CgroupLayout::Hybrid => std::fs::read_dir(root)
-            .map(|rd| {
-                let mut v: Vec<PathBuf> = rd
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path().join(rel))
-                    .collect();
-                v.sort();
-                v
-            })
-            .unwrap_or_default(),
-    }
+        CgroupLayout::V1 | CgroupLayout::Hybrid => {
+            hier.all.iter().map(|h| h.mount.join(rel)).collect()
+        }
+    };
+    v.sort();
+    v.dedup();
+    v
 }
 
 fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
@@ -284,8 +294,10 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
         tier,
         reason: format!("{bin} vanished from PATH"),
     })?;
+    let layout = env.host.cgroup_layout;
+    let hier = Hierarchies::detect();
     let cgroup_rel = format!("isobench-{tier}-{}", env.state.id);
-    let cgroup_dirs = cgroup_dirs_for(env.host.cgroup_layout, &cgroup_rel);
+    let cgroup_dirs = cgroup_dirs_for(&hier, layout, &cgroup_rel);
     let res: Vec<Resource> = cgroup_dirs
         .iter()
         .map(|p| Resource::Cgroup { path: p.clone() })
@@ -293,12 +305,29 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
     env.state
         .record_all(&res)
         .map_err(|e| BackendError::io("recording the runtime's cgroups in the ledger", e))?;
-    prepare_cpuset_parent(env.host.cgroup_layout, &cgroup_rel, &env.budget)?;
-    let peer = loopback_peer()?;
+    // The run's parents, made here and exclusively: the runtimes would adopt existing ones.
+    if let Err(e) = create_exclusive(&cgroup_dirs) {
+        let _ = env.state.release_all(&res);
+        return Err(BackendError::Other(format!(
+            "creating the {tier} run's cgroup parents: {e}"
+        )));
+    }
+    // From here on a failure removes the parents made above (and only those).
+    let rest =
+        prepare_cpuset_parent(&hier, &cgroup_rel, &env.budget).and_then(|()| loopback_peer());
+    let peer = match rest {
+        Ok(peer) => peer,
+        Err(e) => {
+            if remove_cgroups(&cgroup_dirs).is_ok() {
+                let _ = env.state.release_all(&res);
+            }
+            return Err(e);
+        }
+    };
     Ok(Prepared {
         state: env.state.clone(),
         bin,
-        layout: env.host.cgroup_layout,
+        layout,
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
@@ -307,25 +336,24 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
         volume,
         cgroup_rel,
         cgroup_dirs,
+        pids_limit: hier.has_pids(layout).then_some(PIDS_MAX),
         peer,
     })
 }
 
 /// On v1 hosts a new cpuset cgroup starts with no CPUs and no memory nodes, and runsc does not
-/// fill in the parents it creates (runc does): make the run's cpuset parent ourselves (already
-/// recorded) with the budget's CPUs and the root's memory nodes.
+/// fill in the parents it creates (runc does): give the run's cpuset parent (made by
+/// `prepare_in`) the budget's CPUs and the hierarchy root's memory nodes.
 fn prepare_cpuset_parent(
-    layout: CgroupLayout,
+    hier: &Hierarchies,
     rel: &str,
     budget: &Budget,
 ) -> Result<(), BackendError> {
-    let root = Path::new(crate::cgroup::CGROUP_ROOT).join("cpuset");
-    if layout == CgroupLayout::V2 || !root.join("cpuset.cpus").exists() {
+    let Some(root) = hier.v1("cpuset").map(|h| h.mount.clone()) else {
         return Ok(());
-    }
+    };
     let dir = root.join(rel);
     let io = |what: &str, e| BackendError::io(format!("{what} {}", dir.display()), e);
-    std::fs::create_dir(&dir).map_err(|e| io("creating cgroup", e))?;
     let mems = std::fs::read_to_string(root.join("cpuset.mems")).map_err(|e| io("reading", e))?;
     std::fs::write(dir.join("cpuset.cpus"), cpu_list(&budget.cpus))
         .map_err(|e| io("writing cpuset.cpus of", e))?;
@@ -364,21 +392,9 @@ impl Backend for Bundled {
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join(self.tier.as_str());
         let tier = self.tier;
+        // prepare_in removes the cgroup parents it made if it fails after making them.
         self.prepared = Some(crate::backend::prepare_run_dir(env, &base, || {
-            // The run's cgroup parent is made inside prepare_in: remove it before the directory.
-            prepare_in(tier, env, &base).inspect_err(|_| {
-                let dirs = cgroup_dirs_for(
-                    env.host.cgroup_layout,
-                    &format!("isobench-{tier}-{}", env.state.id),
-                );
-                if remove_cgroups(&dirs).is_ok() {
-                    let res: Vec<Resource> = dirs
-                        .into_iter()
-                        .map(|path| Resource::Cgroup { path })
-                        .collect();
-                    let _ = env.state.release_all(&res);
-                }
-            })
+            prepare_in(tier, env, &base)
         })?);
         Ok(())
     }
@@ -609,6 +625,7 @@ impl Bundled {
                 share_host_net: shape.share_host_net,
                 volume: shape.volume.then_some(p.volume.as_path()),
                 cgroup_dir: &cgroup_leaf,
+                pids_max: p.pids_limit,
             });
             std::fs::write(&conf, text)
                 .map_err(|e| BackendError::io(format!("writing {}", conf.display()), e))?;
@@ -619,6 +636,7 @@ impl Bundled {
                 &task_json,
                 &p.budget,
                 &format!("/{cgroup_leaf}"),
+                p.pids_limit,
                 shape,
                 &p.volume,
             );
@@ -748,6 +766,7 @@ mod tests {
             "{}",
             &b,
             "/isobench-runc-r/isobench-r-runc-1",
+            Some(PIDS_MAX),
             shape,
             Path::new("/s/volume"),
         );
@@ -764,6 +783,7 @@ mod tests {
         );
         assert_eq!(c["linux"]["resources"]["cpu"]["cpus"], "1");
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 100_000);
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], 4096);
         assert_eq!(c["process"]["terminal"], false);
         assert_eq!(c["root"]["readonly"], false);
         assert!(c["mounts"]
@@ -776,6 +796,7 @@ mod tests {
             "{}",
             &b,
             "/x",
+            None,
             LaunchShape {
                 share_host_net: true,
                 volume: false,
@@ -783,11 +804,50 @@ mod tests {
             Path::new("/s/volume"),
         );
         let ns = host["linux"]["namespaces"].as_array().unwrap();
+        // No pids controller mounted: no limit the runtime would fail to set.
+        assert!(host["linux"]["resources"].get("pids").is_none());
         assert!(!ns.iter().any(|n| n["type"] == "network"));
         assert!(!host["mounts"]
             .as_array()
             .unwrap()
             .iter()
             .any(|m| m["destination"] == "/sys"));
+    }
+
+    /// The runtimes' parents: one per mounted hierarchy (a co-mounted `cpu,cpuacct` once, the
+    /// named and unified ones too on v1/hybrid), the v2 one alone on v2.
+    #[test]
+    fn runtime_cgroup_parents_one_per_mount() {
+        let root = Path::new("/sys/fs/cgroup");
+        let v1 = Hierarchies::parse(
+            "\
+30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 30 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 30 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+",
+            root,
+        );
+        let dirs = cgroup_dirs_for(&v1, CgroupLayout::Hybrid, "isobench-runc-r");
+        let names: Vec<String> = dirs
+            .iter()
+            .map(|d| d.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "cpu,cpuacct/isobench-runc-r",
+                "memory/isobench-runc-r",
+                "systemd/isobench-runc-r",
+                "unified/isobench-runc-r"
+            ]
+        );
+        let v2 = Hierarchies::parse("1 0 0:9 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", root);
+        assert_eq!(
+            cgroup_dirs_for(&v2, CgroupLayout::V2, "isobench-runc-r"),
+            vec![root.join("isobench-runc-r")]
+        );
+        assert!(cgroup_dirs_for(&v2, CgroupLayout::None, "x").is_empty());
     }
 }
