@@ -433,6 +433,51 @@ impl CgroupManager {
     }
 }
 
+/// `doctor`'s cgroup line (after "cgroups   "): the layout, the hierarchies isobench uses
+/// (a co-mounted one as `cpu,cpuacct`), whether containers get a `pids.max`, and on v2 which
+/// controllers isobench would enable in the root's subtree_control (and leave enabled).
+pub fn doctor_line(layout: CgroupLayout, hier: &Hierarchies) -> String {
+    let mut s = format!("{layout:?}").to_lowercase();
+    match layout {
+        CgroupLayout::None => return s,
+        CgroupLayout::V2 => {
+            if let Some(h) = hier.v2() {
+                let read = |f: &str| std::fs::read_to_string(h.mount.join(f)).unwrap_or_default();
+                match controllers_to_enable_at(
+                    &read("cgroup.controllers"),
+                    &read("cgroup.subtree_control"),
+                    false,
+                ) {
+                    Ok(v) if v.is_empty() => {}
+                    Ok(v) => s.push_str(&format!(
+                        "; the container tier enables {} in {}/cgroup.subtree_control (not isobench's) and leaves it enabled",
+                        v.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" "),
+                        h.mount.display()
+                    )),
+                    Err(c) => s.push_str(&format!(
+                        "; controller {c} is not offered at {}: the container tier cannot set its limits",
+                        h.mount.display()
+                    )),
+                }
+            }
+        }
+        CgroupLayout::V1 | CgroupLayout::Hybrid => {
+            let names: Vec<String> = hier
+                .v1_used()
+                .iter()
+                .map(|h| h.controllers.join(","))
+                .collect();
+            s.push_str(&format!(" (v1 hierarchies used: {})", names.join(" ")));
+        }
+    }
+    if !hier.has_pids(layout) {
+        s.push_str(
+            "; no pids controller: containers get no pids.max (mount the pids controller to bound them)",
+        );
+    }
+    s
+}
+
 /// The memory budget in bytes.
 pub fn budget_memory_bytes(budget: &Budget) -> u64 {
     budget.memory_mib.saturating_mul(1024 * 1024)
@@ -1024,5 +1069,38 @@ mod tests {
             controllers_to_enable_at("cpuset cpu memory pids", "", true),
             Ok(vec!["memory", "cpu", "cpuset", "pids"])
         );
+    }
+
+    #[test]
+    fn doctor_lines() {
+        let root = Path::new("/sys/fs/cgroup");
+        let co = Hierarchies::parse(&hierarchy::tests::comounted("/sys/fs/cgroup"), root);
+        assert_eq!(
+            doctor_line(CgroupLayout::V1, &co),
+            "v1 (v1 hierarchies used: cpu,cpuacct memory pids)"
+        );
+        let no_pids = Hierarchies::parse(
+            "1 0 0:40 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            root,
+        );
+        assert_eq!(
+            doctor_line(CgroupLayout::V1, &no_pids),
+            "v1 (v1 hierarchies used: memory); no pids controller: containers get no pids.max (mount the pids controller to bound them)"
+        );
+        // v2 root (fake) with pids offered, memory and pids not yet enabled.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        std::fs::write(d.path().join("cgroup.subtree_control"), "cpu").unwrap();
+        let v2 = Hierarchies::parse(
+            &format!("1 0 0:9 / {} rw - cgroup2 cgroup2 rw\n", d.path().display()),
+            d.path(),
+        );
+        let line = doctor_line(CgroupLayout::V2, &v2);
+        assert!(
+            line.starts_with("v2; the container tier enables +memory +pids in "),
+            "{line}"
+        );
+        assert!(!line.contains("no pids"), "{line}");
+        assert_eq!(doctor_line(CgroupLayout::None, &v2), "none");
     }
 }

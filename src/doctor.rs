@@ -60,7 +60,10 @@ pub fn render(r: &Report) -> String {
             "no (only bare can run; use sudo)"
         }
     ));
-    s.push_str(&format!("cgroups   {:?}\n", h.cgroup_layout).to_lowercase());
+    s.push_str(&format!(
+        "cgroups   {}\n",
+        crate::cgroup::doctor_line(h.cgroup_layout, &crate::cgroup::Hierarchies::detect())
+    ));
     s.push_str(&format!("kvm       {}\n", h.kvm.label()));
     s.push_str(&format!(
         "overlayfs {}\n",

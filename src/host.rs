@@ -104,7 +104,7 @@ impl HostFacts {
             os: os_release(),
             virtualized: flags.contains(&"hypervisor"),
             is_root: nix::unistd::geteuid().is_root(),
-            cgroup_layout: cgroup_layout(Path::new("/sys/fs/cgroup")),
+            cgroup_layout: detect_cgroup_layout(),
             kvm: kvm_kind(&flags, Path::new("/sys/module"), Path::new("/dev/kvm")),
             overlayfs: std::fs::read_to_string("/proc/filesystems")
                 .map(|s| s.contains("overlay"))
@@ -174,7 +174,17 @@ fn qemu_version(qemu: &Path) -> Option<String> {
         .map(|l| l.trim_start_matches("QEMU emulator version ").to_string())
 }
 
-/// Decide the cgroup layout from what is mounted under `root` (normally /sys/fs/cgroup).
+/// The cgroup layout from /proc/self/mountinfo (what is really mounted, co-mounted controllers
+/// included); from the files under /sys/fs/cgroup when mountinfo shows nothing.
+fn detect_cgroup_layout() -> CgroupLayout {
+    match crate::cgroup::Hierarchies::detect().layout() {
+        CgroupLayout::None => cgroup_layout(Path::new(crate::cgroup::CGROUP_ROOT)),
+        l => l,
+    }
+}
+
+/// Decide the cgroup layout from the files under `root` (normally /sys/fs/cgroup): the
+/// fallback when /proc/self/mountinfo cannot be read.
 pub fn cgroup_layout(root: &Path) -> CgroupLayout {
     if root.join("cgroup.controllers").exists() {
         return CgroupLayout::V2;
