@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use isobench::backend::container::Container;
 use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
-use isobench::cgroup::CgroupManager;
+use isobench::cgroup::{CgroupManager, Hierarchies};
 use isobench::cleanup;
 use isobench::host::HostFacts;
 use isobench::protocol::Task;
@@ -450,6 +450,100 @@ fn cleanup_removes_a_killed_run() {
         "host data behind a bind mount must survive"
     );
     assert_eq!(census(tmp.path()), before);
+}
+
+/// A run-level cgroup that already exists (another run's, a user's) is never adopted: prepare
+/// fails saying so, the foreign directory is left as it was, what prepare made in the other
+/// hierarchies is gone and nothing stays in the ledger. Issue 9: "runtime cgroup parents are
+/// adopted if they already exist" (here the container tier's own parent).
+#[test]
+fn container_never_adopts_an_existing_run_cgroup() {
+    if !privileged("container_never_adopts_an_existing_run_cgroup") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let before = census(tmp.path());
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let env = run_env(&sd, &format!("adopt-{}", std::process::id()), tmp.path());
+    let planned = CgroupManager::at(
+        &Hierarchies::detect(),
+        env.host.cgroup_layout,
+        Path::new(&format!("isobench-{}", env.state.id)),
+    )
+    .unwrap();
+    // The foreign one is the last hierarchy's, so prepare makes the others first.
+    let foreign = planned.dirs().last().unwrap().to_path_buf();
+    std::fs::create_dir(&foreign).unwrap();
+    let mut c = Container::default();
+    let err = c
+        .prepare(&env)
+        .expect_err("an existing run cgroup must be refused");
+    let msg = err.to_string();
+    let foreign_left = foreign.is_dir();
+    let others_left: Vec<PathBuf> = planned
+        .dirs()
+        .iter()
+        .filter(|d| **d != foreign && d.exists())
+        .map(|d| d.to_path_buf())
+        .collect();
+    let _ = std::fs::remove_dir(&foreign);
+    assert!(
+        msg.contains("already exists") && msg.contains("never adopts"),
+        "{msg}"
+    );
+    assert!(foreign_left, "the foreign cgroup was removed");
+    assert!(others_left.is_empty(), "left behind: {others_left:?}");
+    assert!(
+        !env.state
+            .resources()
+            .iter()
+            .any(|r| matches!(r, Resource::Cgroup { .. })),
+        "{:?}",
+        env.state.resources()
+    );
+    assert_eq!(census(tmp.path()), before);
+    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+}
+
+/// On this host's layout the container's cgroup carries pids.max = PIDS_MAX (v1: in the pids
+/// hierarchy; v2: when the root offers pids), read back from inside the run's parent.
+#[test]
+fn container_cgroup_has_pids_max() {
+    if !privileged("container_cgroup_has_pids_max") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Container::default();
+    with_backend(Tier::Container, &mut c, |c, env| {
+        let hier = Hierarchies::detect();
+        let layout = env.host.cgroup_layout;
+        let run = CgroupManager::at(
+            &hier,
+            layout,
+            Path::new(&format!("isobench-{}", env.state.id)),
+        )
+        .unwrap();
+        let with_pids: Vec<PathBuf> = run
+            .dirs()
+            .iter()
+            .map(|d| d.join("pids.max"))
+            .filter(|f| f.exists())
+            .collect();
+        if hier.has_pids(layout) {
+            assert_eq!(with_pids.len(), 1, "{with_pids:?}");
+            assert_eq!(
+                std::fs::read_to_string(&with_pids[0]).unwrap().trim(),
+                isobench::cgroup::PIDS_MAX.to_string()
+            );
+        } else {
+            println!("NOTE container_cgroup_has_pids_max: no pids controller here, none expected");
+            assert!(with_pids.is_empty());
+        }
+        // A launch still works under the bound.
+        let out = c.run_once(&Task::new(Workload::Noop)).unwrap();
+        assert_eq!(out.exit_code, Some(0));
+    });
 }
 
 /// Median launch->exit over 50 runs of bare, chroot and container (run with --ignored).
