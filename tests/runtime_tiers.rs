@@ -488,3 +488,62 @@ fn vmm_tiers_say_why() {
         assert!(!a.is_available(), "{t} is not driven: {a:?}");
     }
 }
+
+/// The runtimes' run-level cgroup parent (`isobench-<tier>-<run>`) that already exists in one
+/// hierarchy (another run's, a user's) is refused, never adopted: prepare fails saying so, the
+/// foreign directory stays, the parents prepare made elsewhere are gone, the ledger holds no
+/// cgroup. Issue 9: "runtime cgroup parents are adopted if they already exist".
+#[test]
+fn runtime_cgroup_parents_are_never_adopted() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for tier in [Tier::Runc, Tier::Gvisor, Tier::Lxc] {
+        if !usable("runtime_cgroup_parents_are_never_adopted", tier) {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let run = format!("adopt-{tier}-{}", std::process::id());
+        let before = census(tmp.path(), &run);
+        let sd = StateDir::open(tmp.path().join("state")).unwrap();
+        let env = RunEnv {
+            agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
+            state: Arc::new(sd.begin_run(&run).unwrap()),
+            cache_dir: tmp.path().join("cache"),
+            budget: budget(),
+            options: BackendOptions::default(),
+            host: HostFacts::detect(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let parents = isobench::backend::runtimes::oci::cgroup_dirs_for(
+            &isobench::cgroup::Hierarchies::detect(),
+            env.host.cgroup_layout,
+            &format!("isobench-{tier}-{run}"),
+        );
+        assert!(!parents.is_empty());
+        let foreign = parents.last().unwrap().clone();
+        std::fs::create_dir(&foreign).unwrap();
+        let mut b = backend::make(tier);
+        let res = b.prepare(&env);
+        let foreign_left = foreign.is_dir();
+        let others: Vec<&PathBuf> = parents
+            .iter()
+            .filter(|d| **d != foreign && d.exists())
+            .collect();
+        let _ = std::fs::remove_dir(&foreign);
+        let msg = match res {
+            Ok(()) => {
+                let _ = b.finish();
+                panic!("{tier}: an existing cgroup parent was adopted");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("already exists") && msg.contains("never adopts"),
+            "{tier}: {msg}"
+        );
+        assert!(foreign_left, "{tier}: the foreign cgroup was removed");
+        assert!(others.is_empty(), "{tier}: left behind {others:?}");
+        assert_eq!(env.state.resources(), vec![], "{tier}: ledger not empty");
+        assert_eq!(census(tmp.path(), &run), before, "{tier}: census differs");
+        cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    }
+}
