@@ -516,7 +516,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
         let parents = isobench::backend::runtimes::oci::cgroup_dirs_for(
             &isobench::cgroup::Hierarchies::detect(),
             env.host.cgroup_layout,
-            &format!("isobench-{tier}-{run}"),
+            &format!("isobench-{tier}-{}", env.state.id),
         );
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
