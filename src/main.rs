@@ -184,6 +184,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if tiers.is_empty() {
         bail!("--backends is empty: name at least one tier, e.g. --backends bare,container");
     }
+    let state_root = state_root(&args.common);
+    scenario.check_machine(&origin, &tiers, &Machine::probe(&state_root))?;
     if explicit && !is_root() {
         let need: Vec<&str> = tiers
             .iter()
@@ -198,8 +200,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let options = backend_options(&args.common, &args.settings)?;
-    let state_root = state_root(&args.common);
-    scenario.check_machine(&origin, &tiers, &Machine::probe(&state_root))?;
     let host = HostFacts::detect();
     let (out_dir, link_latest) = match &args.out {
         Some(p) => (outdir::check(p, args.force_out)?, false),
