@@ -355,9 +355,10 @@ impl Machine {
                 }
             }
         }
+        // Blocks free to unprivileged writers, in fragment-size units (statvfs(3)).
         let free_disk_mib = nix::sys::statvfs::statvfs(&disk_path)
             .ok()
-            .map(|v| u64::from(v.blocks_available()).saturating_mul(v.fragment_size()) >> 20);
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()) >> 20);
         let read_u64 =
             |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
         let max_tasks = match (

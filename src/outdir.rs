@@ -88,7 +88,7 @@ fn check_path_shape(out: &Path) -> Result<(), OutDirError> {
         .filter(|p| !p.is_empty())
         .collect();
     let climbs = parts.iter().any(|p| *p == b"..");
-    let ends_in_dot = parts.last().is_none_or(|p| *p == b".");
+    let ends_in_dot = parts.last().map_or(true, |p| *p == b".");
     if climbs || ends_in_dot {
         return Err(OutDirError::Climbs(out.into()));
     }

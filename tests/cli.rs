@@ -340,8 +340,9 @@ fn second_signal_ends_the_run() {
 
 /// Run `args` with a stdout whose reader is already closed: the first write gets EPIPE.
 fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
     drop(r);
+    let w = std::fs::File::from(w);
     isobench()
         .args(args)
         .stdout(w)
@@ -453,7 +454,7 @@ fn bad_inputs_are_refused_before_anything_is_created() {
         let (out_dir, state) = (dir.path().join("out"), dir.path().join("state"));
         let mut cmd = isobench();
         cmd.arg("run").arg(&scenario);
-        if !extra.iter().any(|a| *a == "--backends") {
+        if !extra.contains(&"--backends") {
             cmd.args(["--backends", "bare"]);
         }
         let o = cmd
