@@ -36,7 +36,8 @@ fn main() {
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Never a panic, even on a closed stderr (a dropped ssh session).
+            isobench::output::err(format_args!("error: {e:#}"));
             ExitCode::Error
         }
     };
@@ -245,10 +246,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("warning: the report could not be drawn ({e}); the results are kept, retry with `isobench report {}`", outcome.out_dir.display()),
     }
     if r.interrupted {
-        eprintln!(
+        isobench::output::err(format_args!(
             "interrupted: the completed launches are kept in {}",
             outcome.out_dir.display()
-        );
+        ));
         return Ok(interrupted(&interrupt));
     }
     let failed = r
@@ -493,10 +494,10 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
         cfg.out_dir.join("b").display()
     );
     if interrupt.signal().is_some() {
-        eprintln!(
+        isobench::output::err(format_args!(
             "interrupted: the completed launches are kept in {}",
             cfg.out_dir.display()
-        );
+        ));
         return Ok(interrupted(&interrupt));
     }
     let opts = match thresholds {
