@@ -78,12 +78,17 @@ pub struct RunArgs {
     /// Tiers to run, comma-separated (bare,chroot,container,microvm,emulated).
     #[arg(long, alias = "tiers", value_name = "LIST")]
     pub backends: Option<String>,
-    /// Measured launches per tier and workload (overrides the scenario).
+    /// Measured launches per tier and workload, 1 to 100000 (overrides the scenario).
     #[arg(short = 'n', long, value_name = "N")]
     pub runs: Option<u32>,
-    /// Output directory [default: reports/<timestamp>-<host>, and reports/latest points at it].
+    /// Output directory: new, empty, or an earlier run's [default: reports/<timestamp>-<host>,
+    /// and reports/latest points at it].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write into --out even when it is a non-empty directory that is not an isobench run's
+    /// (files of the same names are overwritten).
+    #[arg(long)]
+    pub force_out: bool,
     /// Backend setting, key=value (repeatable), e.g. --set qemu=/usr/local/bin/qemu-system-x86_64.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
@@ -138,9 +143,13 @@ pub struct AbArgs {
     /// Measured launches per variant and workload (overrides the scenario).
     #[arg(short = 'n', long, value_name = "N")]
     pub runs: Option<u32>,
-    /// Output directory (results in <DIR>/a and <DIR>/b) [default: reports/ab-<timestamp>-<host>].
+    /// Output directory (results in <DIR>/a and <DIR>/b): new, empty, or an earlier A/B's
+    /// [default: reports/ab-<timestamp>-<host>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write into --out even when it is a non-empty directory that is not an isobench A/B's.
+    #[arg(long)]
+    pub force_out: bool,
     #[arg(long, value_enum, default_value_t = crate::compare::render::Format::Table)]
     pub format: crate::compare::render::Format,
     /// Thresholds and alpha (TOML, see docs/compare.md).

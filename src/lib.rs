@@ -3,6 +3,7 @@
 pub mod ab;
 pub mod agent;
 pub mod backend;
+pub mod bounds;
 pub mod cgroup;
 pub mod cleanup;
 pub mod cli;
@@ -12,7 +13,9 @@ pub mod doctor;
 pub mod exit_codes;
 pub mod history;
 pub mod host;
+pub mod interrupt;
 pub mod netpeer;
+pub mod outdir;
 pub mod output;
 pub mod protocol;
 pub mod report;

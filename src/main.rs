@@ -1,22 +1,22 @@
 //! `isobench`: the command-line edge. Parses arguments into plain config, runs, maps errors to
 //! exit codes in one place.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 
 use isobench::backend::BackendOptions;
+use isobench::bounds::{self, Machine};
 use isobench::cli::{AbArgs, Cli, Command, CommonArgs, CompareArgs, HistoryArgs, RunArgs};
 use isobench::exit_codes::ExitCode;
 use isobench::host::HostFacts;
+use isobench::interrupt::Interrupt;
 use isobench::runner::{self, RunConfig};
 use isobench::scenario::{Scenario, DEFAULT_SCENARIO};
 use isobench::state::StateDir;
 use isobench::tier::Tier;
-use isobench::{doctor, output};
+use isobench::{doctor, outdir, outln};
 
 fn main() {
     let cli = Cli::parse();
@@ -36,7 +36,8 @@ fn main() {
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Never a panic, even on a closed stderr (a dropped ssh session).
+            isobench::output::err(format_args!("error: {e:#}"));
             ExitCode::Error
         }
     };
@@ -48,9 +49,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor { json, common } => {
             let report = doctor::diagnose(HostFacts::detect(), &backend_options(&common, &[])?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", doctor::render(&report));
+                isobench::out!("{}", doctor::render(&report));
             }
             Ok(ExitCode::Success)
         }
@@ -82,12 +83,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Err(e) => println!("cached docker images left: {e}"),
             }
             if report.runs.is_empty() {
-                println!("nothing to clean in {}", root.display());
+                outln!("nothing to clean in {}", root.display());
             }
             for r in &report.runs {
                 match &r.skipped {
-                    Some(why) => println!("left {}: {why}", r.run_dir.display()),
-                    None => println!(
+                    Some(why) => outln!("left {}: {why}", r.run_dir.display()),
+                    None => outln!(
                         "cleaned {}: killed {} process(es), unmounted {}, removed {} cgroup(s) and {} link(s){}",
                         r.run_dir.display(),
                         r.killed.len(),
@@ -108,7 +109,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::FetchKernel { common } => {
             let k = isobench::backend::vm::kernel::fetch(&cache_dir(&common))
                 .context("fetching the guest kernel")?;
-            println!(
+            outln!(
                 "guest kernel {} cached at {}",
                 k.version,
                 k.vmlinuz.display()
@@ -169,19 +170,13 @@ fn backend_options(c: &CommonArgs, settings: &[String]) -> anyhow::Result<Backen
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    // Validate every input before any side effect.
+    // Validate every input before any side effect: nothing (state directory, --out) is created
+    // until every check below has passed.
     check_baseline(&args)?;
-    let scenario = match &args.scenario {
-        Some(p) => Scenario::load(p)?,
-        None => {
-            let p = PathBuf::from("scenarios/default.toml");
-            if p.is_file() {
-                Scenario::load(&p)?
-            } else {
-                Scenario::parse(DEFAULT_SCENARIO, "built-in default scenario")?
-            }
-        }
-    };
+    if let Some(n) = args.runs {
+        bounds::check_runs_override(n).map_err(anyhow::Error::msg)?;
+    }
+    let (scenario, origin) = scenario_or_default(args.scenario.as_deref())?;
     let explicit = args.backends.is_some();
     let tiers = match &args.backends {
         Some(list) => Tier::parse_list(list)?,
@@ -190,9 +185,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if tiers.is_empty() {
         bail!("--backends is empty: name at least one tier, e.g. --backends bare,container");
     }
-    if args.runs == Some(0) {
-        bail!("-n 0: give at least one launch per tier");
-    }
+    let state_root = state_root(&args.common);
+    scenario.check_machine(&origin, &tiers, &Machine::probe(&state_root))?;
     if explicit && !is_root() {
         let need: Vec<&str> = tiers
             .iter()
@@ -209,11 +203,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = backend_options(&args.common, &args.settings)?;
     let host = HostFacts::detect();
     let (out_dir, link_latest) = match &args.out {
-        Some(p) => (p.clone(), false),
+        Some(p) => (outdir::check(p, args.force_out)?, false),
         None => {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
             (
-                PathBuf::from("reports").join(format!("{stamp}-{}", host.hostname)),
+                outdir::default_path(Path::new("reports"), &format!("{stamp}-{}", host.hostname))?,
                 true,
             )
         }
@@ -224,43 +218,39 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         runs_override: args.runs,
         out_dir,
         link_latest,
-        state_root: state_root(&args.common),
+        state_root,
         cache_dir: options.cache_dir.clone(),
         agent: runner::locate_agent()?,
         options,
         quiet: args.quiet,
     };
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancel.clone())
-            .context("installing the Ctrl-C handler")?;
-    }
-    let outcome = runner::run(&cfg, cancel, host)?;
+    let interrupt = install_interrupt(&cfg.state_root)?;
+    let outcome = runner::run(&cfg, interrupt.cancel.clone(), host)?;
     let r = &outcome.results;
     if !cfg.quiet {
-        println!("{}", output::results_table(r));
-        for line in output::tier_notes(r) {
-            println!("{line}");
+        outln!("{}", isobench::output::results_table(r));
+        for line in isobench::output::tier_notes(r) {
+            outln!("{line}");
         }
-        println!(
+        outln!(
             "results: {}",
             outcome.out_dir.join("results.json").display()
         );
-        println!("samples: {}", outcome.out_dir.join("samples.csv").display());
+        outln!("samples: {}", outcome.out_dir.join("samples.csv").display());
     }
     // The report reads the result files only; a failure to draw it never loses the results.
     match isobench::report::write_report(&outcome.out_dir, r) {
-        Ok(files) if !cfg.quiet => println!("report:  {}", files.index_html.display()),
+        Ok(files) if !cfg.quiet => outln!("report:  {}", files.index_html.display()),
         Ok(_) => {}
         Err(e) => eprintln!("warning: the report could not be drawn ({e}); the results are kept, retry with `isobench report {}`", outcome.out_dir.display()),
     }
     if r.interrupted {
-        eprintln!(
+        isobench::output::err(format_args!(
             "interrupted: the completed launches are kept in {}",
             outcome.out_dir.display()
-        );
-        return Ok(ExitCode::Interrupted);
+        ));
+        return Ok(interrupted(&interrupt));
     }
     let failed = r
         .tiers
@@ -279,8 +269,8 @@ fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
     let results = isobench::results::Results::load(run_dir)?;
     let files = isobench::report::write_report(run_dir, &results)
         .with_context(|| format!("writing the report into {}", run_dir.display()))?;
-    println!("report: {}", files.index_html.display());
-    println!("summary: {}", files.summary_md.display());
+    outln!("report: {}", files.index_html.display());
+    outln!("summary: {}", files.summary_md.display());
     if open {
         let display =
             std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
@@ -296,7 +286,7 @@ fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
                 }
                 cmd.arg(&files.index_html).spawn().with_context(|| format!("starting {name}"))?;
             }
-            None => println!("no browser found (no xdg-open or chromium on a graphical display): open {} yourself", files.index_html.display()),
+            None => outln!("no browser found (no xdg-open or chromium on a graphical display): open {} yourself", files.index_html.display()),
         }
     }
     Ok(ExitCode::Success)
@@ -331,7 +321,7 @@ fn compare_options(
 
 /// Print a comparison; exit 1 naming every regressed metric, else 0.
 fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
-    print!("{}", render(c, format));
+    isobench::out!("{}", render(c, format));
     if format != Format::Table {
         for w in &c.warnings {
             eprintln!("WARNING: {w}");
@@ -406,7 +396,7 @@ fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<Exit
     if !args.no_history {
         let id = history::record(&args.history, r)?;
         if !args.quiet {
-            println!("history: stored as run #{id} in {}", args.history.display());
+            outln!("history: stored as run #{id} in {}", args.history.display());
         }
     }
     let Some((base, label)) = baseline else {
@@ -417,17 +407,44 @@ fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<Exit
     Ok(report_comparison(&c, Format::Table))
 }
 
-fn scenario_or_default(p: Option<&std::path::Path>) -> anyhow::Result<Scenario> {
+/// The scenario file given, else scenarios/default.toml, else the built-in default; with the
+/// name errors give it.
+fn scenario_or_default(p: Option<&Path>) -> anyhow::Result<(Scenario, String)> {
     let default = PathBuf::from("scenarios/default.toml");
-    Ok(match p {
-        Some(p) => Scenario::load(p)?,
-        None if default.is_file() => Scenario::load(&default)?,
-        None => Scenario::parse(DEFAULT_SCENARIO, "built-in default scenario")?,
+    let path = match p {
+        Some(p) => p,
+        None if default.is_file() => &default,
+        None => {
+            let origin = "built-in default scenario".to_string();
+            return Ok((Scenario::parse(DEFAULT_SCENARIO, &origin)?, origin));
+        }
+    };
+    Ok((Scenario::load(path)?, path.display().to_string()))
+}
+
+/// The signal handlers of a run (every signal that ends a session; see `isobench::interrupt`).
+fn install_interrupt(state_root: &Path) -> anyhow::Result<Interrupt> {
+    Interrupt::install(format!(
+        "the ledger under the state directory {}",
+        state_root.display()
+    ))
+    .context("installing the signal handlers (SIGINT, SIGTERM, SIGHUP, SIGQUIT)")
+    .inspect(|_| {
+        // From here on a closed stdout must not end the process: the run tears down first.
+        isobench::output::keep_going_on_closed_stdout();
     })
 }
 
+/// The exit code of an interrupted run: 128 + the signal (130 for Ctrl-C).
+fn interrupted(i: &Interrupt) -> ExitCode {
+    ExitCode::Interrupted(i.signal().unwrap_or(signal_hook::consts::SIGINT))
+}
+
 fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
-    let scenario = scenario_or_default(a.scenario.as_deref())?;
+    if let Some(n) = a.runs {
+        bounds::check_runs_override(n).map_err(anyhow::Error::msg)?;
+    }
+    let (scenario, origin) = scenario_or_default(a.scenario.as_deref())?;
     let tiers = Tier::parse_list(&a.backends)?;
     let [tier] = tiers[..] else {
         bail!(
@@ -438,20 +455,25 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
     if tier != Tier::Bare && !is_root() {
         bail!("{tier} needs root: run `sudo isobench ab ...`");
     }
-    if a.runs == Some(0) {
-        bail!("-n 0: give at least one launch per variant");
-    }
     let base = backend_options(&a.common, &[])?;
+    let state_root = state_root(&a.common);
+    scenario.check_machine(&origin, &[tier], &Machine::probe(&state_root))?;
     let (va, vb) = (
         isobench::ab::variant("a", &a.a, &base)?,
         isobench::ab::variant("b", &a.b, &base)?,
     );
     let thresholds = a.thresholds.as_deref().map(Thresholds::load).transpose()?;
     let host = HostFacts::detect();
-    let out_dir = a.out.clone().unwrap_or_else(|| {
-        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-        PathBuf::from("reports").join(format!("ab-{stamp}-{}", host.hostname))
-    });
+    let out_dir = match &a.out {
+        Some(p) => outdir::check_ab(p, a.force_out)?,
+        None => {
+            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+            outdir::default_path(
+                Path::new("reports"),
+                &format!("ab-{stamp}-{}", host.hostname),
+            )?
+        }
+    };
     let cfg = isobench::ab::AbConfig {
         scenario,
         tier,
@@ -459,28 +481,24 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
         b: vb,
         runs_override: a.runs,
         out_dir,
-        state_root: state_root(&a.common),
+        state_root,
         cache_dir: base.cache_dir.clone(),
         agent: runner::locate_agent()?,
         quiet: a.quiet,
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, cancel.clone())
-            .context("installing the Ctrl-C handler")?;
-    }
-    let (ra, rb) = isobench::ab::run(&cfg, cancel.clone(), host)?;
-    println!(
+    let interrupt = install_interrupt(&cfg.state_root)?;
+    let (ra, rb) = isobench::ab::run(&cfg, interrupt.cancel.clone(), host)?;
+    outln!(
         "results: {} and {}",
         cfg.out_dir.join("a").display(),
         cfg.out_dir.join("b").display()
     );
-    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!(
+    if interrupt.signal().is_some() {
+        isobench::output::err(format_args!(
             "interrupted: the completed launches are kept in {}",
             cfg.out_dir.display()
-        );
-        return Ok(ExitCode::Interrupted);
+        ));
+        return Ok(interrupted(&interrupt));
     }
     let opts = match thresholds {
         Some(thresholds) => CompareOptions {
@@ -518,14 +536,14 @@ fn history_cmd(a: &HistoryArgs) -> anyhow::Result<ExitCode> {
             a.history.display()
         );
     }
-    print!("{}", history::trends::table(&t));
+    isobench::out!("{}", history::trends::table(&t));
     let dir = a
         .history
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .join("trends");
     match history::trends::charts(&t, &dir) {
-        Ok(files) => println!(
+        Ok(files) => outln!(
             "trend charts: {} SVG file(s) in {}",
             files.len(),
             dir.display()

@@ -1,4 +1,12 @@
 //! What the user reads: progress, warnings and tables. Diagnostics go through `tracing`.
+//!
+//! Everything printed to stdout goes through [`out`] (macros [`outln!`](crate::outln) and
+//! [`out!`](crate::out)): a closed stdout (`isobench compare A B | head -1`) ends the program
+//! quietly with exit 0 instead of the panic of `println!`; during a run ([`keep_going_on_closed_stdout`])
+//! printing just stops and the run finishes its teardown.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
@@ -7,6 +15,66 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::Availability;
 use crate::results::{MetricSummary, Results, TierStatus};
 use crate::tier::Tier;
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+static EXIT_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(true);
+
+/// From now on a closed stdout only stops printing (a run must finish its teardown).
+pub fn keep_going_on_closed_stdout() {
+    EXIT_ON_CLOSED_STDOUT.store(false, Ordering::SeqCst);
+}
+
+/// Whether a write to stdout found it closed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::SeqCst)
+}
+
+/// Write to stdout. A closed pipe (EPIPE) exits 0 at once (any other write error: a line on
+/// stderr and exit 2); during a run either only stops further printing.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    if stdout_closed() {
+        return;
+    }
+    let res = {
+        let mut o = std::io::stdout().lock();
+        o.write_fmt(args).and_then(|()| o.flush())
+    };
+    if let Err(e) = res {
+        STDOUT_CLOSED.store(true, Ordering::SeqCst);
+        let exit = EXIT_ON_CLOSED_STDOUT.load(Ordering::SeqCst);
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            if exit {
+                std::process::exit(crate::exit_codes::ExitCode::Success.code());
+            }
+        } else {
+            err(format_args!(
+                "error: writing to stdout failed ({e}); nothing more is printed there"
+            ));
+            if exit {
+                std::process::exit(crate::exit_codes::ExitCode::Error.code());
+            }
+        }
+    }
+}
+
+/// Write a line to stderr, ignoring failure (a hung-up terminal must not panic the harness).
+pub fn err(args: std::fmt::Arguments<'_>) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_fmt(args).and_then(|()| e.write_all(b"\n"));
+}
+
+/// `println!` through [`out`]: never panics on a closed stdout.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` through [`out`]: never panics on a closed stdout.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::out(format_args!($($arg)*)) };
+}
 
 /// Format a value with a precision that suits its magnitude.
 pub fn num(v: f64) -> String {

@@ -419,6 +419,15 @@ fn measure(
     if !cancel.load(Ordering::Relaxed) {
         res = interleave(cfg, env, &mut runs, results, cancel);
     }
+    // Interrupted: keep what completed, marked so, before the teardown (a second signal may end
+    // the process before the teardown does).
+    if cancel.load(Ordering::Relaxed) {
+        results.interrupted = true;
+        results.summarize();
+        if let Err(e) = results.write(&cfg.out_dir) {
+            tracing::warn!(error = %e, "saving the interrupted results before teardown");
+        }
+    }
     for r in &mut runs {
         if let Err(e) = r.backend.finish() {
             let rec = &mut results.tiers[r.record_idx];

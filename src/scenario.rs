@@ -12,6 +12,9 @@ use crate::workload::Workload;
 /// The embedded default scenario, used when `scenarios/default.toml` is not in reach.
 pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
 
+/// Longest scenario file read (a scenario is a few dozen lines).
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
 /// Repetitions of one tier (every field optional; unset fields fall back to `[defaults]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,16 +104,58 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
+    /// Check the scenario against this machine for the tiers that will run (memory, free disk,
+    /// CPUs, pids; see [`crate::bounds::check_machine`]). `origin` names the file in errors.
+    pub fn check_machine(
+        &self,
+        origin: &str,
+        tiers: &[Tier],
+        machine: &crate::bounds::Machine,
+    ) -> Result<(), ScenarioError> {
+        crate::bounds::check_machine(self, tiers, machine).map_err(|message| {
+            ScenarioError::Invalid {
+                path: origin.into(),
+                message,
+            }
+        })
+    }
+}
+
+impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        use std::io::Read;
+        let read = || -> std::io::Result<String> {
+            let mut text = String::new();
+            std::fs::File::open(path)?
+                .take(MAX_SCENARIO_BYTES + 1)
+                .read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let text = read().map_err(|source| ScenarioError::Read {
             path: path.display().to_string(),
             source,
         })?;
+        if text.len() as u64 > MAX_SCENARIO_BYTES {
+            return Err(ScenarioError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "longer than {MAX_SCENARIO_BYTES} bytes: a scenario is a short TOML file (see docs/scenarios.md)"
+                ),
+            });
+        }
         Scenario::parse(&text, &path.display().to_string())
     }
 
     /// Parse and validate; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        // Host-assigned fields first, on the raw document: serde would accept them (results and
+        // tasks carry them), and the harness would silently overwrite them.
+        if let Ok(doc) = text.parse::<toml::Table>() {
+            crate::bounds::check_host_assigned(&doc).map_err(|message| ScenarioError::Invalid {
+                path: origin.into(),
+                message,
+            })?;
+        }
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
             path: origin.into(),
             message: one_line(&e),
@@ -138,24 +183,7 @@ impl Scenario {
                     .into(),
             );
         }
-        if self.budget.cpus == 0 || self.budget.memory_mib < 64 {
-            return Err("[budget] needs cpus >= 1 and memory_mib >= 64".into());
-        }
-        for (name, p) in std::iter::once(("defaults".to_string(), &self.defaults))
-            .chain(self.tier.iter().map(|(t, p)| (format!("tier.{t}"), p)))
-        {
-            if p.runs == Some(0) {
-                return Err(format!("[{name}] runs must be at least 1"));
-            }
-            if let Some(b) = p.time_budget_s {
-                if !(b.is_finite() && b > 0.0) {
-                    return Err(format!(
-                        "[{name}] time_budget_s must be a positive number of seconds"
-                    ));
-                }
-            }
-        }
-        Ok(())
+        crate::bounds::check_scenario(self)
     }
 
     /// The plan for `tier`: tier override, then `[defaults]`, then built-in defaults;

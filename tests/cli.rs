@@ -195,3 +195,424 @@ fn agent_refuses_to_outlive_a_dead_parent() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ISOBENCH-RESULT"));
 }
+
+// ---- Issue 9: signals, closed stdout, bounded input, --out ----------------------------------
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A child that is killed and reaped if the test fails before it ends.
+struct Guard(Option<std::process::Child>);
+
+impl Guard {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.0.as_ref().unwrap().id()).unwrap())
+    }
+
+    /// Wait for the exit, for at most `limit` (a hang bound, not a timing assertion).
+    fn wait(&mut self, limit: Duration) -> std::process::Output {
+        let t0 = Instant::now();
+        loop {
+            let c = self.0.as_mut().unwrap();
+            if c.try_wait().unwrap().is_some() {
+                return self.0.take().unwrap().wait_with_output().unwrap();
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "isobench did not end within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for_file(p: &Path, g: &mut Guard) {
+    let t0 = Instant::now();
+    while !p.is_file() {
+        if let Some(st) = g.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!("isobench ended ({st}) before writing {}", p.display());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A long bare run (bounded: 100000 launches) in a throw-away state directory.
+fn long_bare_run(dir: &Path) -> (Guard, PathBuf, PathBuf) {
+    let out = dir.join("run");
+    let state = dir.join("state");
+    let child = isobench()
+        .args(["run", "scenarios/startup.toml", "--backends", "bare"])
+        .args(["-n", "100000", "--quiet", "--no-history", "--out"])
+        .arg(&out)
+        .env("ISOBENCH_STATE_DIR", &state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (Guard(Some(child)), out, state)
+}
+
+fn run_dirs(state: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(state.join("runs")) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Wait until the run has its run directory (its ledger), so there is something to tear down.
+fn wait_for_run_dir(state: &Path) {
+    let t0 = Instant::now();
+    while run_dirs(state).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no run directory");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn results_of(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap()
+}
+
+/// SIGHUP (an ssh session dropping) and SIGQUIT end a run as SIGTERM does: results kept and
+/// marked interrupted, teardown done (no run directory left), exit 128 + the signal.
+#[test]
+fn hangup_and_quit_keep_results_and_tear_down() {
+    use nix::sys::signal::Signal;
+    for (sig, code) in [(Signal::SIGHUP, 129), (Signal::SIGQUIT, 131)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut g, out, state) = long_bare_run(dir.path());
+        wait_for_file(&out.join("results.json"), &mut g);
+        wait_for_run_dir(&state);
+        nix::sys::signal::kill(g.pid(), sig).unwrap();
+        let o = g.wait(Duration::from_secs(120));
+        assert_eq!(o.status.code(), Some(code), "{sig}: {}", stderr_of(&o));
+        assert!(stderr_of(&o).contains("interrupted"), "{}", stderr_of(&o));
+        let r = results_of(&out);
+        assert_eq!(r["interrupted"], true, "{sig}");
+        assert!(r["finished_at"].is_string());
+        assert_eq!(run_dirs(&state), Vec::<PathBuf>::new(), "{sig}: state left");
+    }
+}
+
+/// A second signal while the run stops still ends the process with the results kept; whatever
+/// a hurried exit leaves is in the ledger.
+#[test]
+fn second_signal_ends_the_run() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, out, state) = long_bare_run(dir.path());
+    wait_for_file(&out.join("results.json"), &mut g);
+    wait_for_run_dir(&state);
+    nix::sys::signal::kill(g.pid(), Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(g.pid(), Signal::SIGINT).unwrap();
+    let o = g.wait(Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(130), "{}", stderr_of(&o));
+    assert_eq!(results_of(&out)["interrupted"], true);
+    // Teardown finished (no run directory), or a hurried exit left its ledger for `isobench
+    // cleanup` and said so. (`isobench cleanup` itself is not run here: it also prunes the
+    // Docker image cache of the whole host.)
+    for d in run_dirs(&state) {
+        assert!(
+            d.join("ledger.json").is_file(),
+            "{} without ledger",
+            d.display()
+        );
+        assert!(
+            stderr_of(&o).contains("isobench cleanup"),
+            "{}",
+            stderr_of(&o)
+        );
+    }
+}
+
+/// Run `args` with a stdout whose reader is already closed: the first write gets EPIPE.
+fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let w = std::fs::File::from(w);
+    isobench()
+        .args(args)
+        .stdout(w)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("h.sqlite");
+    let mut runs = vec![];
+    for name in ["a", "b"] {
+        let out = dir.path().join(name);
+        let o = isobench()
+            .args([
+                "run",
+                "scenarios/startup.toml",
+                "--backends",
+                "bare",
+                "-n",
+                "3",
+            ])
+            .args(["--quiet", "--history"])
+            .arg(&history)
+            .arg("--out")
+            .arg(&out)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr_of(&o));
+        runs.push(out);
+    }
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let cases: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![os("doctor")],
+        vec![os("doctor"), os("--json")],
+        vec![
+            os("compare"),
+            runs[0].clone().into(),
+            runs[1].clone().into(),
+        ],
+        vec![
+            os("compare"),
+            runs[0].clone().into(),
+            runs[1].clone().into(),
+            os("--format"),
+            os("markdown"),
+        ],
+        vec![os("history"), os("--history"), history.clone().into()],
+        vec![os("report"), runs[0].clone().into()],
+    ];
+    for args in cases {
+        let a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+        let o = with_closed_stdout(&a);
+        let e = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+}
+
+/// A bad input exits 2 with one line naming the file or flag and the fix, and creates nothing:
+/// neither the --out directory nor the state directory.
+#[test]
+fn bad_inputs_are_refused_before_anything_is_created() {
+    const OK: &str = "name = 'x'\n[defaults]\nruns = 1\nwarmup = 0\n[[workload]]\nkind = 'noop'\n";
+    let w = |body: &str| format!("name = 'x'\n[[workload]]\n{body}\n");
+    // (scenario text, extra args, what the message must name)
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        (OK.into(), vec!["-n", "4294967295"], "100000"),
+        (OK.into(), vec!["-n", "100001"], "-n 100001"),
+        (OK.into(), vec!["-n", "0"], "-n 0"),
+        ("name='x'\n[defaults]\nruns = 4294967295\n[[workload]]\nkind='noop'\n".into(), vec![], "runs"),
+        ("name='x'\n[defaults]\nwarmup = 1000000\n[[workload]]\nkind='noop'\n".into(), vec![], "warmup"),
+        ("name='x'\n[tier.bare]\ntime_budget_s = 1e12\n[[workload]]\nkind='noop'\n".into(), vec![], "time_budget_s"),
+        ("name='x'\n[budget]\nmemory_mib = 1048576\n[[workload]]\nkind='noop'\n".into(), vec![], "MemAvailable"),
+        ("name='x'\n[budget]\nmemory_mib = 1099511627776\n[[workload]]\nkind='noop'\n".into(), vec![], "memory_mib"),
+        ("name='x'\n[budget]\ncpus = 4096\n[[workload]]\nkind='noop'\n".into(), vec![], "cpus"),
+        ("name='x'\n[budget]\ncpu = 1\n[[workload]]\nkind='noop'\n".into(), vec![], "cpu"),
+        ("name='x'\nnmae = 'y'\n[[workload]]\nkind='noop'\n".into(), vec![], "nmae"),
+        ("name='x'\n[compare]\nalpah = 0.1\n[[workload]]\nkind='noop'\n".into(), vec![], "alpah"),
+        (w("kind = 'cpu'\nthreds = 2"), vec![], "threds"),
+        (w("kind = 'cpu'\nthreads = 100000"), vec![], "threads"),
+        (w("kind = 'cpu'\ntime_budget_ms = 0"), vec![], "time_budget_ms"),
+        (w("kind = 'fs'\nfile_mib = 0"), vec![], "file_mib"),
+        (w("kind = 'fs'\nfile_mib = 1000000"), vec![], "free"),
+        (w("kind = 'fs'\nseq_block_kib = 6"), vec![], "seq_block_kib"),
+        (w("kind = 'fs'\ndir = '/etc'"), vec![], "`dir`"),
+        (w("kind = 'net'\npeer = '127.0.0.1:1'"), vec![], "`peer`"),
+        (w("kind = 'net'\nstream_duration_ms = 100000000"), vec![], "stream_duration_ms"),
+        (w("kind = 'net'\nconnect_timeout_ms = 0"), vec![], "connect_timeout_ms"),
+        (w("kind = 'memory'\narray_mib = 1000"), vec![], "array_mib"),
+        (w("kind = 'memory'\nchase_mib = 600"), vec![], "chase_mib"),
+        (w("kind = 'density'\ninstances = 5000"), vec![], "instances"),
+        (
+            "name='x'\n[budget]\nmemory_mib = 1024\n[[workload]]\nkind='density'\ninstances = 1000\n".into(),
+            vec!["--backends", "emulated"],
+            "instances",
+        ),
+        (OK.into(), vec!["--backends", "bare,vmware"], "vmware"),
+        (OK.into(), vec!["--set", "novalue"], "key=value"),
+    ];
+    for (text, extra, needle) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("s.toml");
+        std::fs::write(&scenario, text).unwrap();
+        let (out_dir, state) = (dir.path().join("out"), dir.path().join("state"));
+        let mut cmd = isobench();
+        cmd.arg("run").arg(&scenario);
+        if !extra.contains(&"--backends") {
+            cmd.args(["--backends", "bare"]);
+        }
+        let o = cmd
+            .args(extra)
+            .arg("--out")
+            .arg(&out_dir)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        let e = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(2), "{text:?} {extra:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{text:?} {extra:?}: {e}");
+        assert!(
+            e.starts_with("error: ") && e.contains(needle),
+            "{needle}: {e}"
+        );
+        assert!(
+            !out_dir.exists() && !state.exists(),
+            "{text:?} {extra:?} created files"
+        );
+    }
+    // A scenario file is a short text: a huge one is refused without reading it all.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let o = isobench()
+        .arg("run")
+        .arg(&big)
+        .args(["--backends", "bare", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_of(&o).contains("longer than"), "{}", stderr_of(&o));
+    assert!(!dir.path().join("state").exists());
+}
+
+fn bare_run_into(out: &Path, state: &Path, extra: &[&str]) -> std::process::Output {
+    isobench()
+        .args([
+            "run",
+            "scenarios/startup.toml",
+            "--backends",
+            "bare",
+            "-n",
+            "2",
+        ])
+        .args(["--quiet", "--no-history", "--state-dir"])
+        .arg(state)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn out_must_be_new_empty_or_a_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A user's directory is left alone...
+    let user = dir.path().join("site");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("index.html"), "mine").unwrap();
+    let o = bare_run_into(&user, &state, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_of(&o);
+    assert!(
+        e.contains("not an isobench run directory") && e.contains("--force-out"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.join("index.html")).unwrap(),
+        "mine"
+    );
+    assert_eq!(std::fs::read_dir(&user).unwrap().count(), 1);
+    assert!(!state.exists());
+    // ...unless --force-out says so.
+    let o = bare_run_into(&user, &state, &["--force-out"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert_eq!(results_of(&user)["interrupted"], false);
+
+    // An empty directory and an earlier run's directory are fine.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for _ in 0..2 {
+        let o = bare_run_into(&empty, &state, &[]);
+        assert!(o.status.success(), "{}", stderr_of(&o));
+    }
+
+    // Symlinks, '..' and '.' are refused.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&empty, &link).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for (bad, needle) in [
+        (link.clone(), "symbolic link"),
+        (sub.join(".."), "'..'"),
+        (sub.join("../escape"), "'..'"),
+        (sub.join("."), "'.'"),
+    ] {
+        let o = bare_run_into(&bad, &dir.path().join("state2"), &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", bad.display());
+        assert!(stderr_of(&o).contains(needle), "{}", stderr_of(&o));
+        assert!(!dir.path().join("state2").exists());
+    }
+    assert!(!dir.path().join("escape").exists());
+}
+
+/// The default output directory never reuses an existing one: a suffix is added.
+#[test]
+fn default_out_never_collides() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // Occupy the default names of the next minute, each with a user's file.
+    let now = chrono::Local::now();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    for s in -2..60 {
+        let stamp = (now + chrono::Duration::seconds(s)).format("%Y%m%d-%H%M%S");
+        let d = reports.join(format!("{stamp}-{host}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("keep"), "user").unwrap();
+    }
+    let o = isobench()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/startup.toml"))
+        .args([
+            "--backends",
+            "bare",
+            "-n",
+            "2",
+            "--no-history",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let results = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results line: {stdout}"));
+    let run = Path::new(results).parent().unwrap();
+    assert!(
+        run.file_name().unwrap().to_string_lossy().ends_with("-2"),
+        "{results}"
+    );
+    for e in std::fs::read_dir(&reports).unwrap() {
+        let p = e.unwrap().path();
+        if p.join("keep").exists() {
+            assert!(!p.join("results.json").exists(), "{} reused", p.display());
+        }
+    }
+}
