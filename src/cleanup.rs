@@ -133,13 +133,19 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
         let done = match x {
             Resource::OciContainer { runtime, root, id } => remove_oci_container(runtime, root, id),
             Resource::LxcContainer { lxcpath, name } => remove_lxc_container(lxcpath, name),
-            Resource::DockerContainer { name } => remove_docker_container(name),
+            Resource::DockerContainer { name, id } => {
+                crate::backend::runtimes::docker::remove_recorded_container(
+                    name,
+                    id.as_deref(),
+                    &ledger.run_id,
+                )
+            }
             _ => continue,
         };
         match done {
             Ok(true) => r.containers_removed.push(match x {
                 Resource::OciContainer { id, .. } => id.clone(),
-                Resource::LxcContainer { name, .. } | Resource::DockerContainer { name } => {
+                Resource::LxcContainer { name, .. } | Resource::DockerContainer { name, .. } => {
                     name.clone()
                 }
                 _ => unreachable!("filtered above"),
@@ -415,31 +421,6 @@ pub fn remove_lxc_container(lxcpath: &Path, name: &str) -> Result<bool, String> 
     )?;
     // lxc-stop fails with "is not running" when the container already ended.
     Ok(out.status.success())
-}
-
-/// Remove Docker container `name` (running or not). Ok(false) when it does not exist.
-pub fn remove_docker_container(name: &str) -> Result<bool, String> {
-    if !valid_container_name(name) {
-        return Err(format!(
-            "ledger names an invalid Docker container {name:?}: edit the ledger by hand"
-        ));
-    }
-    let what = format!("docker rm --force {name}");
-    let out = run_tool(
-        std::process::Command::new("docker").args(["rm", "--force", name]),
-        &what,
-    )?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() && !err.contains("No such container") {
-        Ok(true)
-    } else if err.contains("No such container") {
-        Ok(false)
-    } else {
-        Err(format!(
-            "`{what}` failed: {} (is dockerd running?); remove it by hand",
-            err.trim()
-        ))
-    }
 }
 
 /// Is `s` a name nft accepts for a table or family (letters, digits, `_`, `-`)?

@@ -65,21 +65,25 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening state directory {}", root.display()))?;
             let report = isobench::cleanup::cleanup(&state);
             // The docker tier's image cache (isobench/agent:<hash>, labelled as isobench's) goes
-            // too, when a daemon answers (see docs/runtimes.md).
+            // too, when a daemon answers and no live run may use it (see docs/runtimes.md).
             let images = if std::os::unix::net::UnixStream::connect(
                 isobench::backend::runtimes::docker::daemon_socket(),
             )
             .is_ok()
             {
-                isobench::backend::runtimes::docker::remove_cached_images()
+                isobench::backend::runtimes::docker::remove_cached_images(any_live_run(&report))
             } else {
-                Ok(vec![])
+                Ok(Default::default())
             };
             match &images {
-                Ok(v) if !v.is_empty() => {
-                    println!("removed cached docker image(s): {}", v.join(", "))
+                Ok(r) => {
+                    if !r.removed.is_empty() {
+                        println!("removed cached docker image(s): {}", r.removed.join(", "));
+                    }
+                    for k in &r.kept {
+                        println!("kept cached docker image {k}");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => println!("cached docker images left: {e}"),
             }
             if report.runs.is_empty() {
@@ -131,6 +135,14 @@ fn state_root(c: &CommonArgs) -> PathBuf {
         return StateDir::default_root();
     }
     std::env::temp_dir().join(format!("isobench-{}", nix::unistd::geteuid()))
+}
+
+/// Did cleanup leave a run because its owner is still running (so its cached images stay)?
+fn any_live_run(report: &isobench::cleanup::CleanupReport) -> bool {
+    report
+        .runs
+        .iter()
+        .any(|r| r.skipped.as_deref().is_some_and(|s| s.starts_with("owner")))
 }
 
 fn cache_dir(c: &CommonArgs) -> PathBuf {

@@ -53,8 +53,14 @@ pub enum Resource {
     /// An LXC container under an lxcpath the run owns, stopped with
     /// `lxc-stop --kill -P <lxcpath> -n <name>`.
     LxcContainer { lxcpath: PathBuf, name: String },
-    /// A Docker container by its isobench-owned name, removed with `docker rm --force <name>`.
-    DockerContainer { name: String },
+    /// A Docker container named `isobench-<run id>-...` and labelled `org.isobench.run=<run id>`:
+    /// the name is recorded before `docker run`, the id once known; removed by id
+    /// (`docker rm --force <id>`) only after `docker container inspect` shows the run's label.
+    DockerContainer {
+        name: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
 }
 
 /// Who owns a run: the harness process, by pid and start time.

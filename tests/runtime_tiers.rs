@@ -453,9 +453,13 @@ fn docker_end_to_end() {
     };
     exercise(Tier::Docker, &[NetPath::Direct, NetPath::Nat]);
     // The image cache is isobench's and goes with `isobench cleanup`.
-    let removed = isobench::backend::runtimes::docker::remove_cached_images().unwrap();
+    let removed = isobench::backend::runtimes::docker::remove_cached_images(false)
+        .unwrap()
+        .removed;
     assert!(
-        removed.iter().all(|r| r.starts_with("isobench/agent:")),
+        removed
+            .iter()
+            .all(|r| r.starts_with("isobench/agent:") || r.starts_with("<untagged> sha256:")),
         "{removed:?}"
     );
     drop(own);

@@ -1,20 +1,35 @@
 //! `docker`: the Docker Engine running the agent from an image imported from the rootfs
 //! isobench builds (no registry).
 //!
-//! Image: `isobench/agent:<content hash of the rootfs files>`, labelled
-//! `org.isobench.cache=agent`, imported once (`docker import`) and reused by later runs as a
-//! cache; `isobench cleanup` removes every image with that label.
+//! Image: imported from a reproducible tar of the rootfs (`tar --sort=name --mtime=@0`), so its
+//! single layer's digest is known before `docker import`. The tag
+//! `isobench/agent:<content hash of the rootfs files>` (label `org.isobench.cache=agent`) is
+//! only a cache key: a cached image is reused only if its layer is exactly that tar and its
+//! config sets nothing (no entrypoint, user, working directory or environment); otherwise a
+//! fresh import is made and its id checked. Containers always run the image by id
+//! (`sha256:...`) with `--pull=never`, so nothing is ever pulled. `isobench cleanup` removes
+//! the cached images only when no live run may use them.
 //!
-//! Per launch: `docker run --name isobench-<run>-<n> --label org.isobench.run=<run>` with the
-//! budget (`--cpuset-cpus`, `--cpus`, `--memory`), the task in `-e ISOBENCH_TASK`, the agent's
-//! stdout attached to the CLI's. Data paths: fs `rootfs` in the container's own `/data`
-//! (overlay2, the image's layers), fs `volume` a bind-mounted host directory
-//! (`-v <scratch>/docker/volume:/volume`). Net: `direct` = `--network host` (peer on
-//! 127.0.0.1), `nat` = the default bridge with NAT (peer on the docker0 gateway address), as in
-//! Felter et al. 2015.
+//! Per launch: `docker run --name isobench-<run>-<n> --label org.isobench.run=<run>
+//! --cidfile <scratch>/docker/launch-<n>-<k>.cid --pull=never` with the budget
+//! (`--cpuset-cpus`, `--cpus`, `--memory`), the task in `-e ISOBENCH_TASK`, the agent's stdout
+//! attached to the CLI's. The name is recorded in the ledger before `docker run`; docker takes
+//! it atomically, and when it is in use ("Conflict. The container name ... is already in use")
+//! the launch is retried as `isobench-<run>-<n>-r<k>`, leaving the other container alone. Data
+//! paths: fs `rootfs` in the container's own `/data` (overlay2, the image's layers), fs `volume`
+//! a bind-mounted host directory (`-v <scratch>/docker/volume:/volume`). Net: `direct` =
+//! `--network host` (peer on 127.0.0.1), `nat` = the default bridge with NAT (peer on the
+//! docker0 gateway address), as in Felter et al. 2015.
 //!
-//! Timings: launch = before `docker run`; ready = READY read; exit = the CLI exits; teardown =
-//! `docker rm --force` of the exited container (what a user who does not pass `--rm` pays).
+//! Removal is by id only: the teardown of a launch removes the id its own `docker run` wrote to
+//! the cidfile in the run's directory; `finish` removes the ids `docker ps` lists with this
+//! run's label and name prefix; `isobench cleanup` ([`remove_recorded_container`]) removes a
+//! ledger's container only after `docker container inspect` shows the run's label.
+//!
+//! Timings: launch = before `docker run` (create + start + attach, as before); ready = READY
+//! read; exit = the CLI exits; teardown = `docker rm --force <id>` of the exited container
+//! (what a user who does not pass `--rm` pays); reading the cidfile is on the clock too (one
+//! small file read).
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
@@ -26,7 +41,7 @@ use std::sync::Arc;
 use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
 use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
-use crate::cleanup::{remove_docker_container, safe_remove_tree};
+use crate::cleanup::safe_remove_tree;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::rootfs::{self, AGENT_IN_ROOTFS};
@@ -40,6 +55,8 @@ pub const IMAGE_REPO: &str = "isobench/agent";
 pub const IMAGE_LABEL: &str = "org.isobench.cache=agent";
 /// Label key naming the run on every container.
 pub const RUN_LABEL: &str = "org.isobench.run";
+/// Names tried per launch when docker says a name is in use (someone else's container).
+pub const NAME_ATTEMPTS: u32 = 8;
 
 /// The daemon socket the docker CLI talks to: `$DOCKER_HOST` (unix://) or the default.
 pub fn daemon_socket() -> PathBuf {
@@ -88,7 +105,7 @@ struct Prepared {
     cancel: Arc<AtomicBool>,
     base: PathBuf,
     volume: PathBuf,
-    image: String,
+    image: AgentImage,
     /// Peer for `--network host` (127.0.0.1) and for the bridge (docker0's gateway address).
     direct_peer: NetPeer,
     nat_peer: Option<NetPeer>,
@@ -118,46 +135,163 @@ pub fn image_name(rootfs: &Path, files: &[PathBuf]) -> Result<String, BackendErr
     Ok(format!("{IMAGE_REPO}:{}", fnv1a_hex(&refs)))
 }
 
-/// Import `rootfs` as `image` unless the daemon has it already. Returns whether it imported.
-fn ensure_image(rootfs: &Path, image: &str) -> Result<bool, BackendError> {
-    let have = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| BackendError::io("running docker image inspect", e))?;
-    if have.success() {
-        return Ok(false);
-    }
-    let mut tar = Command::new("tar")
-        .arg("-C")
-        .arg(rootfs)
-        .args(["--numeric-owner", "-c", "."])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| BackendError::io("running tar (install tar)", e))?;
-    let out = tar.stdout.take().expect("piped");
-    let import = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            &format!("LABEL {IMAGE_LABEL}"),
-            "-",
-            image,
-        ])
-        .stdin(Stdio::from(out))
-        .output();
-    let tar_ok = tar.wait().map(|s| s.success()).unwrap_or(false);
-    let import = import.map_err(|e| BackendError::io("running docker import", e))?;
-    if !import.status.success() || !tar_ok {
+/// What the agent image of a run is: the cache tag and the id every container runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentImage {
+    /// `isobench/agent:<hash>`: a cache key only, never run.
+    pub tag: String,
+    /// `sha256:<64 hex>`: what `docker run` is given.
+    pub id: String,
+}
+
+/// Is `s` a full image id (`sha256:` and 64 lowercase hex digits)?
+pub fn valid_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(is_hex64)
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The first object of `docker ... inspect` output (a JSON array), if any.
+fn first_object(json: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// Given `docker image inspect` output, the image's id if it is one isobench would have
+/// imported from a tar whose digest is `layer`: exactly that one layer, isobench's cache label,
+/// and a config that changes nothing about how the agent runs (no entrypoint, command, user,
+/// working directory, environment or volumes). Anything else is not reused.
+pub fn reusable_image(inspect_json: &str, layer: &str) -> Option<String> {
+    let img = first_object(inspect_json)?;
+    let id = img.get("Id")?.as_str()?;
+    let layers: Vec<&str> = img
+        .pointer("/RootFS/Layers")?
+        .as_array()?
+        .iter()
+        .map(|l| l.as_str().unwrap_or(""))
+        .collect();
+    let cfg = img.get("Config")?;
+    let unset = |k: &str| match cfg.get(k) {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::String(s)) => s.is_empty(),
+        Some(serde_json::Value::Array(a)) => a.is_empty(),
+        Some(serde_json::Value::Object(o)) => o.is_empty(),
+        Some(_) => false,
+    };
+    let (key, value) = IMAGE_LABEL.split_once('=').expect("label is key=value");
+    let labelled = cfg
+        .pointer(&format!("/Labels/{key}"))
+        .and_then(|v| v.as_str())
+        == Some(value);
+    let plain = [
+        "Entrypoint",
+        "Cmd",
+        "User",
+        "WorkingDir",
+        "Env",
+        "Volumes",
+        "OnBuild",
+    ]
+    .iter()
+    .all(|k| unset(k));
+    (valid_image_id(id) && layers == [layer] && labelled && plain).then(|| id.to_string())
+}
+
+/// Write a reproducible tar of `rootfs` to `tar_path` (sorted names, mtime 0, uid/gid 0) and
+/// return its digest `sha256:<hex>`: the DiffID `docker import` gives its one layer.
+fn reproducible_tar(rootfs: &Path, tar_path: &Path) -> Result<String, BackendError> {
+    run_checked(
+        Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .args([
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+            ])
+            .arg(tar_path)
+            .arg("."),
+        "tar of the docker rootfs",
+        "install GNU tar 1.28 or newer",
+    )?;
+    let sum = run_checked(
+        Command::new("sha256sum").arg(tar_path),
+        "sha256sum of the docker rootfs tar",
+        "install coreutils",
+    )?;
+    let hex = sum.split_whitespace().next().unwrap_or("");
+    if !is_hex64(hex) {
         return Err(BackendError::Other(format!(
-            "importing the agent image {image} failed: {}; check `docker info` works",
-            String::from_utf8_lossy(&import.stderr).trim()
+            "sha256sum printed {sum:?}, not a digest: check coreutils' sha256sum"
         )));
     }
-    Ok(true)
+    Ok(format!("sha256:{hex}"))
+}
+
+/// `docker image inspect <what>` as JSON, or None when the daemon has no such image.
+fn inspect_image(what: &str) -> Result<Option<String>, BackendError> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", what])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BackendError::io("running docker image inspect", e))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such image") {
+        return Ok(None);
+    }
+    Err(BackendError::Other(format!(
+        "docker image inspect {what} failed: {}; check `docker info` works",
+        err.trim()
+    )))
+}
+
+/// The agent image for `rootfs`: the cached one under `tag` if it is verifiably isobench's
+/// import of these exact bytes, else a fresh `docker import` (which moves the tag) whose id is
+/// checked the same way. `work` is a directory of the run's for the tar.
+fn ensure_image(rootfs: &Path, tag: &str, work: &Path) -> Result<AgentImage, BackendError> {
+    let tar_path = work.join("agent-image.tar");
+    let layer = reproducible_tar(rootfs, &tar_path)?;
+    let found = match inspect_image(tag)? {
+        Some(json) => reusable_image(&json, &layer),
+        None => None,
+    };
+    let id = match found {
+        Some(id) => id,
+        None => {
+            let id = run_checked(
+                Command::new("docker")
+                    .args(["import", "--change", &format!("LABEL {IMAGE_LABEL}")])
+                    .arg(&tar_path)
+                    .arg(tag),
+                "docker import of the agent image",
+                "check `docker info` works and the disk has room",
+            )?;
+            let json = inspect_image(&id)?.unwrap_or_default();
+            if !valid_image_id(&id) || reusable_image(&json, &layer).as_deref() != Some(&id) {
+                return Err(BackendError::Other(format!(
+                    "docker import printed {id:?}, which is not an image holding exactly the \
+                     agent rootfs (layer {layer}): check the docker daemon and its storage driver"
+                )));
+            }
+            id
+        }
+    };
+    std::fs::remove_file(&tar_path)
+        .map_err(|e| BackendError::io(format!("removing {}", tar_path.display()), e))?;
+    Ok(AgentImage {
+        tag: tag.to_string(),
+        id,
+    })
 }
 
 /// The default bridge's gateway address (where a bridged container reaches the host).
@@ -211,15 +345,63 @@ fn bridge_gateway() -> Result<String, BackendError> {
         })
 }
 
-/// Remove every image isobench imported (label [`IMAGE_LABEL`]). Returns their names.
-pub fn remove_cached_images() -> Result<Vec<String>, String> {
+/// What [`remove_cached_images`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageCleanup {
+    /// Images removed: `<tag> <id>`, or `<untagged> <id>` for an old import whose tag moved on.
+    pub removed: Vec<String>,
+    /// Images left, each with the reason.
+    pub kept: Vec<String>,
+}
+
+/// isobench's cached images from `docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'`
+/// (already filtered by [`IMAGE_LABEL`]): (id, tags in [`IMAGE_REPO`]), one entry per id, and
+/// the ids also tagged outside isobench's repository (never removed: someone else named them).
+pub fn cached_images(listing: &str) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+    let mut ours: Vec<(String, Vec<String>)> = vec![];
+    let mut foreign: Vec<String> = vec![];
+    for line in listing.lines() {
+        let Some((id, name)) = line.trim().split_once(' ') else {
+            continue;
+        };
+        if !valid_image_id(id) {
+            continue;
+        }
+        let mine = name.starts_with(&format!("{IMAGE_REPO}:")) || name == "<none>:<none>";
+        if !mine {
+            if !foreign.iter().any(|f| f == id) {
+                foreign.push(id.to_string());
+            }
+            continue;
+        }
+        let i = match ours.iter().position(|(x, _)| x == id) {
+            Some(i) => i,
+            None => {
+                ours.push((id.to_string(), vec![]));
+                ours.len() - 1
+            }
+        };
+        if name != "<none>:<none>" {
+            ours[i].1.push(name.to_string());
+        }
+    }
+    (ours, foreign)
+}
+
+/// Remove the images isobench imported (label [`IMAGE_LABEL`], repository [`IMAGE_REPO`] or
+/// untagged), by id, unless a run may still use them: nothing is removed while
+/// `any_live_run` (a run whose owner is alive), and an image any container was created from
+/// (`docker ps -a --filter ancestor=<id>`) stays. An image also tagged under another name, or
+/// tagged twice, stays too (`docker rmi` of an id with several names would need `--force`).
+pub fn remove_cached_images(any_live_run: bool) -> Result<ImageCleanup, String> {
     let out = Command::new("docker")
         .args([
             "images",
+            "--no-trunc",
             "--filter",
             &format!("label={IMAGE_LABEL}"),
             "--format",
-            "{{.Repository}}:{{.Tag}}",
+            "{{.ID}} {{.Repository}}:{{.Tag}}",
         ])
         .stdin(Stdio::null())
         .output()
@@ -230,28 +412,201 @@ pub fn remove_cached_images() -> Result<Vec<String>, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with(&format!("{IMAGE_REPO}:")))
-        .map(str::to_string)
-        .collect();
-    let mut removed = vec![];
-    for n in names {
-        let o = Command::new("docker")
-            .args(["rmi", &n])
+    let (ours, foreign) = cached_images(&String::from_utf8_lossy(&out.stdout));
+    let mut r = ImageCleanup::default();
+    for (id, tags) in ours {
+        let label = if tags.is_empty() {
+            format!("<untagged> {id}")
+        } else {
+            format!("{} {id}", tags.join(", "))
+        };
+        if any_live_run {
+            r.kept
+                .push(format!("{label}: a live isobench run may use it"));
+            continue;
+        }
+        if foreign.contains(&id) || tags.len() > 1 {
+            r.kept.push(format!(
+                "{label}: it has other names too; remove them with `docker rmi <name>`"
+            ));
+            continue;
+        }
+        let users = Command::new("docker")
+            .args(["ps", "-a", "-q", "--filter", &format!("ancestor={id}")])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("running docker rmi {n}: {e}"))?;
+            .map_err(|e| format!("running docker ps: {e}"))?;
+        if !users.status.success() {
+            return Err(format!(
+                "docker ps --filter ancestor={id} failed: {} (is dockerd running?)",
+                String::from_utf8_lossy(&users.stderr).trim()
+            ));
+        }
+        let users = String::from_utf8_lossy(&users.stdout);
+        let users: Vec<&str> = users.split_whitespace().collect();
+        if !users.is_empty() {
+            r.kept.push(format!(
+                "{label}: used by container(s) {}",
+                users.join(", ")
+            ));
+            continue;
+        }
+        let o = Command::new("docker")
+            .args(["rmi", &id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running docker rmi {id}: {e}"))?;
         if !o.status.success() {
             return Err(format!(
-                "docker rmi {n} failed: {}; remove the containers using it (`isobench cleanup`), then retry",
+                "docker rmi {id} failed: {}; remove the containers using it (`isobench cleanup`), then retry",
                 String::from_utf8_lossy(&o.stderr).trim()
             ));
         }
-        removed.push(n);
+        r.removed.push(label);
     }
-    Ok(removed)
+    Ok(r)
+}
+
+/// Is `s` a full container id (64 lowercase hex digits)?
+pub fn valid_container_id(s: &str) -> bool {
+    is_hex64(s)
+}
+
+/// The name of attempt `attempt` (0-based) of launch `n`: `isobench-<run>-<n>`, then
+/// `isobench-<run>-<n>-r<attempt>` when docker said the name was in use.
+pub fn container_name(run_id: &str, n: u64, attempt: u32) -> String {
+    if attempt == 0 {
+        format!("isobench-{run_id}-{n}")
+    } else {
+        format!("isobench-{run_id}-{n}-r{attempt}")
+    }
+}
+
+/// Did `docker run`/`create` refuse because the name is taken?
+pub fn is_name_conflict(stderr: &str) -> bool {
+    stderr.contains("Conflict. The container name")
+        || stderr.contains("is already in use by container")
+}
+
+/// Does `name` have the shape of a container name run `run_id` makes?
+fn is_run_container_name(name: &str, run_id: &str) -> bool {
+    check_run_id(run_id).is_ok()
+        && name.len() <= 128
+        && name
+            .strip_prefix(&format!("isobench-{run_id}-"))
+            .is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+}
+
+/// What `docker container inspect` says about a container: (full id, name without the leading
+/// `/`, value of the [`RUN_LABEL`] label or None).
+pub fn container_identity(inspect_json: &str) -> Option<(String, String, Option<String>)> {
+    let c = first_object(inspect_json)?;
+    let id = c.get("Id")?.as_str()?.to_string();
+    let name = c.get("Name")?.as_str()?.trim_start_matches('/').to_string();
+    let run = c
+        .pointer("/Config/Labels")
+        .and_then(|l| l.get(RUN_LABEL))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Some((id, name, run))
+}
+
+/// `docker rm --force <id>`. Ok(false) when docker no longer has it.
+fn remove_by_id(id: &str) -> Result<bool, String> {
+    if !valid_container_id(id) {
+        return Err(format!(
+            "{id:?} is not a full container id: refusing to pass it to docker rm"
+        ));
+    }
+    let out = Command::new("docker")
+        .args(["rm", "--force", id])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running `docker rm --force {id}`: {e}; remove it by hand"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such container") {
+        Ok(false)
+    } else if out.status.success() {
+        Ok(true)
+    } else {
+        Err(format!(
+            "`docker rm --force {id}` failed: {} (is dockerd running?); remove it by hand",
+            err.trim()
+        ))
+    }
+}
+
+/// Remove a container a run's ledger names, by id, only if docker says it carries the label
+/// `org.isobench.run=<run_id>`. `id` is the one recorded once known; without it the name is
+/// looked up (its id is what gets removed). A container under that name or id with another
+/// label or none is someone else's: it is left alone (Ok(false), with a warning). Ok(false)
+/// also when docker has no such container. The arguments are checked first (a name of the
+/// run's shape, a full id, a valid run id), so a hand-made ledger cannot aim docker elsewhere.
+pub fn remove_recorded_container(
+    name: &str,
+    id: Option<&str>,
+    run_id: &str,
+) -> Result<bool, String> {
+    if !is_run_container_name(name, run_id) {
+        return Err(format!(
+            "ledger names Docker container {name:?}, which is not a name run {run_id:?} makes \
+             (isobench-{run_id}-...): left alone; edit the ledger by hand"
+        ));
+    }
+    if let Some(id) = id {
+        if !valid_container_id(id) {
+            return Err(format!(
+                "ledger gives Docker container {name} the id {id:?}, not a full container id: \
+                 left alone; edit the ledger by hand"
+            ));
+        }
+    }
+    let what = id.unwrap_or(name);
+    let out = Command::new("docker")
+        .args(["container", "inspect", what])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("running `docker container inspect {what}`: {e}; is docker installed?")
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such container") {
+            return Ok(false);
+        }
+        return Err(format!(
+            "`docker container inspect {what}` failed: {} (is dockerd running?)",
+            err.trim()
+        ));
+    }
+    let Some((found, found_name, run)) = container_identity(&String::from_utf8_lossy(&out.stdout))
+    else {
+        return Err(format!(
+            "`docker container inspect {what}` printed no container: check the docker CLI"
+        ));
+    };
+    if run.as_deref() != Some(run_id) || id.is_some_and(|i| i != found) {
+        tracing::warn!(
+            container = %found_name,
+            id = %found,
+            label = ?run,
+            "not removing a container this run does not own (its {RUN_LABEL} label is not {run_id})"
+        );
+        return Ok(false);
+    }
+    remove_by_id(&found)
+}
+
+/// The container id `docker run --cidfile` wrote, if it got that far.
+fn read_cidfile(path: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let s = s.trim();
+    valid_container_id(s).then(|| s.to_string())
 }
 
 fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
@@ -262,8 +617,7 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         .map_err(|e| BackendError::Other(format!("building the docker rootfs: {e}")))?;
     let mut all = files.clone();
     all.push(PathBuf::from("/etc/hostname"));
-    let image = image_name(&rootfs, &all)?;
-    ensure_image(&rootfs, &image)?;
+    let image = ensure_image(&rootfs, &image_name(&rootfs, &all)?, base)?;
     let volume = base.join("volume");
     std::fs::create_dir(&volume)
         .map_err(|e| BackendError::io(format!("creating {}", volume.display()), e))?;
@@ -287,14 +641,17 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     })
 }
 
-/// The `docker run` arguments of one launch (after `docker`).
+/// The `docker run` arguments of one launch (after `docker`). `image_id` is the image's id
+/// (`sha256:...`), never a name; `--pull=never` so docker cannot fetch anything; `cidfile`
+/// (which must not exist yet) receives the container's id.
 pub fn run_args(
     name: &str,
     run_id: &str,
     budget: &Budget,
-    image: &str,
+    image_id: &str,
     task: &Task,
     volume: &Path,
+    cidfile: &Path,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "run".into(),
@@ -302,6 +659,9 @@ pub fn run_args(
         name.into(),
         "--label".into(),
         format!("{RUN_LABEL}={run_id}"),
+        "--cidfile".into(),
+        cidfile.display().to_string(),
+        "--pull=never".into(),
         "--hostname".into(),
         "isobench".into(),
         "--cpuset-cpus".into(),
@@ -326,9 +686,90 @@ pub fn run_args(
             a.extend(["-v".into(), format!("{}:/volume", volume.display())]);
         }
     }
-    a.push(image.into());
+    a.push(image_id.into());
     a.push(AGENT_IN_ROOTFS.into());
     a
+}
+
+/// One attempt at launch `n` under the name of `attempt`. Ok(None) when docker refused the
+/// name because another container has it (nothing was created; the caller tries the next
+/// name). The name, stderr log and cidfile are recorded before `docker run`; the timed
+/// teardown removes the container by the id its own `docker run` wrote to the cidfile.
+fn launch(
+    p: &Prepared,
+    task: &Task,
+    n: u64,
+    attempt: u32,
+) -> Result<Option<Outcome>, BackendError> {
+    let run_id = p.state.id.as_str();
+    let name = container_name(run_id, n, attempt);
+    let res = Resource::DockerContainer {
+        name: name.clone(),
+        id: None,
+    };
+    let log = p.base.join(format!("launch-{n}-{attempt}.stderr"));
+    let cid = p.base.join(format!("launch-{n}-{attempt}.cid"));
+    let files = [
+        Resource::File { path: log.clone() },
+        Resource::File { path: cid.clone() },
+    ];
+    p.state
+        .record_all(&[res.clone(), files[0].clone(), files[1].clone()])
+        .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
+    let mut cmd = Command::new("docker");
+    cmd.args(run_args(
+        &name,
+        run_id,
+        &p.budget,
+        &p.image.id,
+        task,
+        &p.volume,
+        &cid,
+    ));
+    let teardown = || -> Result<(), BackendError> {
+        match read_cidfile(&cid) {
+            // The id our own `docker run` wrote: this run created that container.
+            Some(id) => {
+                if let Err(e) = remove_by_id(&id) {
+                    // Still there: keep its id in the ledger for `isobench cleanup`.
+                    let known = Resource::DockerContainer {
+                        name: name.clone(),
+                        id: Some(id.clone()),
+                    };
+                    let _ = p.state.record(known).and_then(|()| p.state.release(&res));
+                    return Err(BackendError::Other(e));
+                }
+            }
+            // No id: docker refused the name (someone else's container keeps it), or the CLI
+            // died before writing the id; only a container carrying this run's label goes.
+            None => {
+                remove_recorded_container(&name, None, run_id).map_err(BackendError::Other)?;
+            }
+        }
+        p.state
+            .release(&res)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
+    };
+    let out = measure_cli(cmd, task, &p.budget.cpus, &p.cancel, &log, teardown);
+    let conflict =
+        out.is_err() && std::fs::read_to_string(&log).is_ok_and(|s| is_name_conflict(&s));
+    if out.is_ok() || conflict {
+        let mut removed = vec![];
+        for (f, path) in files.iter().zip([&log, &cid]) {
+            if !path.exists() || safe_remove_tree(path).is_ok() {
+                removed.push(f.clone());
+            }
+        }
+        let _ = p.state.release_all(&removed);
+    }
+    if conflict {
+        tracing::warn!(
+            container = %name,
+            "docker says the name is in use by another container; leaving it alone and trying another name"
+        );
+        return Ok(None);
+    }
+    out.map(Some)
 }
 
 impl Backend for Docker {
@@ -382,34 +823,19 @@ impl Backend for Docker {
             }
             _ => {}
         }
-        let name = format!("isobench-{}-{n}", p.state.id);
-        let res = Resource::DockerContainer { name: name.clone() };
-        p.state
-            .record(res.clone())
-            .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
-        let mut cmd = Command::new("docker");
-        cmd.args(run_args(
-            &name,
-            &p.state.id,
-            &p.budget,
-            &p.image,
-            &task,
-            &p.volume,
-        ));
-        let log = p.base.join(format!("launch-{n}.stderr"));
-        let log_res = Resource::File { path: log.clone() };
-        let _ = p.state.record(log_res.clone());
-        let teardown = || -> Result<(), BackendError> {
-            remove_docker_container(&name).map_err(BackendError::Other)?;
-            p.state
-                .release(&res)
-                .map_err(|e| BackendError::io("updating the run ledger", e))
-        };
-        let out = measure_cli(cmd, &task, &p.budget.cpus, &p.cancel, &log, teardown);
-        if out.is_ok() && safe_remove_tree(&log).is_ok() {
-            let _ = p.state.release(&log_res);
+        for attempt in 0..NAME_ATTEMPTS {
+            match launch(p, &task, n, attempt)? {
+                Some(out) => return Ok(out),
+                None => continue,
+            }
         }
-        out
+        Err(BackendError::Other(format!(
+            "docker said the names {} to {} were all in use by other containers: those are \
+             not this run's and are left alone; remove or rename them, or rerun (a new run id \
+             gives new names)",
+            container_name(&p.state.id, n, 0),
+            container_name(&p.state.id, n, NAME_ATTEMPTS - 1)
+        )))
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -420,32 +846,33 @@ impl Backend for Docker {
         if let Some(n) = p.nat_peer {
             n.stop();
         }
-        // Every container of this run, by its label (a launch that failed midway included).
-        let ids = run_checked(
+        // Every container of this run, by its label and name prefix (a launch that failed
+        // midway included), removed by id.
+        let prefix = format!("isobench-{}-", p.state.id);
+        let listed = run_checked(
             Command::new("docker").args([
                 "ps",
-                "-aq",
+                "-a",
+                "--no-trunc",
                 "--filter",
                 &format!("label={RUN_LABEL}={}", p.state.id),
+                "--format",
+                "{{.ID}} {{.Names}}",
             ]),
             "docker ps",
             "check that dockerd is running, then run `isobench cleanup`",
         )?;
-        for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            run_checked(
-                Command::new("docker").args(["rm", "--force", id]),
-                "docker rm --force",
-                "remove the container by hand",
-            )?;
+        for (id, name) in listed.lines().filter_map(|l| l.trim().split_once(' ')) {
+            if name.starts_with(&prefix) {
+                remove_by_id(id).map_err(BackendError::Other)?;
+            }
         }
         let gone: Vec<Resource> = p
             .state
             .resources()
             .into_iter()
             .filter(|r| match r {
-                Resource::DockerContainer { name } => {
-                    name.starts_with(&format!("isobench-{}-", p.state.id))
-                }
+                Resource::DockerContainer { name, .. } => name.starts_with(&prefix),
                 Resource::Dir { path } | Resource::File { path } => path.starts_with(&p.base),
                 _ => false,
             })
@@ -489,10 +916,11 @@ impl Backend for Docker {
                 "net_path".into(),
                 "direct: --network host (peer 127.0.0.1); nat: default bridge + NAT (peer on the docker0 gateway); other workloads: --network none".into(),
             ),
-            ("teardown".into(), "docker rm --force after the CLI exits".into()),
+            ("teardown".into(), "docker rm --force <id> after the CLI exits".into()),
         ]);
         if let Some(p) = &self.prepared {
-            s.insert("image".into(), p.image.clone());
+            s.insert("image".into(), p.image.tag.clone());
+            s.insert("image_id".into(), p.image.id.clone());
             s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
             s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
         }
@@ -504,6 +932,10 @@ impl Backend for Docker {
 mod tests {
     use super::*;
     use crate::workload::NetParams;
+
+    const ID: &str = "sha256:01c525768fd9a0d9eb658a0aa5ba3c14fbfaad988ab59bed2a34e7b143beb40a";
+    const LAYER: &str = "sha256:7dcccfad8258d73aefb6a0a3f19d9a6c59a91cf14cdb2f56bf582ff93c0cfca3";
+    const CID: &str = "d273e573bdc0aed0e172f9d1a6136f82ec8d46f2d5eb9e39b5b61e23c67d0b87";
 
     #[test]
     fn run_args_follow_the_data_paths() {
@@ -519,23 +951,185 @@ mod tests {
             "isobench-r-1",
             "r",
             &b,
-            "isobench/agent:x",
+            ID,
             &net,
             Path::new("/v"),
+            Path::new("/s/launch-1-0.cid"),
         );
         let s = a.join(" ");
-        assert!(s.starts_with("run --name isobench-r-1 --label org.isobench.run=r"));
+        assert!(s.starts_with(
+            "run --name isobench-r-1 --label org.isobench.run=r --cidfile /s/launch-1-0.cid --pull=never "
+        ));
         assert!(s.contains("--cpuset-cpus 0 --cpus 1 --memory 512m -e ISOBENCH_TASK"));
         assert!(s.contains("--network bridge"));
-        assert!(s.ends_with("isobench/agent:x /bin/isobench-agent"));
+        assert!(s.ends_with(&format!("{ID} /bin/isobench-agent")));
+        // The image is run by id, never by a name docker could resolve or pull.
+        assert!(!s.contains("isobench/agent"), "{s}");
+        assert_eq!(a.iter().filter(|x| x.starts_with("--pull")).count(), 1);
         let noop = run_args(
             "n",
             "r",
             &b,
-            "i",
+            ID,
             &Task::new(Workload::Noop),
             Path::new("/v"),
+            Path::new("/c"),
         );
         assert!(noop.join(" ").contains("--network none"));
+        assert!(noop.contains(&"--pull=never".to_string()));
+    }
+
+    #[test]
+    fn names_retry_with_a_suffix_on_dockers_conflict() {
+        assert_eq!(container_name("r1", 3, 0), "isobench-r1-3");
+        assert_eq!(container_name("r1", 3, 2), "isobench-r1-3-r2");
+        let names: Vec<String> = (0..NAME_ATTEMPTS)
+            .map(|k| container_name("r1", 3, k))
+            .collect();
+        let mut uniq = names.clone();
+        uniq.dedup();
+        assert_eq!(uniq.len(), names.len(), "{names:?}");
+        assert!(names.iter().all(|n| is_run_container_name(n, "r1")));
+        // docker 20.10's words (exit 125, nothing created).
+        assert!(is_name_conflict(
+            "docker: Error response from daemon: Conflict. The container name \"/isobench-r1-3\" \
+             is already in use by container \"d273e573\". You have to remove (or rename) that \
+             container to be able to reuse that name."
+        ));
+        assert!(!is_name_conflict(
+            "docker: Error response from daemon: No such image: sha256:x"
+        ));
+    }
+
+    #[test]
+    fn run_container_names_and_ids_are_checked() {
+        assert!(is_run_container_name("isobench-r1-1", "r1"));
+        assert!(is_run_container_name("isobench-r1-1-r3", "r1"));
+        assert!(!is_run_container_name("isobench-r2-1", "r1"));
+        assert!(!is_run_container_name("isobench-r1-", "r1"));
+        assert!(!is_run_container_name("mydb", "r1"));
+        assert!(!is_run_container_name("isobench-r1-1 --volumes", "r1"));
+        assert!(!is_run_container_name("isobench-a/b-1", "a/b"));
+        assert!(valid_container_id(CID));
+        assert!(!valid_container_id(&CID[..12]));
+        assert!(!valid_container_id(&CID.to_uppercase()));
+        assert!(valid_image_id(ID));
+        assert!(!valid_image_id("isobench/agent:abc"));
+        assert!(!valid_image_id(&ID[7..]));
+    }
+
+    #[test]
+    fn hand_made_ledger_entries_are_refused_before_docker_runs() {
+        // Each of these fails on its arguments alone (no docker command is started).
+        for (name, id, run) in [
+            ("mydb", None, "r1"),
+            ("isobench-other-1", None, "r1"),
+            ("isobench-r1-1", Some("mydb"), "r1"),
+            ("isobench-r1-1", Some(&CID[..12]), "r1"),
+            ("isobench-..-1", None, "../x"),
+            ("isobench--1", None, ""),
+        ] {
+            let e = remove_recorded_container(name, id, run).unwrap_err();
+            assert!(
+                e.contains("left alone") || e.contains("not a name"),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn inspect_output_gives_id_name_and_run_label() {
+        let ours = format!(
+            r#"[{{"Id":"{CID}","Name":"/isobench-r1-1","Config":{{"Labels":{{"org.isobench.run":"r1"}}}}}}]"#
+        );
+        assert_eq!(
+            container_identity(&ours),
+            Some((CID.into(), "isobench-r1-1".into(), Some("r1".into())))
+        );
+        let unlabelled =
+            format!(r#"[{{"Id":"{CID}","Name":"/isobench-r1-1","Config":{{"Labels":null}}}}]"#);
+        assert_eq!(container_identity(&unlabelled).unwrap().2, None);
+        assert_eq!(container_identity("[]"), None);
+        assert_eq!(container_identity("not json"), None);
+    }
+
+    fn image_json(layers: &str, labels: &str, extra: &str) -> String {
+        format!(
+            r#"[{{"Id":"{ID}","RootFS":{{"Type":"layers","Layers":{layers}}},"Config":{{"Labels":{labels},"Entrypoint":null,"Cmd":null,"User":"","WorkingDir":"","Env":null{extra}}}}}]"#
+        )
+    }
+
+    #[test]
+    fn a_cached_image_is_reused_only_if_it_is_exactly_the_agent_tar() {
+        let label = r#"{"org.isobench.cache":"agent"}"#;
+        let good = image_json(&format!(r#"["{LAYER}"]"#), label, "");
+        assert_eq!(reusable_image(&good, LAYER).as_deref(), Some(ID));
+        // Another tar (another agent build, or someone else's image under the tag).
+        assert_eq!(reusable_image(&good, ID), None);
+        // Extra layers on top of ours.
+        let more = image_json(&format!(r#"["{LAYER}","{ID}"]"#), label, "");
+        assert_eq!(reusable_image(&more, LAYER), None);
+        // Not labelled as isobench's.
+        let unlabelled = image_json(&format!(r#"["{LAYER}"]"#), "null", "");
+        assert_eq!(reusable_image(&unlabelled, LAYER), None);
+        // A config that would change how the agent runs.
+        let plain = image_json(&format!(r#"["{LAYER}"]"#), label, "");
+        for (field, set) in [
+            (r#""Entrypoint":null"#, r#""Entrypoint":["/bin/sh","-c"]"#),
+            (r#""User":"""#, r#""User":"1000""#),
+            (r#""Env":null"#, r#""Env":["LD_PRELOAD=/x.so"]"#),
+            (r#""WorkingDir":"""#, r#""WorkingDir":"/tmp""#),
+        ] {
+            assert!(plain.contains(field), "{field}");
+            let j = plain.replace(field, set);
+            assert!(first_object(&j).is_some(), "{j}");
+            assert_eq!(reusable_image(&j, LAYER), None, "{set}");
+        }
+        assert_eq!(reusable_image("[]", LAYER), None);
+    }
+
+    #[test]
+    fn cached_images_are_grouped_by_id_and_foreign_names_noticed() {
+        let other = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let listing = format!(
+            "{ID} isobench/agent:abc\n{other} <none>:<none>\n{other} me/mine:latest\n\
+             {ID} isobench/agent:def\nnot-an-id isobench/agent:x\n"
+        );
+        let (ours, foreign) = cached_images(&listing);
+        assert_eq!(
+            ours,
+            vec![
+                (
+                    ID.to_string(),
+                    vec![
+                        "isobench/agent:abc".to_string(),
+                        "isobench/agent:def".to_string()
+                    ]
+                ),
+                (other.to_string(), vec![]),
+            ]
+        );
+        assert_eq!(foreign, vec![other.to_string()]);
+    }
+
+    #[test]
+    fn old_ledgers_without_a_container_id_still_parse() {
+        let l: crate::state::Ledger = serde_json::from_str(
+            r#"{"run_id":"r1","owner":null,"resources":[{"kind":"docker_container","name":"isobench-r1-1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            l.resources,
+            vec![Resource::DockerContainer {
+                name: "isobench-r1-1".into(),
+                id: None
+            }]
+        );
+        let with_id = serde_json::to_string(&Resource::DockerContainer {
+            name: "isobench-r1-1".into(),
+            id: Some(CID.into()),
+        })
+        .unwrap();
+        assert!(with_id.contains(&format!(r#""id":"{CID}""#)), "{with_id}");
     }
 }
