@@ -501,6 +501,12 @@ impl Backend for Container {
             s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
             s.insert("rootfs".into(), "overlay over a minimal rootfs".into());
             s.insert(
+                "net_forwarding".into(),
+                "nat: forwarding on the run's own bridge and uplink only \
+                 (net.ipv4.conf.<dev>.forwarding); ip_forward is never changed"
+                    .into(),
+            );
+            s.insert(
                 "overlay_options".into(),
                 if p.volatile {
                     "volatile: the upper layer is thrown away after each launch, so the overlay \

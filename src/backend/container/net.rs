@@ -1227,3 +1227,124 @@ mod privileged_tests {
         assert_eq!(netdev::delete_owned(&name, "some-run"), Ok(false));
     }
 }
+
+/// Privileged: the NAT path carries traffic with `ip_forward` off, run entirely inside a
+/// throw-away network namespace (and a mount namespace with its own /sys), so switching
+/// ip_forward off there changes nothing on the host.
+#[cfg(test)]
+mod forwarding_tests {
+    use super::*;
+    use crate::state::StateDir;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn nat_carries_traffic_with_ip_forward_off() {
+        let test = "nat_carries_traffic_with_ip_forward_off";
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED {test}: needs root");
+            assert!(
+                std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
+            );
+            return;
+        }
+        let host_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        std::thread::spawn(in_private_namespaces).join().unwrap();
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+            host_forward
+        );
+    }
+
+    fn in_private_namespaces() {
+        use nix::mount::{mount, MsFlags};
+        // This thread only: a network namespace of its own, and a mount namespace (private, so
+        // nothing propagates) with a sysfs that shows that network namespace's devices.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        // /proc/sys/net is the writing thread's network namespace's: this one's only.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+            "0\n"
+        );
+        ip_batch(None, "link set lo up\n").unwrap();
+
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(d.path()).unwrap();
+        let id = format!("fwd-off-{}", std::process::id());
+        let st = sd.begin_run(&id).unwrap();
+        let mut net = RunNet::new(&id);
+        // The "container": a process in a network namespace of its own.
+        let mut child = Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let result = (|| -> Result<u64, String> {
+            let (launch, peer) = net.plan_nat(1, &st).map_err(|e| e.to_string())?;
+            launch.create_host_side(&st).map_err(|e| e.to_string())?;
+            // Let `unshare` make its namespace before the device moves there.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+            let own = std::fs::read_link("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+            let theirs =
+                std::fs::read_link(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+            if own == theirs {
+                return Err("the container process has no network namespace of its own yet".into());
+            }
+            launch
+                .configure_container_side(pid)
+                .map_err(|e| e.to_string())?;
+            let ns =
+                std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+            let sent = in_netns(ns.as_raw_fd(), move || -> std::io::Result<u64> {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&peer, std::time::Duration::from_secs(5))?;
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+                s.write_all(&[crate::netpeer::MODE_STREAM])?;
+                s.write_all(&[7u8; 100_000])?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                let mut n = [0u8; 8];
+                s.read_exact(&mut n)?;
+                Ok(u64::from_le_bytes(n))
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("connecting to the peer through NAT: {e}"))?;
+            drop(ns);
+            let _ = child.kill();
+            let _ = child.wait();
+            launch.teardown().map_err(|e| e.to_string())?;
+            Ok(sent)
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        let forward_during = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        let fin = net.finish(&st);
+        assert_eq!(result, Ok(100_000));
+        fin.unwrap();
+        assert_eq!(forward_during, "0\n", "ip_forward was switched on");
+        assert!(st.resources().is_empty(), "{:?}", st.resources());
+        let left: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(LINK_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
