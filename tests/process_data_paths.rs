@@ -298,6 +298,7 @@ fn net_workload_on_loopback_veth_and_nat() {
         check_net(&b.run_once(&tiny_net(NetPath::Direct)).unwrap(), "bare");
         check_net(&b.run_once(&tiny_net(NetPath::Nat)).unwrap(), "bare (nat)");
     });
+    let ip_forward_before = census(Path::new("/nonexistent")).ip_forward;
     with_backend(Tier::Container, |b, _| {
         let direct = b.run_once(&tiny_net(NetPath::Direct)).unwrap();
         check_net(&direct, "container direct");
@@ -309,11 +310,19 @@ fn net_workload_on_loopback_veth_and_nat() {
             let nat = b.run_once(&tiny_net(NetPath::Nat)).unwrap();
             check_net(&nat, "container nat");
         }
-        // The run-level NAT path stays for the run: bridge, uplink, the run's table, forwarding.
+        // The run-level NAT path stays for the run: bridge, uplink, the run's table, and
+        // forwarding on the run's own bridge and uplink only: ip_forward is left as it was (the
+        // traffic above went through with it, whatever it is; 0 on the CI host).
         let c = census(Path::new("/nonexistent"));
         assert_eq!(c.links.len(), 2, "bridge + uplink: {:?}", c.links);
         assert_eq!(c.nft_tables.len(), 1, "{:?}", c.nft_tables);
-        assert_eq!(c.ip_forward.trim(), "1");
+        assert_eq!(c.ip_forward, ip_forward_before, "ip_forward changed");
+        for l in &c.links {
+            let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{l}/forwarding"));
+            assert_eq!(fwd.unwrap().trim(), "1", "forwarding on {l}");
+            let alias = std::fs::read_to_string(format!("/sys/class/net/{l}/ifalias")).unwrap();
+            assert!(alias.starts_with("isobench:dp-container"), "{l}: {alias}");
+        }
         let rules = sh("nft", &["list", "ruleset"]);
         assert!(rules.contains("masquerade"), "{rules}");
         assert!(rules.contains("isobench run dp-container"), "{rules}");
@@ -365,8 +374,8 @@ fn idle_instances_run_side_by_side() {
     }
 }
 
-/// A run killed after building its NAT path (bridge, uplink, nftables table, ip_forward
-/// switched on) is fully undone by `isobench cleanup`'s per-run step, from the ledger alone.
+/// A run killed after building its NAT path (bridge, uplink, nftables table, forwarding on its
+/// own devices) is fully undone by `isobench cleanup`'s per-run step, from the ledger alone.
 #[test]
 fn cleanup_undoes_a_killed_nat_run() {
     if !privileged("cleanup_undoes_a_killed_nat_run") {

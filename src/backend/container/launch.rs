@@ -290,7 +290,7 @@ pub(crate) fn start(
     // Network: the pair exists before clone so the direct path's peer can bind the host end.
     let mut peer = None;
     if let Some(net) = &plan.net {
-        net.create_host_side()?;
+        net.create_host_side(&p.state)?;
         if let Some(cidr) = &net.host_cidr {
             let host = cidr.split('/').next().unwrap_or_default();
             let np = NetPeer::start(format!("{host}:0"))

@@ -25,7 +25,9 @@
 
 pub mod launch;
 pub mod net;
+pub mod netdev;
 pub mod netlo;
+pub mod subnet;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
@@ -176,7 +178,7 @@ impl Container {
         let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
         let (net, nat_peer) = match &task.workload {
             Workload::Net(np) if np.path == NetPath::Direct => {
-                (Some(run_net.plan_direct(n)?), None)
+                (Some(run_net.plan_direct(n, &p.state)?), None)
             }
             Workload::Net(_) => {
                 let (net, peer) = run_net.plan_nat(n, &p.state)?;
@@ -184,9 +186,6 @@ impl Container {
             }
             _ => (None, None),
         };
-        if let Some(net) = &net {
-            net.check_free()?;
-        }
         for d in std::iter::once(&dir).chain(volume.as_ref()) {
             refuse_existing(d)?;
         }
@@ -436,14 +435,6 @@ impl Backend for Container {
             .map_err(|e| BackendError::Other(format!("removing the run's cgroup: {e}")))?;
         if let Some(net) = &mut self.net {
             net.finish(&p.state)?;
-            for r in p.state.resources() {
-                if let Resource::Link { name } = &r {
-                    if name.starts_with(net.stem()) {
-                        crate::cleanup::remove_link(name).map_err(BackendError::Other)?;
-                        let _ = p.state.release(&r);
-                    }
-                }
-            }
         }
         safe_remove_tree(&p.base)
             .map_err(|e| BackendError::io(format!("removing {}", p.base.display()), e))?;
@@ -514,6 +505,12 @@ impl Backend for Container {
             s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
             s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
             s.insert("rootfs".into(), "overlay over a minimal rootfs".into());
+            s.insert(
+                "net_forwarding".into(),
+                "nat: forwarding on the run's own bridge and uplink only \
+                 (net.ipv4.conf.<dev>.forwarding); ip_forward is never changed"
+                    .into(),
+            );
             s.insert(
                 "overlay_options".into(),
                 if p.volatile {

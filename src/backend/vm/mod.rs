@@ -51,6 +51,7 @@ use super::child::{into_report, read_agent};
 use super::{
     Availability, Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, Timings,
 };
+use crate::backend::container::subnet;
 use crate::host::{HostFacts, KvmKind};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
@@ -254,6 +255,8 @@ struct Net {
     tap: String,
     link: tap::Link,
     peer: NetPeer,
+    /// The /30, reserved in the state directory for this run.
+    reservation: subnet::Reservation,
 }
 
 /// What `prepare` sets up for a run.
@@ -371,25 +374,32 @@ impl Prepared {
     /// created, never adopted.
     fn ensure_net(&mut self, tier: Tier) -> Result<&Net, BackendError> {
         if self.net.is_none() {
-            let name = tap::name(&self.state.id, tier);
             let used = tap::used_networks().map_err(other)?;
-            let link = tap::pick(&used, tap::seed(&self.state.id))
-                .ok_or_else(|| other(tap::TapError::NoSubnet))?;
-            let res = Resource::Link { name: name.clone() };
-            record(&self.state, &res)?;
-            if let Err(e) = tap::create(&name, &link) {
-                // Only a device this call created is removed; an existing one is left alone.
-                if !matches!(e, tap::TapError::Exists(_)) {
-                    let _ = tap::delete(&name);
+            let reservation = subnet::reserve(
+                &subnet::state_root(&self.state),
+                &self.state.id,
+                tap::RANGE,
+                tap::LINK_PREFIX,
+                &used,
+            )
+            .map_err(other)?;
+            let link = tap::Link::of(reservation.net);
+            // Only a device this call created (and marked) is ever removed.
+            let name = match tap::create_fresh(&self.state, tier, &link) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = reservation.release();
+                    return Err(other(e));
                 }
-                let _ = release(&self.state, &res);
-                return Err(other(e));
-            }
+            };
+            let res = Resource::Link { name: name.clone() };
             let peer = match NetPeer::start(SocketAddr::from((link.host, 0))) {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = tap::delete(&name);
-                    let _ = release(&self.state, &res);
+                    if tap::delete(&name, &self.state.id).is_ok() {
+                        let _ = release(&self.state, &res);
+                    }
+                    let _ = reservation.release();
                     return Err(other(e));
                 }
             };
@@ -403,6 +413,7 @@ impl Prepared {
                 tap: name,
                 link,
                 peer,
+                reservation,
             });
         }
         Ok(self.net.as_ref().expect("just made"))
@@ -744,10 +755,11 @@ impl Backend for Vm {
                 name: net.tap.clone(),
             };
             results.push(
-                tap::delete(&net.tap)
+                tap::delete(&net.tap, &p.state.id)
                     .map_err(other)
                     .and_then(|_| release(&p.state, &res)),
             );
+            results.push(net.reservation.release().map_err(other));
         }
         if let Some(d) = p.disk {
             let res = Resource::File {

@@ -1,19 +1,26 @@
 //! The VM tiers' network path: one tap device per run, with the host's end of a private /30 in
 //! 10.213.0.0/16 on it, and virtio-net in the guest (no vhost).
 //!
-//! The device name is derived from the run (`isb` + tier letter + 8 hex digits), recorded in the
-//! ledger before it is created, and created with `IFF_TUN_EXCL`, so an existing device of that
-//! name is never adopted (RELIABILITY rule 9): creation fails instead. The /30 is the first one,
-//! from a run-derived starting point, that overlaps no address and no route of this host.
+//! The device name is `isb` + tier letter + a random 8-character tag (never derived from the
+//! run id), recorded in the ledger before it is created, and created with `IFF_TUN_EXCL`, so an
+//! existing device of that name is never adopted (RELIABILITY rule 9): on "exists" another tag
+//! is tried, a bounded number of times. Right after creation, while the creating fd still holds
+//! it (closing that fd would remove it), it gets the alias `isobench:<run id>`; it is deleted
+//! only if it carries that alias. The /30 is reserved in the state directory under a lock (see
+//! [`crate::backend::container::subnet`]): no other run gets it, and it overlaps no address and
+//! no route of this host.
 //!
 //! Not protected against: the guest's traffic is not filtered; it can reach whatever the host
-//! routes for 10.213.x.x/30's guest address (the host does not forward unless ip_forward is on).
+//! routes for 10.213.x.x/30's guest address (the host does not forward unless forwarding is on
+//! for the tap; isobench does not switch it on).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
+use crate::backend::container::netdev::{self, NAME_ATTEMPTS};
+use crate::state::{Resource, RunState};
 use crate::tier::Tier;
 
 /// Base of the private range the VM tiers use (container tiers use a different one).
@@ -47,6 +54,15 @@ pub enum TapError {
          (`isobench cleanup`)"
     )]
     NoSubnet,
+    #[error(
+        "{NAME_ATTEMPTS} fresh random tap names were all taken: something on this host creates \
+         isbe*/isbm* devices; find it (`ip -br link`) or run `isobench cleanup`"
+    )]
+    NamesTaken,
+    #[error("{0} (run `isobench cleanup` if it persists)")]
+    Owned(String),
+    #[error("recording the tap in the ledger: {0}")]
+    Ledger(std::io::Error),
 }
 
 /// The two ends of a run's /30.
@@ -66,51 +82,22 @@ impl Link {
     }
 }
 
-/// FNV-1a: a hash that is the same on every build (the name must be recomputable by a reader).
-fn fnv1a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+impl Link {
+    /// The host and guest ends of the /30 at `net`.
+    pub fn of(net: Ipv4Addr) -> Link {
+        let n = u32::from(net) & !3;
+        Link {
+            host: Ipv4Addr::from(n + 1),
+            guest: Ipv4Addr::from(n + 2),
+        }
+    }
 }
 
-/// The tap's name for `run_id` and `tier`: `isb` + `e`/`m` + 8 hex digits (12 bytes, under
+/// A fresh tap name for `tier`: `isb` + `e`/`m` + a random 8-character tag (12 bytes, under
 /// IFNAMSIZ).
-pub fn name(run_id: &str, tier: Tier) -> String {
+pub fn name(tier: Tier) -> String {
     let t = if tier == Tier::Microvm { 'm' } else { 'e' };
-    format!("isb{t}{:08x}", fnv1a(&format!("{run_id}/{tier}")))
-}
-
-/// Where to start looking for a free /30 (spreads concurrent runs over the range).
-pub fn seed(run_id: &str) -> u32 {
-    fnv1a(run_id)
-}
-
-fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn overlaps((a, alen): (Ipv4Addr, u8), (b, blen): (Ipv4Addr, u8)) -> bool {
-    let m = mask(alen.min(blen));
-    u32::from(a) & m == u32::from(b) & m
-}
-
-/// The first /30 of 10.213.0.0/16, starting at `seed`, that overlaps none of `used` (networks
-/// of this host's addresses and routes; a default route is not "used").
-pub fn pick(used: &[(Ipv4Addr, u8)], seed: u32) -> Option<Link> {
-    let count = 1u32 << (LINK_PREFIX - RANGE_PREFIX);
-    let base = u32::from(RANGE);
-    (0..count)
-        .map(|i| base + ((seed.wrapping_add(i) % count) << (32 - LINK_PREFIX)))
-        .find(|&net| {
-            !used
-                .iter()
-                .filter(|(_, len)| *len > 0)
-                .any(|&u| overlaps((Ipv4Addr::from(net), LINK_PREFIX), u))
-        })
-        .map(|net| Link {
-            host: Ipv4Addr::from(net + 1),
-            guest: Ipv4Addr::from(net + 2),
-        })
+    format!("isb{t}{}", netdev::random_tag())
 }
 
 /// Networks in `ip -o -4 addr show` and `ip -4 route show` output (pure, unit-tested).
@@ -180,12 +167,10 @@ pub fn exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Create the persistent tap `name` (failing if any device of that name exists), put
-/// `link.host/30` on it and bring it up. The caller has recorded it in the ledger.
-pub fn create(name: &str, link: &Link) -> Result<(), TapError> {
-    if exists(name) {
-        return Err(TapError::Exists(name.into()));
-    }
+/// Create the persistent tap `name` exclusively ([`TapError::Exists`] if any device of that
+/// name exists: then nothing was created) and mark it as run `run_id`'s. The caller has
+/// recorded it in the ledger.
+pub fn create_marked(name: &str, run_id: &str) -> Result<(), TapError> {
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -227,24 +212,53 @@ pub fn create(name: &str, link: &Link) -> Result<(), TapError> {
             _ => e,
         });
     }
+    // Marked while this fd holds it: on failure, closing the fd of a non-persistent tap
+    // removes it.
+    netdev::set_alias(name, run_id).map_err(TapError::Owned)?;
     // SAFETY: TUNSETPERSIST takes an integer argument.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-        // Closing the fd of a non-persistent tap removes it.
         return Err(ioctl_err("TUNSETPERSIST"));
     }
     drop(fd);
-    ip(&["addr", "add", &link.host_cidr(), "dev", name])?;
-    ip(&["link", "set", "dev", name, "up"])?;
     Ok(())
 }
 
-/// Remove the tap `name` (one this run recorded creating). Ok(false) when it is already gone.
-pub fn delete(name: &str) -> Result<bool, TapError> {
-    if !exists(name) {
-        return Ok(false);
+/// Create the run's tap for `tier` under a fresh name (recorded before each attempt, forgotten
+/// when the name was taken), marked, with `link.host/30` on it and up. Returns its name.
+pub fn create_fresh(state: &RunState, tier: Tier, link: &Link) -> Result<String, TapError> {
+    let res = |n: &str| Resource::Link { name: n.into() };
+    for _ in 0..NAME_ATTEMPTS {
+        let n = name(tier);
+        state.record(res(&n)).map_err(TapError::Ledger)?;
+        match create_marked(&n, &state.id) {
+            Ok(()) => {}
+            Err(TapError::Exists(_)) => {
+                tracing::info!("network device name {n} is taken; trying another");
+                let _ = state.release(&res(&n));
+                continue;
+            }
+            Err(e) => {
+                let _ = state.release(&res(&n));
+                return Err(e);
+            }
+        }
+        let configured = ip(&["addr", "add", &link.host_cidr(), "dev", &n])
+            .and_then(|_| ip(&["link", "set", "dev", &n, "up"]));
+        if let Err(e) = configured {
+            if delete(&n, &state.id).is_ok() {
+                let _ = state.release(&res(&n));
+            }
+            return Err(e);
+        }
+        return Ok(n);
     }
-    ip(&["link", "del", "dev", name])?;
-    Ok(true)
+    Err(TapError::NamesTaken)
+}
+
+/// Remove the tap `name` if it carries run `run_id`'s alias. Ok(false) when it is already
+/// gone; an error, and nothing deleted, when a device of that name is not the run's.
+pub fn delete(name: &str, run_id: &str) -> Result<bool, TapError> {
+    netdev::delete_owned(name, run_id).map_err(TapError::Owned)
 }
 
 #[cfg(test)]
@@ -252,34 +266,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_short_stable_and_per_tier() {
-        let e = name("20240101-120000-1234", Tier::Emulated);
-        let m = name("20240101-120000-1234", Tier::Microvm);
+    fn names_are_short_random_and_per_tier() {
+        let e = name(Tier::Emulated);
+        let m = name(Tier::Microvm);
         assert_eq!(e.len(), 12);
         assert!(e.starts_with("isbe") && m.starts_with("isbm"));
-        assert_ne!(e[4..], m[4..]);
-        assert_eq!(e, name("20240101-120000-1234", Tier::Emulated));
-        assert_ne!(e, name("20240101-120000-1235", Tier::Emulated));
+        assert_ne!(e, name(Tier::Emulated));
+        netdev::force_next_tags(&["fixed123"]);
+        assert_eq!(name(Tier::Emulated), "isbefixed123");
     }
 
     #[test]
-    fn picks_a_free_slash_30_in_range() {
-        let l = pick(&[], 0).unwrap();
-        assert_eq!(l.host, Ipv4Addr::new(10, 213, 0, 1));
-        assert_eq!(l.guest, Ipv4Addr::new(10, 213, 0, 2));
-        assert_eq!(l.guest_cidr(), "10.213.0.2/30");
-        // Wraps around and skips used networks.
-        let l = pick(&[], (1 << 14) + 5).unwrap();
+    fn link_ends_of_a_slash_30() {
+        let l = Link::of(Ipv4Addr::new(10, 213, 0, 20));
         assert_eq!(l.host, Ipv4Addr::new(10, 213, 0, 21));
-        let used = [
-            (Ipv4Addr::new(10, 213, 0, 1), 30),
-            (Ipv4Addr::new(10, 213, 0, 6), 32),
-        ];
-        assert_eq!(pick(&used, 0).unwrap().host, Ipv4Addr::new(10, 213, 0, 9));
-        // A default route (/0) does not count; a covering /16 does.
-        assert!(pick(&[(Ipv4Addr::UNSPECIFIED, 0)], 0).is_some());
-        assert!(pick(&[(Ipv4Addr::new(10, 213, 9, 9), 16)], 7).is_none());
-        assert!(pick(&[(Ipv4Addr::new(10, 0, 0, 0), 8)], 7).is_none());
+        assert_eq!(l.guest, Ipv4Addr::new(10, 213, 0, 22));
+        assert_eq!(l.guest_cidr(), "10.213.0.22/30");
+        assert_eq!(l.host_cidr(), "10.213.0.21/30");
     }
 
     #[test]
