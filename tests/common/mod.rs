@@ -352,11 +352,7 @@ impl Guard {
 
     /// As [`Guard::output_bounded`], but on timeout kill the child's group and return None.
     /// The exit code is -1 when a signal ended the child.
-    pub fn output_within(
-        &mut self,
-        i: usize,
-        timeout: Duration,
-    ) -> Option<(i32, String, String)> {
+    pub fn output_within(&mut self, i: usize, timeout: Duration) -> Option<(i32, String, String)> {
         use std::io::Read;
         let mut out = self.children[i].stdout.take();
         let mut err = self.children[i].stderr.take();
