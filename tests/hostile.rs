@@ -401,47 +401,70 @@ fn two_concurrent_nat_runs_do_not_break_each_other() {
     let _s = serial();
     let d = Dirs::new();
     let before = census(&d.roots());
-    {
-        let sc = d.nat_scenario(3);
+    // Different --out names, then the same basename in two parents (the run id must not be
+    // derived from --out: the two runs would share one run directory).
+    for pair in [["out-a", "out-b"], ["a/out", "b/out"]] {
+        let sc = d.nat_scenario(20);
         let _net = FinalCleanup(&d);
         let mut g = Guard::default();
         let mut ids = vec![];
-        for out in ["out-a", "out-b"] {
+        for out in pair {
+            if let Some(parent) = d.work.join(out).parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
             let mut c = d.run_cmd(&sc, "container", None, out);
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
             ids.push((out, g.spawn(&mut c)));
         }
+        let mut problems: Vec<String> = vec![];
         let mut ok = 0;
         for (out, i) in ids {
             let (code, _, stderr) = g.output_bounded(i, RUN_TIMEOUT);
-            no_panic(out, &stderr);
+            check!(
+                problems,
+                !stderr.contains("panicked"),
+                "{out} panicked: {stderr}"
+            );
             if code == 0 {
                 ok += 1;
                 let r: Value = serde_json::from_slice(
                     &std::fs::read(d.work.join(out).join("results.json")).unwrap(),
                 )
                 .unwrap();
-                assert_eq!(r["interrupted"], json!(false), "{test}: {out}");
+                check_eq!(
+                    problems,
+                    r["interrupted"],
+                    json!(false),
+                    "{out} says interrupted"
+                );
                 for t in r["tiers"].as_array().unwrap() {
-                    assert_eq!(
+                    check_eq!(
+                        problems,
                         t["failures"].as_array().map_or(0, Vec::len),
                         0,
-                        "{test}: {out} succeeded but recorded failures: {t}"
+                        "{out} succeeded but recorded failures: {t}"
                     );
                 }
             } else {
-                // Failing cleanly: a message that says what failed, no lost ledger.
-                assert!(
+                // Failing cleanly: a message that says what failed.
+                check!(
+                    problems,
                     stderr.contains("error"),
-                    "{test}: {out} failed (exit {code}) without saying why:\n{stderr}"
+                    "{out} failed (exit {code}) without saying why: {stderr}"
                 );
             }
         }
-        assert!(ok >= 1, "{test}: neither concurrent NAT run succeeded");
-        assert!(
+        check!(problems, ok >= 1, "neither concurrent NAT run succeeded");
+        check!(
+            problems,
             d.ledgers().is_empty(),
-            "{test}: finished runs left ledgers: {:?}",
+            "finished runs left ledgers: {:?}",
             d.ledgers()
+        );
+        assert!(
+            problems.is_empty(),
+            "{test}: two concurrent NAT runs, --out {pair:?}:\n{}",
+            problems.join("\n")
         );
     }
     assert_census_settles(test, &before, &d.roots());

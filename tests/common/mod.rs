@@ -116,7 +116,7 @@ fn is_build_tool(cmdline: &str) -> bool {
         "cc1",
         "as",
     ];
-    TOOLS.contains(&base) || argv0.contains("/target/") && argv0.contains("/deps/")
+    TOOLS.contains(&base) || (argv0.contains("/target/") && argv0.contains("/deps/"))
 }
 
 /// Processes whose cmdline or environment mentions isobench: `pid comm cmdline`. Excludes this
