@@ -414,7 +414,15 @@ fn two_concurrent_nat_runs_do_not_break_each_other() {
             }
             let mut c = d.run_cmd(&sc, "container", None, out);
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
-            ids.push((out, g.spawn(&mut c)));
+            let i = g.spawn(&mut c);
+            if ids.is_empty() {
+                // Start the second run while the first holds its NAT path: the runs overlap.
+                poll(MOMENT_TIMEOUT, || {
+                    (ledger_lists(&d, "link") || g.child(i).try_wait().unwrap().is_some())
+                        .then_some(())
+                });
+            }
+            ids.push((out, i));
         }
         let mut problems: Vec<String> = vec![];
         let mut ok = 0;
@@ -455,6 +463,23 @@ fn two_concurrent_nat_runs_do_not_break_each_other() {
             }
         }
         check!(problems, ok >= 1, "neither concurrent NAT run succeeded");
+        // Each run has its own id, of the shared form (not derived from --out).
+        let run_ids: Vec<String> = pair
+            .iter()
+            .filter_map(|out| std::fs::read(d.work.join(out).join("results.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|r| r["run_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        for id in &run_ids {
+            check!(
+                problems,
+                is_run_id(id),
+                "run id {id:?} is not YYYYmmdd-HHMMSS-<8 lowercase hex>"
+            );
+        }
+        if let [a, b] = run_ids.as_slice() {
+            check!(problems, a != b, "both runs have the run id {a:?}");
+        }
         check!(
             problems,
             d.ledgers().is_empty(),
@@ -707,6 +732,19 @@ fn is_mount_point(p: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+/// `YYYYmmdd-HHMMSS-<8 lowercase hex>`: the run id form all runs share.
+fn is_run_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 24
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 fn rand_hex() -> String {
