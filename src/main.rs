@@ -126,10 +126,7 @@ fn state_root(c: &CommonArgs) -> PathBuf {
     if let Some(p) = &c.state_dir {
         return p.clone();
     }
-    if std::env::var_os("ISOBENCH_STATE_DIR").is_some() || is_root() {
-        return StateDir::default_root();
-    }
-    std::env::temp_dir().join(format!("isobench-{}", nix::unistd::geteuid()))
+    StateDir::default_root()
 }
 
 fn cache_dir(c: &CommonArgs) -> PathBuf {

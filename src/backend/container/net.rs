@@ -569,6 +569,7 @@ impl RunNet {
                 .record(Resource::Sysctl {
                     path: IP_FORWARD.into(),
                     restore: "0".into(),
+                    set: "1".into(),
                 })
                 .map_err(|e| BackendError::io("recording ip_forward in the ledger", e))?;
             nat.forward_restore = Some("0".into());
@@ -647,6 +648,7 @@ impl NatPath {
                     let _ = state.release(&Resource::Sysctl {
                         path: IP_FORWARD.into(),
                         restore: v,
+                        set: "1".into(),
                     });
                 }
                 Err(e) => errors.push(e),
