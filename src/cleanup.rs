@@ -1,20 +1,29 @@
 //! Recovery: remove what a killed or failed run left behind, and only that.
 //!
-//! For every run whose owner (pid + start time) is gone, in RELIABILITY rule 2's order: kill the
-//! processes of its recorded cgroups and its recorded processes (verified by start time, never
-//! by name) and wait for them, unmount its recorded mounts and any mount below its directory
-//! (deepest first, plain umount: never lazy-unmount-then-delete), remove its cgroups (deepest
-//! first), delete its recorded network devices, then remove its files with
-//! [`safe_remove_tree`], which never crosses into another mount and never follows a symlink.
+//! For every run whose lock is free and whose owner (pid + start time) is gone, every ledger
+//! entry is first checked against what isobench could have made ([`validate`]); a refused
+//! entry is reported ("refused: <why>") and left alone, with the ledger kept for a human. Then,
+//! in RELIABILITY rule 2's order: remove the runtimes' containers, kill the processes of its
+//! validated cgroups and its validated processes (pid + start time, in one of its cgroups or
+//! marked with its run id) and wait for them, unmount its recorded mounts and any mount below
+//! its directory (deepest first, plain umount: never lazy-unmount-then-delete), remove its
+//! cgroups (deepest first), delete its network devices, tables and rules, restore its sysctls,
+//! then remove its files with [`safe_remove_tree`], which never crosses into another mount and
+//! never follows a symlink. After each step the ledger is rewritten without what is gone, so an
+//! interrupted cleanup resumes; the ledger and the lock go last.
 //!
 //! What this does not protect against: a process that escaped its cgroup and was never recorded,
 //! or a mount made in another mount namespace (those die with their namespace).
 
+pub mod validate;
+
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +35,11 @@ use nix::unistd::{Pid, UnlinkatFlags};
 use serde::Serialize;
 
 use crate::cgroup;
-use crate::state::{process_start_time, Ledger, Resource, StateDir};
+use crate::state::{
+    flock, process_start_time, read_ledger, valid_run_id, write_ledger, Ledger, Resource, StateDir,
+    LEDGER_FILE, LOCK_FILE,
+};
+use validate::{validate, RunContext, Verdict};
 
 /// How long cleanup waits for killed processes to go away.
 const KILL_SETTLE: Duration = Duration::from_secs(5);
@@ -37,6 +50,9 @@ pub struct RunCleanup {
     pub run_dir: PathBuf,
     /// Why the run was left alone (its owner is alive, its ledger is unreadable).
     pub skipped: Option<String>,
+    /// The run is alive (its lock is held or its owner runs): what it uses must stay, e.g.
+    /// the cached Docker image.
+    pub live: bool,
     pub killed: Vec<i32>,
     pub unmounted: Vec<PathBuf>,
     pub cgroups_removed: Vec<PathBuf>,
@@ -49,8 +65,12 @@ pub struct RunCleanup {
     pub iptables_rules_removed: Vec<String>,
     /// Sysctls put back to the value they had before the run.
     pub sysctls_restored: Vec<PathBuf>,
+    /// Ledger entries refused as not isobench's (left alone, kept in the ledger), with why.
+    pub refused: Vec<String>,
+    /// Things left as they are on purpose (a sysctl someone else changed since), with why.
+    pub notes: Vec<String>,
     pub dir_removed: bool,
-    /// Every step that failed, saying what to do.
+    /// Every step that failed, saying what to do (refusals are repeated here).
     pub errors: Vec<String>,
 }
 
@@ -62,39 +82,128 @@ pub struct CleanupReport {
 
 impl CleanupReport {
     pub fn is_clean(&self) -> bool {
-        self.runs.iter().all(|r| r.errors.is_empty())
+        self.runs
+            .iter()
+            .all(|r| r.errors.is_empty() && r.refused.is_empty())
     }
 }
 
-/// Clean every run in `state` whose owner is no longer alive.
+/// Clean every run in `state` whose lock is free and whose owner is no longer alive. A run in
+/// progress, an unreadable ledger or a directory that is not a run is left alone, saying why.
 pub fn cleanup(state: &StateDir) -> CleanupReport {
-    let mut report = CleanupReport::default();
-    for (dir, ledger) in state.ledgers() {
-        let r = match ledger {
-            Err(e) => RunCleanup {
-                run_dir: dir.clone(),
-                skipped: Some(format!(
-                    "ledger unreadable ({e}): inspect {} by hand; nothing was touched",
-                    dir.join("ledger.json").display()
-                )),
-                ..Default::default()
-            },
-            Ok(l) => match l
-                .owner
-                .as_ref()
-                .filter(|o| owner_alive(o.pid, o.start_time))
-            {
-                Some(o) => RunCleanup {
-                    run_dir: dir.clone(),
-                    skipped: Some(format!("owner pid {} is still running", o.pid)),
-                    ..Default::default()
-                },
-                None => cleanup_run(&dir, &l),
-            },
-        };
-        report.runs.push(r);
+    CleanupReport {
+        runs: state.run_dirs().iter().map(|d| cleanup_dir(d)).collect(),
     }
-    report
+}
+
+fn skipped(dir: &Path, why: String) -> RunCleanup {
+    RunCleanup {
+        run_dir: dir.to_path_buf(),
+        skipped: Some(why),
+        ..Default::default()
+    }
+}
+
+/// Clean one entry of `runs/`, holding its lock meanwhile (a concurrent cleanup or a run that
+/// takes the lock sees it busy).
+fn cleanup_dir(dir: &Path) -> RunCleanup {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let is_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+    if !valid_run_id(name) || !is_dir {
+        return skipped(
+            dir,
+            format!(
+                "not a run directory: left alone; remove {} by hand if it is not needed",
+                dir.display()
+            ),
+        );
+    }
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join(LOCK_FILE));
+    let lock = match lock {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        Ok(_) | Err(_) => {
+            return skipped(
+                dir,
+                format!(
+                    "its lock file {} cannot be opened: inspect it by hand; nothing was touched",
+                    dir.join(LOCK_FILE).display()
+                ),
+            )
+        }
+    };
+    match flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            return RunCleanup {
+                live: true,
+                ..skipped(
+                    dir,
+                    "the run is in progress (its lock is held): left alone".into(),
+                )
+            }
+        }
+        Err(e) => return skipped(dir, format!("locking it: {e}; nothing was touched")),
+    }
+    match read_ledger(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => remove_unrecorded_run_dir(dir, &lock),
+        Err(e) => skipped(
+            dir,
+            format!(
+                "ledger unreadable ({e}): inspect {} by hand; nothing was touched",
+                dir.join(LEDGER_FILE).display()
+            ),
+        ),
+        Ok(l) => match l
+            .owner
+            .as_ref()
+            .filter(|o| owner_alive(o.pid, o.start_time))
+        {
+            Some(o) => RunCleanup {
+                live: true,
+                ..skipped(dir, format!("owner pid {} is still running", o.pid))
+            },
+            None => cleanup_locked(dir, &l, &lock),
+        },
+    }
+}
+
+/// A run directory without a ledger: one whose cleanup was interrupted after the ledger went,
+/// or whose owner died before writing it. Only a lock and an empty `scratch/` can be there
+/// then; anything else is left for a human.
+fn remove_unrecorded_run_dir(dir: &Path, _lock: &File) -> RunCleanup {
+    let mut r = RunCleanup {
+        run_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let expected = entries.iter().all(|n| n == LOCK_FILE || n == "scratch");
+    let scratch_empty = std::fs::read_dir(dir.join("scratch"))
+        .map(|mut rd| rd.next().is_none())
+        .unwrap_or(true);
+    if !expected || !scratch_empty {
+        r.skipped = Some(format!(
+            "no ledger, but files are left in {}: nothing recorded what they are; inspect and remove them by hand",
+            dir.display()
+        ));
+        return r;
+    }
+    let done = match std::fs::remove_dir(dir.join("scratch")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => std::fs::remove_file(dir.join(LOCK_FILE)).and_then(|()| std::fs::remove_dir(dir)),
+    };
+    match done {
+        Ok(()) => r.dir_removed = true,
+        Err(e) => r.errors.push(format!("removing {}: {e}", dir.display())),
+    }
+    r
 }
 
 fn owner_alive(pid: i32, start_time: u64) -> bool {
@@ -114,48 +223,119 @@ fn is_zombie(pid: i32) -> bool {
 /// Clean one run unconditionally (its owner is known to be done with it, e.g. the harness
 /// itself after a failed run has finished its backends).
 pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
+    cleanup_validated(run_dir, ledger)
+}
+
+fn cleanup_locked(run_dir: &Path, ledger: &Ledger, _lock: &File) -> RunCleanup {
+    cleanup_validated(run_dir, ledger)
+}
+
+/// The ledger entries still to do, rewritten to disk after every step (resumable cleanup).
+struct Pending<'a> {
+    run_dir: &'a Path,
+    ledger: Ledger,
+}
+
+impl Pending<'_> {
+    fn release(&mut self, done: &[Resource], r: &mut RunCleanup) {
+        if done.is_empty() {
+            return;
+        }
+        self.ledger.resources.retain(|x| !done.contains(x));
+        let path = self.run_dir.join(LEDGER_FILE);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            if let Err(e) = write_ledger(self.run_dir, &self.ledger) {
+                r.errors.push(format!(
+                    "rewriting {}: {e}; run `isobench cleanup` again",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+fn refuse(r: &mut RunCleanup, x: &Resource, why: impl std::fmt::Display) {
+    let msg = format!("refused: {x:?}: {why}; left alone and kept in the ledger");
+    tracing::warn!("{msg}");
+    r.refused.push(msg.clone());
+    r.errors.push(msg);
+}
+
+fn cleanup_validated(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
     let mut r = RunCleanup {
         run_dir: run_dir.to_path_buf(),
         ..Default::default()
     };
-    let cgroups: Vec<PathBuf> = ledger
-        .resources
-        .iter()
-        .filter_map(|x| match x {
-            Resource::Cgroup { path } => Some(path.clone()),
-            _ => None,
-        })
-        .collect();
+    let cx = match RunContext::new(run_dir, &ledger.run_id) {
+        Ok(cx) => cx,
+        Err(e) => {
+            r.skipped = Some(format!(
+                "refused: {e}; inspect {} by hand; nothing was touched",
+                run_dir.join(LEDGER_FILE).display()
+            ));
+            r.refused.push(e.0.clone());
+            r.errors.push(format!("refused: {e}"));
+            return r;
+        }
+    };
+    let mut pending = Pending {
+        run_dir,
+        ledger: ledger.clone(),
+    };
+    // Validate everything before acting on anything.
+    let mut checked: Vec<(Resource, Resource)> = vec![];
+    let mut gone: Vec<Resource> = vec![];
+    for x in &ledger.resources {
+        match validate(x, &cx) {
+            Ok(Verdict::Act(c)) => checked.push((x.clone(), c)),
+            Ok(Verdict::Gone) => gone.push(x.clone()),
+            Err(e) => refuse(&mut r, x, e),
+        }
+    }
+    pending.release(&gone, &mut r);
 
     // 0. Containers of the external runtimes: their own delete kills the container's
     //    processes and removes the cgroups, mounts and state the runtime made.
-    for x in &ledger.resources {
-        let done = match x {
-            Resource::OciContainer { runtime, root, id } => remove_oci_container(runtime, root, id),
-            Resource::LxcContainer { lxcpath, name } => remove_lxc_container(lxcpath, name),
+    let mut done = vec![];
+    for (orig, x) in &checked {
+        let res = match x {
+            Resource::OciContainer { runtime, root, id } => {
+                remove_oci_container(runtime, root, id).map(|removed| (removed, id.clone()))
+            }
+            Resource::LxcContainer { lxcpath, name } => {
+                remove_lxc_container(lxcpath, name).map(|removed| (removed, name.clone()))
+            }
             Resource::DockerContainer { name, id } => {
                 crate::backend::runtimes::docker::remove_recorded_container(
                     name,
                     id.as_deref(),
                     &ledger.run_id,
                 )
+                .map(|removed| (removed, name.clone()))
             }
             _ => continue,
         };
-        match done {
-            Ok(true) => r.containers_removed.push(match x {
-                Resource::OciContainer { id, .. } => id.clone(),
-                Resource::LxcContainer { name, .. } | Resource::DockerContainer { name, .. } => {
-                    name.clone()
+        match res {
+            Ok((removed, name)) => {
+                if removed {
+                    r.containers_removed.push(name);
                 }
-                _ => unreachable!("filtered above"),
-            }),
-            Ok(false) => {}
+                done.push(orig.clone());
+            }
             Err(e) => r.errors.push(e),
         }
     }
+    pending.release(&done, &mut r);
 
-    // 1. Kill: cgroup members and recorded processes (pid + start time), then wait.
+    // 1. Kill: members of validated cgroups, and recorded processes that are in one of them
+    //    or carry this run's marker (pid + start time), then wait.
+    let cgroups: Vec<PathBuf> = checked
+        .iter()
+        .filter_map(|(_, x)| match x {
+            Resource::Cgroup { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
     let mut victims: Vec<(i32, u64)> = vec![];
     for cg in &cgroups {
         for dir in cgroup::subtree_dirs(cg).unwrap_or_default() {
@@ -168,9 +348,18 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
             }
         }
     }
-    for x in &ledger.resources {
+    let in_cgroups: Vec<i32> = victims.iter().map(|v| v.0).collect();
+    let mut procs = vec![];
+    for (orig, x) in &checked {
         if let Resource::Process { pid, start_time } = x {
-            victims.push((*pid, *start_time));
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok();
+            match validate::process_owned(*pid, &in_cgroups, environ.as_deref(), &cx.run_id) {
+                Ok(()) => {
+                    victims.push((*pid, *start_time));
+                    procs.push(orig.clone());
+                }
+                Err(e) => refuse(&mut r, orig, e),
+            }
         }
     }
     victims.sort_unstable();
@@ -184,45 +373,36 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
     while victims.iter().any(|&(p, st)| owner_alive(p, st)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let mut survived = false;
     for &(p, st) in &victims {
         if owner_alive(p, st) {
+            survived = true;
             r.errors.push(format!(
                 "process {p} survived SIGKILL (uninterruptible sleep?): find what holds it, then run `isobench cleanup` again"
             ));
         }
     }
+    if !survived {
+        pending.release(&procs, &mut r);
+    }
 
-    // 2. Unmount: recorded mounts and every mount below the run's directories, deepest first.
+    // 2. Unmount: recorded mounts and every mount below the run's directories, deepest first
+    //    (all inside the run directory: validated above).
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut roots = vec![run_dir.to_path_buf()];
-    let mut recorded = vec![];
-    for x in &ledger.resources {
-        match x {
-            Resource::Mount { path } => recorded.push(path.clone()),
-            Resource::Dir { path } => roots.push(path.clone()),
-            _ => {}
-        }
-    }
-    // Everything mounted below the run's directories (each layer of a stacked mount counts;
-    // a directory inside another is covered by the outer one)...
-    roots.sort();
-    roots.dedup();
-    let mut mounts: Vec<PathBuf> = vec![];
-    for root in roots
-        .iter()
-        .filter(|r| !roots.iter().any(|o| o != *r && r.starts_with(o)))
-    {
-        mounts.extend(mounts_under(&info, root));
-    }
-    // ...plus recorded mount points elsewhere that are still mounted.
+    let mut mounts = mounts_under(&info, &cx.run_dir);
     let all = mounts_under(&info, Path::new("/"));
-    for m in recorded {
-        if !mounts.contains(&m) && all.contains(&m) {
-            mounts.push(m);
+    let mut mount_entries = vec![];
+    for (orig, x) in &checked {
+        if let Resource::Mount { path } = x {
+            if !mounts.contains(path) && all.contains(path) {
+                mounts.push(path.clone());
+            }
+            mount_entries.push(orig.clone());
         }
     }
+    let errors_before = r.errors.len();
     for m in order_for_unmount(mounts) {
-        match nix::mount::umount2(&m, nix::mount::MntFlags::empty()) {
+        match nix::mount::umount2(&m, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) => r.unmounted.push(m),
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => {} // not (or no longer) a mount point
             Err(e) => r.errors.push(format!(
@@ -231,6 +411,9 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
                 m.display()
             )),
         }
+    }
+    if r.errors.len() == errors_before {
+        pending.release(&mount_entries, &mut r);
     }
 
     // 3. Cgroups, deepest first (children created per launch included).
@@ -246,61 +429,76 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
             Err(e) => r.errors.push(e.to_string()),
         }
     }
+    let done: Vec<Resource> = checked
+        .iter()
+        .filter(|(_, x)| matches!(x, Resource::Cgroup { path } if !path.exists()))
+        .map(|(o, _)| o.clone())
+        .collect();
+    pending.release(&done, &mut r);
 
-    // 4. Network devices the run created (never one it did not record).
-    for x in &ledger.resources {
-        if let Resource::Link { name } = x {
-            match remove_link(name) {
-                Ok(true) => r.links_removed.push(name.clone()),
-                Ok(false) => {}
-                Err(e) => r.errors.push(e),
+    // 4. Network devices, tables and rules the run created (validated: prefix and mark).
+    let mut done = vec![];
+    for (orig, x) in &checked {
+        let res = match x {
+            Resource::Link { name } => remove_link(name).map(|removed| {
+                if removed {
+                    r.links_removed.push(name.clone());
+                }
+            }),
+            Resource::NftTable { family, name } => remove_nft_table(family, name).map(|removed| {
+                if removed {
+                    r.nft_tables_removed.push(format!("{family} {name}"));
+                }
+            }),
+            Resource::IptablesRule { table, chain, rule } => {
+                remove_iptables_rule(table, chain, rule).map(|removed| {
+                    if removed {
+                        r.iptables_rules_removed
+                            .push(format!("{table} {chain} {}", rule.join(" ")));
+                    }
+                })
             }
+            // 4c. Sysctls: back to what they were, only while they hold what the run set.
+            Resource::Sysctl { path, restore, set } => {
+                let current = std::fs::read_to_string(path).unwrap_or_default();
+                match validate::sysctl_restore(&current, restore, set) {
+                    Ok(v) => {
+                        restore_sysctl(path, v).map(|()| r.sysctls_restored.push(path.clone()))
+                    }
+                    Err(why) => {
+                        r.notes.push(format!("sysctl {}: {why}", path.display()));
+                        Ok(())
+                    }
+                }
+            }
+            _ => continue,
+        };
+        match res {
+            Ok(()) => done.push(orig.clone()),
+            Err(e) => r.errors.push(e),
         }
     }
+    pending.release(&done, &mut r);
 
-    // 4b. NAT rules: the run owns whole tables, so deleting the table removes every rule.
-    for x in &ledger.resources {
-        if let Resource::NftTable { family, name } = x {
-            match remove_nft_table(family, name) {
-                Ok(true) => r.nft_tables_removed.push(format!("{family} {name}")),
-                Ok(false) => {}
-                Err(e) => r.errors.push(e),
-            }
-        }
-    }
-    for x in &ledger.resources {
-        if let Resource::IptablesRule { table, chain, rule } = x {
-            match remove_iptables_rule(table, chain, rule) {
-                Ok(true) => r
-                    .iptables_rules_removed
-                    .push(format!("{table} {chain} {}", rule.join(" "))),
-                Ok(false) => {}
-                Err(e) => r.errors.push(e),
-            }
-        }
-    }
-    // 4c. Sysctls the run switched (ip_forward), back to what they were.
-    for x in &ledger.resources {
-        if let Resource::Sysctl { path, restore } = x {
-            match restore_sysctl(path, restore) {
-                Ok(()) => r.sysctls_restored.push(path.clone()),
-                Err(e) => r.errors.push(e),
-            }
-        }
-    }
-
-    // 5. Files, only once everything above is gone (the ledger stays for a retry otherwise).
-    if r.errors.is_empty() {
-        for x in &ledger.resources {
+    // 5. Files, only once everything above is gone (the ledger stays for a retry otherwise;
+    //    refused entries are not this run's and do not hold anything of it).
+    let failed = |r: &RunCleanup| r.errors.len() > r.refused.len();
+    if !failed(&r) {
+        let mut done = vec![];
+        for (orig, x) in &checked {
             if let Resource::Dir { path } | Resource::File { path } = x {
-                if let Err(e) = safe_remove_tree(path) {
-                    r.errors.push(format!("removing {}: {e}", path.display()));
+                match safe_remove_tree(path) {
+                    Ok(()) => done.push(orig.clone()),
+                    Err(e) => r.errors.push(format!("removing {}: {e}", path.display())),
                 }
             }
         }
+        pending.release(&done, &mut r);
     }
-    if r.errors.is_empty() {
-        match safe_remove_tree(run_dir) {
+    // 6. The run directory: everything but the ledger and the lock, then the ledger, then the
+    //    lock and the directory. Refused entries keep the ledger (and so the directory).
+    if !failed(&r) && r.refused.is_empty() {
+        match remove_run_dir(&cx.run_dir) {
             Ok(()) => r.dir_removed = true,
             Err(e) => r
                 .errors
@@ -308,6 +506,38 @@ pub fn cleanup_run(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
         }
     }
     r
+}
+
+/// Remove a run directory so that an interruption at any point leaves a ledger to resume from
+/// until only the lock is left: the contents first, then `ledger.json`, then `lock`, then the
+/// directory itself.
+fn remove_run_dir(dir: &Path) -> io::Result<()> {
+    let md = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !md.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory: inspect it by hand",
+            dir.display()
+        )));
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if name == LEDGER_FILE || name == LOCK_FILE {
+            continue;
+        }
+        safe_remove_tree(&dir.join(&name))?;
+    }
+    for last in [LEDGER_FILE, LOCK_FILE] {
+        match std::fs::remove_file(dir.join(last)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// Delete network device `name` if it exists (a veth takes its peer with it). Ok(false) when it
@@ -561,6 +791,15 @@ struct Node {
 }
 
 impl Node {
+    /// The node as a kernel without `STATX_MNT_ID` / `STATX_ATTR_MOUNT_ROOT` reports it.
+    fn without_mount_ids(self) -> Node {
+        Node {
+            mnt_id: None,
+            mount_root: false,
+            ..self
+        }
+    }
+
     /// Is `child` on another filesystem or mount than `self` (or the root of a mount)?
     fn crossed_by(&self, child: &Node) -> bool {
         child.dev != self.dev
@@ -603,20 +842,66 @@ fn cpath(p: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
+/// How [`safe_remove_tree`] recognises a mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountCheck {
+    /// Device, `STATX_ATTR_MOUNT_ROOT` and mount id (`STATX_MNT_ID`, Linux >= 5.8); where
+    /// statx does not return a mount id, [`MountCheck::Mountinfo`].
+    Auto,
+    /// Device, plus the mount points listed in /proc/self/mountinfo below the tree, collected
+    /// before descending (what kernels without `STATX_MNT_ID` get; never "no mount here").
+    Mountinfo,
+}
+
 /// Remove `path` and everything below it without ever leaving its filesystem: no symlink is
 /// followed (a symlink is removed, its target is not touched) and no mount point is entered
-/// (compared by device and mount id). A mount found inside is reported and left in place, with
-/// everything above it; the error names it. A missing `path` is not an error.
+/// (compared by device and mount id, or by /proc/self/mountinfo where the kernel has no mount
+/// ids). A mount found inside is reported and left in place, with everything above it; the
+/// error names it. A missing `path` is not an error.
 ///
 /// Unlike `std::fs::remove_dir_all`, this is safe against a tree that still holds a bind mount
 /// of host data (RELIABILITY rule 3).
 pub fn safe_remove_tree(path: &Path) -> io::Result<()> {
+    safe_remove_tree_with(path, MountCheck::Auto)
+}
+
+/// [`safe_remove_tree`] with the mount check chosen (tests force the mountinfo fallback).
+pub fn safe_remove_tree_with(path: &Path, check: MountCheck) -> io::Result<()> {
     let c = cpath(path)?;
-    let top = match node_at(libc::AT_FDCWD, &c) {
+    let mut top = match node_at(libc::AT_FDCWD, &c) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    let fallback = check == MountCheck::Mountinfo || top.mnt_id.is_none();
+    // With the fallback, the tree's path as mountinfo spells it (parent canonical, the last
+    // component not followed), and every mount point at or below it.
+    let (path, mounts) = if fallback {
+        top = top.without_mount_ids();
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "path has no final component")
+        })?;
+        let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => std::fs::canonicalize(p)?,
+            None => std::env::current_dir()?,
+        };
+        let canon = parent.join(name);
+        let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading /proc/self/mountinfo to find mount points (statx has no mount ids here): {e}; mount /proc"),
+            )
+        })?;
+        let mounts = mounts_under(&info, &canon);
+        (canon, Some(mounts))
+    } else {
+        (path.to_path_buf(), None)
+    };
+    let path = path.as_path();
+    let guard = Guard { root: top, mounts };
+    if guard.is_listed(path) {
+        return Err(refusal(&[path.to_path_buf()]));
+    }
     if !top.is_dir {
         if top.mount_root {
             return Err(refusal(&[path.to_path_buf()]));
@@ -626,20 +911,47 @@ pub fn safe_remove_tree(path: &Path) -> io::Result<()> {
     }
     // The top itself must not be a mount point (its parent is on the same mount).
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let pn = node_at(libc::AT_FDCWD, &cpath(parent)?)?;
+        let mut pn = node_at(libc::AT_FDCWD, &cpath(parent)?)?;
+        if fallback {
+            pn = pn.without_mount_ids();
+        }
         if pn.crossed_by(&top) {
             return Err(refusal(&[path.to_path_buf()]));
         }
     }
     let fd = open_dir_at(libc::AT_FDCWD, &c)?;
     let mut refused = vec![];
-    remove_contents(&fd, path, &top, &mut refused)?;
+    remove_contents(&fd, path, &guard, &mut refused)?;
     drop(fd);
     match nix::unistd::unlinkat(None, c.as_c_str(), UnlinkatFlags::RemoveDir) {
         Ok(()) if refused.is_empty() => Ok(()),
         Ok(()) => Err(refusal(&refused)),
         Err(Errno::ENOTEMPTY) if !refused.is_empty() => Err(refusal(&refused)),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// What marks a mount boundary during one removal.
+struct Guard {
+    root: Node,
+    /// Mount points at or below the tree (mountinfo fallback); `None` with mount ids.
+    mounts: Option<Vec<PathBuf>>,
+}
+
+impl Guard {
+    fn is_listed(&self, p: &Path) -> bool {
+        self.mounts
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|x| x == p))
+    }
+
+    fn crossed(&self, node: &Node, p: &Path) -> bool {
+        self.is_listed(p)
+            || if self.mounts.is_some() {
+                self.root.crossed_by(&node.without_mount_ids())
+            } else {
+                self.root.crossed_by(node)
+            }
     }
 }
 
@@ -694,7 +1006,7 @@ fn list_dir(fd: &OwnedFd) -> io::Result<Vec<CString>> {
 fn remove_contents(
     fd: &OwnedFd,
     path: &Path,
-    root: &Node,
+    guard: &Guard,
     refused: &mut Vec<PathBuf>,
 ) -> io::Result<()> {
     for name in list_dir(fd)? {
@@ -704,7 +1016,7 @@ fn remove_contents(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if root.crossed_by(&node) {
+        if guard.crossed(&node, &child_path) {
             refused.push(child_path);
             continue;
         }
@@ -719,7 +1031,7 @@ fn remove_contents(
                 )));
             }
             let before = refused.len();
-            remove_contents(&sub, &child_path, root, refused)?;
+            remove_contents(&sub, &child_path, guard, refused)?;
             drop(sub);
             match nix::unistd::unlinkat(
                 Some(fd.as_raw_fd()),
@@ -846,5 +1158,179 @@ mod tests {
         safe_remove_tree(&tree).unwrap();
         assert!(!tree.exists());
         assert!(data.join("precious").exists());
+    }
+
+    /// Privileged: with the mountinfo fallback (kernels without STATX_MNT_ID), a bind mount of
+    /// a directory of the same file system (same st_dev) inside the tree is still refused.
+    #[test]
+    fn mountinfo_fallback_refuses_a_same_fs_bind_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED mountinfo_fallback_refuses_a_same_fs_bind_mount: needs root");
+            assert!(
+                std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "mountinfo_fallback_refuses_a_same_fs_bind_mount needs root"
+            );
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("precious"), b"keep").unwrap();
+        let tree = d.path().join("tree");
+        let mnt = tree.join("sub/mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::write(tree.join("sub/other"), b"x").unwrap();
+        let bind = |target: &Path| {
+            nix::mount::mount(
+                Some(&data),
+                target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        bind(&mnt);
+        let res = safe_remove_tree_with(&tree, MountCheck::Mountinfo);
+        let precious = std::fs::read(data.join("precious")).ok();
+        let other_gone = !tree.join("sub/other").exists();
+        let umount = nix::mount::umount2(&mnt, nix::mount::MntFlags::empty());
+        let err = res.expect_err("must refuse a mount point inside the tree");
+        assert!(err.to_string().contains("sub/mnt"), "{err}");
+        assert_eq!(precious.as_deref(), Some(&b"keep"[..]));
+        assert!(other_gone, "the rest of the tree is removed");
+        umount.unwrap();
+        // The mount given as the top, through a non-canonical path: refused too.
+        bind(&mnt);
+        let res = safe_remove_tree_with(&tree.join("sub/../sub/mnt"), MountCheck::Mountinfo);
+        nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()).unwrap();
+        assert!(res.is_err());
+        assert!(data.join("precious").exists());
+        safe_remove_tree_with(&tree, MountCheck::Mountinfo).unwrap();
+        assert!(!tree.exists());
+        assert!(data.join("precious").exists());
+    }
+
+    fn ledger_of(rs: &crate::state::RunState, resources: Vec<Resource>) -> Ledger {
+        Ledger {
+            run_id: rs.id.clone(),
+            owner: None,
+            resources,
+        }
+    }
+
+    #[test]
+    fn live_runs_are_skipped_dead_ones_cleaned_last_files_last() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        // In progress: lock held (and owner alive).
+        let live = sd.begin_run("live").unwrap();
+        // Dead: lock released, owner gone; a file in scratch recorded.
+        let dead = sd.begin_run("dead").unwrap();
+        let f = dead.scratch().join("data/f");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, b"x").unwrap();
+        crate::state::write_ledger(
+            &dead.dir,
+            &ledger_of(
+                &dead,
+                vec![Resource::Dir {
+                    path: dead.scratch().join("data"),
+                }],
+            ),
+        )
+        .unwrap();
+        let dead_dir = dead.dir.clone();
+        drop(dead);
+        let report = cleanup(&sd);
+        let by = |dir: &Path| report.runs.iter().find(|r| r.run_dir == dir).unwrap();
+        let l = by(&live.dir);
+        assert!(
+            l.skipped.as_deref().unwrap().contains("in progress"),
+            "{l:?}"
+        );
+        assert!(live.dir.join(LEDGER_FILE).exists());
+        let x = by(&dead_dir);
+        assert!(x.errors.is_empty() && x.dir_removed, "{x:?}");
+        assert!(!dead_dir.exists());
+        // A ledger naming another run: refused whole, nothing touched.
+        let other = sd.begin_run("other").unwrap();
+        let victim = other.scratch().join("keep");
+        std::fs::write(&victim, b"k").unwrap();
+        let mut l = ledger_of(
+            &other,
+            vec![Resource::File {
+                path: victim.clone(),
+            }],
+        );
+        l.run_id = "20000101-000000-00000000".into();
+        crate::state::write_ledger(&other.dir, &l).unwrap();
+        let other_dir = other.dir.clone();
+        drop(other);
+        let report = cleanup(&sd);
+        let o = report.runs.iter().find(|r| r.run_dir == other_dir).unwrap();
+        assert!(!o.refused.is_empty() && !o.dir_removed, "{o:?}");
+        assert!(victim.exists());
+    }
+
+    #[test]
+    fn run_dirs_without_a_ledger() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        // Lock held, no ledger (a run between mkdir and its first ledger write): left alone.
+        let busy = sd.begin_run("busy").unwrap();
+        std::fs::remove_file(busy.dir.join(LEDGER_FILE)).unwrap();
+        // Lock free, no ledger, nothing else (an interrupted cleanup): finished.
+        let done = sd.begin_run("done").unwrap();
+        std::fs::remove_file(done.dir.join(LEDGER_FILE)).unwrap();
+        let done_dir = done.dir.clone();
+        drop(done);
+        // Lock free, no ledger, unknown files: left for a human.
+        let odd = sd.begin_run("odd").unwrap();
+        std::fs::remove_file(odd.dir.join(LEDGER_FILE)).unwrap();
+        std::fs::write(odd.scratch().join("what"), b"?").unwrap();
+        let odd_dir = odd.dir.clone();
+        drop(odd);
+        // Not a run directory at all.
+        std::fs::create_dir(sd.runs_dir().join("not a run")).unwrap();
+        let report = cleanup(&sd);
+        let by = |dir: &Path| report.runs.iter().find(|r| r.run_dir == dir).unwrap();
+        assert!(by(&busy.dir).skipped.is_some());
+        assert!(busy.dir.join(LOCK_FILE).exists());
+        assert!(by(&done_dir).dir_removed && !done_dir.exists());
+        assert!(by(&odd_dir).skipped.is_some());
+        assert!(odd_dir.join("scratch/what").exists());
+        assert!(by(&sd.runs_dir().join("not a run")).skipped.is_some());
+        assert!(sd.runs_dir().join("not a run").exists());
+    }
+
+    #[test]
+    fn an_interrupted_cleanup_resumes_from_the_ledger() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(d.path().join("state")).unwrap();
+        let rs = sd.begin_run("r").unwrap();
+        let a = rs.scratch().join("a");
+        std::fs::create_dir(&a).unwrap();
+        // A valid entry that goes, and an entry refused (outside): the ledger keeps only it.
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let refused = Resource::Dir {
+            path: outside.clone(),
+        };
+        let l = ledger_of(
+            &rs,
+            vec![Resource::Dir { path: a.clone() }, refused.clone()],
+        );
+        crate::state::write_ledger(&rs.dir, &l).unwrap();
+        let r = cleanup_run(&rs.dir, &l);
+        assert_eq!(r.refused.len(), 1, "{r:?}");
+        assert!(!a.exists() && outside.exists());
+        let kept = crate::state::read_ledger(&rs.dir).unwrap();
+        assert_eq!(kept.resources, vec![refused]);
+        assert!(rs.dir.exists(), "the ledger is kept for a human");
+        // Remove order: contents, then the ledger, then the lock and the directory.
+        std::fs::write(rs.scratch().join("x"), b"").unwrap();
+        remove_run_dir(&rs.dir).unwrap();
+        assert!(!rs.dir.exists());
     }
 }

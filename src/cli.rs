@@ -33,6 +33,11 @@ pub enum Command {
     Run(RunArgs),
     /// Remove what a killed isobench left behind (mounts, cgroups, devices, processes, files).
     Cleanup {
+        /// Also remove the docker tier's cached agent images (isobench's label, not used by any
+        /// container), unless a run of this state directory is alive. A cache, not a leftover:
+        /// kept unless asked, since runs of other state directories may be using it.
+        #[arg(long)]
+        images: bool,
         #[command(flatten)]
         common: CommonArgs,
     },

@@ -59,17 +59,18 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare_cmd(&args),
         Command::Ab(args) => ab_cmd(args),
         Command::History(args) => history_cmd(&args),
-        Command::Cleanup { common } => {
+        Command::Cleanup { images, common } => {
             let root = state_root(&common);
             let state = StateDir::open(&root)
                 .with_context(|| format!("opening state directory {}", root.display()))?;
             let report = isobench::cleanup::cleanup(&state);
             // The docker tier's image cache (isobench/agent:<hash>, labelled as isobench's) goes
             // too, when a daemon answers and no live run may use it (see docs/runtimes.md).
-            let images = if std::os::unix::net::UnixStream::connect(
-                isobench::backend::runtimes::docker::daemon_socket(),
-            )
-            .is_ok()
+            let images = if images
+                && std::os::unix::net::UnixStream::connect(
+                    isobench::backend::runtimes::docker::daemon_socket(),
+                )
+                .is_ok()
             {
                 isobench::backend::runtimes::docker::remove_cached_images(any_live_run(&report))
             } else {
@@ -78,13 +79,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             match &images {
                 Ok(r) => {
                     if !r.removed.is_empty() {
-                        println!("removed cached docker image(s): {}", r.removed.join(", "));
+                        outln!("removed cached docker image(s): {}", r.removed.join(", "));
                     }
                     for k in &r.kept {
-                        println!("kept cached docker image {k}");
+                        outln!("kept cached docker image {k}");
                     }
                 }
-                Err(e) => println!("cached docker images left: {e}"),
+                Err(e) => outln!("cached docker images left: {e}"),
             }
             if report.runs.is_empty() {
                 outln!("nothing to clean in {}", root.display());
@@ -131,10 +132,7 @@ fn state_root(c: &CommonArgs) -> PathBuf {
     if let Some(p) = &c.state_dir {
         return p.clone();
     }
-    if std::env::var_os("ISOBENCH_STATE_DIR").is_some() || is_root() {
-        return StateDir::default_root();
-    }
-    std::env::temp_dir().join(format!("isobench-{}", nix::unistd::geteuid()))
+    StateDir::default_root()
 }
 
 /// Did cleanup leave a run because its owner is still running (so its cached images stay)?
@@ -142,7 +140,7 @@ fn any_live_run(report: &isobench::cleanup::CleanupReport) -> bool {
     report
         .runs
         .iter()
-        .any(|r| r.skipped.as_deref().is_some_and(|s| s.starts_with("owner")))
+        .any(|r| r.live)
 }
 
 fn cache_dir(c: &CommonArgs) -> PathBuf {

@@ -236,12 +236,6 @@ pub fn run(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
 ) -> anyhow::Result<RunOutcome> {
-    let run_id = cfg
-        .out_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("run")
-        .to_string();
     let budget = Budget {
         cpus: budget_cpus(cfg.scenario.budget.cpus)?,
         memory_mib: cfg.scenario.budget.memory_mib,
@@ -255,6 +249,38 @@ pub fn run(
     }
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &own)
         .context("pinning isobench to the budget's CPUs")?;
+
+    // The run's own state first, before the output directory or anything else is created:
+    // a validated state root, a fresh run id, a directory made exclusively and locked for the
+    // run's life (RELIABILITY rule 13). The run id is not derived from --out.
+    let state_dir = StateDir::open(&cfg.state_root).with_context(|| {
+        format!(
+            "opening the state directory {}: fix it as said, or choose another with --state-dir / ISOBENCH_STATE_DIR",
+            cfg.state_root.display()
+        )
+    })?;
+    let run_state = Arc::new(
+        state_dir
+            .begin_run(&cfg.out_dir.display().to_string())
+            .context("starting the run's ledger")?,
+    );
+    note_stale_runs(&state_dir, &run_state, cfg.quiet);
+    let res = run_owned(cfg, cancel, host, budget, &run_state);
+    let teardown = finish_run(&run_state);
+    let outcome = res?;
+    teardown?;
+    Ok(outcome)
+}
+
+/// The part of [`run`] that happens while the run owns its state directory.
+fn run_owned(
+    cfg: &RunConfig,
+    cancel: Arc<AtomicBool>,
+    host: HostFacts,
+    budget: Budget,
+    run_state: &Arc<RunState>,
+) -> anyhow::Result<RunOutcome> {
+    let run_id = run_state.id.clone();
     let mut results = Results {
         schema_version: SCHEMA_VERSION,
         run_id: run_id.clone(),
@@ -313,17 +339,6 @@ pub fn run(
         link_latest(&cfg.out_dir);
     }
 
-    let state_dir = StateDir::open(&cfg.state_root).with_context(|| {
-        format!(
-            "creating the state directory {}: run as root or set ISOBENCH_STATE_DIR",
-            cfg.state_root.display()
-        )
-    })?;
-    let run_state = Arc::new(
-        state_dir
-            .begin_run(&run_id)
-            .context("starting the run's ledger")?,
-    );
     let env = RunEnv {
         agent: cfg.agent.clone(),
         state: run_state.clone(),
@@ -339,10 +354,8 @@ pub fn run(
     results.finished_at = Some(now_string());
     results.summarize();
     let write = results.write(&cfg.out_dir);
-    let teardown = finish_run(&run_state);
     outcome?;
     write?;
-    teardown?;
     Ok(RunOutcome {
         results,
         out_dir: cfg.out_dir.clone(),
@@ -583,6 +596,24 @@ fn interleave(
 
 /// Remove whatever the run's ledger still lists (normally nothing: backends release what they
 /// made) and then the run directory, without crossing mount points.
+/// Say (once, on stderr) that crashed runs left state behind; a new run never touches them.
+fn note_stale_runs(state: &StateDir, me: &RunState, quiet: bool) {
+    if quiet {
+        return;
+    }
+    let stale = state
+        .run_dirs()
+        .into_iter()
+        .filter(|d| *d != me.dir && !crate::state::run_in_progress(d))
+        .count();
+    if stale > 0 {
+        eprintln!(
+            "note: {stale} earlier run(s) left state in {} (crashed or killed); they are left alone: run `isobench cleanup` to remove them",
+            state.runs_dir().display()
+        );
+    }
+}
+
 pub fn finish_run(run: &RunState) -> anyhow::Result<()> {
     let left = run.resources();
     if !left.is_empty() {

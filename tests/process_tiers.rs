@@ -357,7 +357,7 @@ fn cleanup_removes_a_killed_run() {
     let host = HostFacts::detect();
     let run_id = format!("dead-{}", std::process::id());
     let rs = sd.begin_run(&run_id).unwrap();
-    let _alive = sd.begin_run("alive").unwrap();
+    let alive_run = sd.begin_run("alive").unwrap();
 
     // What a killed container run leaves: cgroups with a process, launch dirs, mounts.
     let cg = CgroupManager::create(
@@ -420,27 +420,30 @@ fn cleanup_removes_a_killed_run() {
         start_time: process_start_time(me).unwrap() + 1,
     });
     write_atomic(&ledger_path, &serde_json::to_vec(&l).unwrap()).unwrap();
+    // ... and its lock goes with it.
+    let dead_dir = rs.dir.clone();
+    drop(rs);
 
     let report = cleanup::cleanup(&sd);
     let status = reaper.join().unwrap();
     let dead = report
         .runs
         .iter()
-        .find(|r| r.run_dir == rs.dir)
+        .find(|r| r.run_dir == dead_dir)
         .expect("dead run reported");
     let alive = report
         .runs
         .iter()
-        .find(|r| r.run_dir.ends_with("alive"))
+        .find(|r| r.run_dir == alive_run.dir)
         .expect("live run reported");
     assert!(alive.skipped.is_some(), "{alive:?}");
-    assert!(sd.runs_dir().join("alive/ledger.json").exists());
+    assert!(alive_run.dir.join("ledger.json").exists());
     assert!(dead.errors.is_empty(), "{:?}", dead.errors);
     assert!(dead.dir_removed, "{dead:?}");
     assert_eq!(dead.killed, vec![spid]);
     assert_eq!(status.code(), None, "sleep was killed by a signal");
     assert_eq!(dead.unmounted.len(), 2, "{:?}", dead.unmounted);
-    assert!(!rs.dir.exists());
+    assert!(!dead_dir.exists());
     for d in cg.dirs() {
         assert!(!d.exists(), "{} left", d.display());
     }

@@ -526,35 +526,14 @@ fn elf_section<'a>(b: &'a [u8], want: &str) -> Option<&'a [u8]> {
 }
 
 /// Remove a tree of plain files and directories that isobench wrote (cache staging dirs).
-/// Never follows symlinks and never crosses into another filesystem (RELIABILITY rule 3).
+/// Never follows symlinks and never crosses into another mount, compared by mount id or, on
+/// kernels without `STATX_MNT_ID`, by /proc/self/mountinfo (RELIABILITY rule 3): a mount point
+/// inside is refused and left in place, with the error naming it.
 pub fn remove_plain_tree(path: &Path) -> Result<(), KernelError> {
-    use std::os::unix::fs::MetadataExt;
-    let top = std::fs::symlink_metadata(path).map_err(io("stat", path))?;
-    fn walk(p: &Path, dev: u64) -> Result<(), KernelError> {
-        for e in std::fs::read_dir(p).map_err(io("listing", p))?.flatten() {
-            let c = e.path();
-            let md = std::fs::symlink_metadata(&c).map_err(io("stat", &c))?;
-            if md.is_dir() {
-                if md.dev() != dev {
-                    return Err(KernelError::Package {
-                        what: format!("removing {}", c.display()),
-                        detail: "a different filesystem is mounted there: unmount it first".into(),
-                    });
-                }
-                walk(&c, dev)?;
-                std::fs::remove_dir(&c).map_err(io("removing", &c))?;
-            } else {
-                std::fs::remove_file(&c).map_err(io("removing", &c))?;
-            }
-        }
-        Ok(())
-    }
-    if top.is_dir() {
-        walk(path, top.dev())?;
-        std::fs::remove_dir(path).map_err(io("removing", path))
-    } else {
-        std::fs::remove_file(path).map_err(io("removing", path))
-    }
+    crate::cleanup::safe_remove_tree(path).map_err(|e| KernelError::Package {
+        what: format!("removing {}", path.display()),
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]

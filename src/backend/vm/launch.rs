@@ -61,6 +61,8 @@ impl Launch {
         let stderr = std::fs::File::create(&log)
             .map_err(|e| undo_dir(BackendError::io(format!("creating {}", log.display()), e)))?;
         let mut cmd = qemu.command(spec);
+        // The ownership mark `isobench cleanup` checks before it kills a recorded process.
+        cmd.env(crate::cleanup::validate::RUN_ID_ENV, &state.id);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
