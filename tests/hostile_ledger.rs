@@ -3,7 +3,7 @@
 //! the test removes them itself at the end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use isobench::cleanup;
 use isobench::state::{process_start_time, write_atomic, Ledger, Resource, StateDir};
@@ -50,6 +50,16 @@ impl Drop for Canaries {
     }
 }
 
+fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn alive(c: &mut Child) -> bool {
     c.try_wait().unwrap().is_none()
 }
@@ -81,10 +91,11 @@ fn cleanup_of_a_hostile_ledger_touches_nothing_outside() {
     // 2. A plain directory dressed as a cgroup, its cgroup.procs naming a sleep child.
     let fake_cg = tmp_path.join("isobench-fake");
     std::fs::create_dir(&fake_cg).unwrap();
-    let mut in_fake = Command::new("sleep").arg("1000").spawn().unwrap();
+    let in_fake = sleeper();
     std::fs::write(fake_cg.join("cgroup.procs"), format!("{}\n", in_fake.id())).unwrap();
+    can.children.push(in_fake);
     // 3. A sleep process without the ownership marker, recorded by pid and start time.
-    let unmarked = Command::new("sleep").arg("1000").spawn().unwrap();
+    let unmarked = sleeper();
     let upid = i32::try_from(unmarked.id()).unwrap();
     let ust = process_start_time(upid).unwrap();
     can.children.push(unmarked);
@@ -105,10 +116,15 @@ fn cleanup_of_a_hostile_ledger_touches_nothing_outside() {
         assert!(sh("nft", &["add", "table", "ip", t]), "nft add table {t}");
         can.nft.push(("ip".into(), t.clone()));
     }
-    // 6. A dummy link with isobench's prefix but without the alias.
+    // 6. A link with isobench's prefix but without the alias (a veth pair: the host may lack
+    //    the dummy module).
     let link = format!("isbcan{tag}");
+    let peer = format!("{link}p");
     assert!(
-        sh("ip", &["link", "add", &link, "type", "dummy"]),
+        sh(
+            "ip",
+            &["link", "add", &link, "type", "veth", "peer", "name", &peer]
+        ),
         "ip link add"
     );
     can.links.push(link.clone());
@@ -182,11 +198,11 @@ fn cleanup_of_a_hostile_ledger_touches_nothing_outside() {
     assert_eq!(std::fs::read(canary.join("precious")).unwrap(), b"keep");
     assert!(fake_cg.join("cgroup.procs").exists());
     assert!(
-        alive(&mut in_fake),
+        alive(&mut can.children[0]),
         "the pid in a fake cgroup.procs was killed"
     );
     assert!(
-        alive(&mut can.children[0]),
+        alive(&mut can.children[1]),
         "an unmarked process was killed"
     );
     assert!(
@@ -206,7 +222,6 @@ fn cleanup_of_a_hostile_ledger_touches_nothing_outside() {
     let kept: Ledger =
         serde_json::from_slice(&std::fs::read(run_dir.join("ledger.json")).unwrap()).unwrap();
     assert_eq!(kept.resources, hostile);
-    can.children.push(in_fake);
     drop(can);
     let mut left: Vec<PathBuf> = std::fs::read_dir(run_dir.join("scratch"))
         .unwrap()

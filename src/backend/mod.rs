@@ -207,12 +207,26 @@ pub trait IdleInstance {
 /// Make a backend's run-level directory `base` and fill it: refuse a `base` that exists (one
 /// it did not create is never adopted), record it in the ledger before creating anything, and
 /// on failure remove what was made (what cannot be removed stays in the ledger for
-/// `isobench cleanup`). `fill` does the backend's own preparation inside `base`.
+/// `isobench cleanup`). `fill` does the backend's own preparation inside `base`. `base` must lie
+/// inside the run's scratch area: `isobench cleanup` refuses a recorded path anywhere else.
 pub(crate) fn prepare_run_dir<P>(
     env: &RunEnv,
     base: &std::path::Path,
     fill: impl FnOnce() -> Result<P, BackendError>,
 ) -> Result<P, BackendError> {
+    let scratch = env.state.scratch();
+    if !base.starts_with(&scratch)
+        || base == scratch
+        || base
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(BackendError::Other(format!(
+            "internal error: a backend's run directory {} is not inside the run's scratch area {}; report this bug",
+            base.display(),
+            scratch.display()
+        )));
+    }
     container::refuse_existing(base)?;
     let res = crate::state::Resource::Dir {
         path: base.to_path_buf(),

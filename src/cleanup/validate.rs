@@ -259,7 +259,7 @@ pub fn owned_cgroup(path: &Path, cx: &RunContext) -> Result<Option<PathBuf>, Ref
     };
     let fs = nix::sys::statfs::statfs(&canon)
         .map_err(|e| Refusal(format!("statfs {}: {e}", canon.display())))?;
-    let magic = i64::from(fs.filesystem_type().0);
+    let magic = fs.filesystem_type().0;
     if magic != CGROUP_SUPER_MAGIC && magic != CGROUP2_SUPER_MAGIC {
         return refuse(format!(
             "{} is not on a cgroup file system (magic {magic:#x})",
