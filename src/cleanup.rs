@@ -445,11 +445,16 @@ fn cleanup_validated(run_dir: &Path, ledger: &Ledger) -> RunCleanup {
                     r.links_removed.push(name.clone());
                 }
             }),
-            Resource::NftTable { family, name } => remove_nft_table(family, name).map(|removed| {
-                if removed {
-                    r.nft_tables_removed.push(format!("{family} {name}"));
-                }
-            }),
+            // By handle, and only if the comment still says this run (checked again here).
+            Resource::NftTable { family, name } => {
+                crate::backend::container::net::delete_owned_table(family, name, &ledger.run_id)
+                    .map_err(|e| e.to_string())
+                    .map(|removed| {
+                        if removed {
+                            r.nft_tables_removed.push(format!("{family} {name}"));
+                        }
+                    })
+            }
             Resource::IptablesRule { table, chain, rule } => {
                 remove_iptables_rule(table, chain, rule).map(|removed| {
                     if removed {
@@ -660,34 +665,6 @@ pub fn valid_nft_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && s.as_bytes()[0].is_ascii_alphabetic()
-}
-
-/// Delete nftables table `family name` if it exists. Ok(false) when it is already gone.
-pub fn remove_nft_table(family: &str, name: &str) -> Result<bool, String> {
-    if !valid_nft_name(family) || !valid_nft_name(name) {
-        return Err(format!(
-            "ledger names an invalid nftables table {family:?} {name:?}: edit the ledger by hand"
-        ));
-    }
-    let nft = |args: &[&str]| {
-        std::process::Command::new("nft")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("running `nft {}`: {e} (install nftables)", args.join(" ")))
-    };
-    if !nft(&["list", "table", family, name])?.status.success() {
-        return Ok(false);
-    }
-    let out = nft(&["delete", "table", family, name])?;
-    if out.status.success() {
-        Ok(true)
-    } else {
-        Err(format!(
-            "`nft delete table {family} {name}` failed: {}; remove it by hand",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// Delete `iptables -t table -D chain rule...` if that rule is there. Ok(false) when it is not.

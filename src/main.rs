@@ -137,10 +137,7 @@ fn state_root(c: &CommonArgs) -> PathBuf {
 
 /// Did cleanup leave a run because its owner is still running (so its cached images stay)?
 fn any_live_run(report: &isobench::cleanup::CleanupReport) -> bool {
-    report
-        .runs
-        .iter()
-        .any(|r| r.live)
+    report.runs.iter().any(|r| r.live)
 }
 
 fn cache_dir(c: &CommonArgs) -> PathBuf {

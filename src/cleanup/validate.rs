@@ -178,10 +178,10 @@ pub fn validate(entry: &Resource, cx: &RunContext) -> Result<Verdict, Refusal> {
         }
         Resource::NftTable { family, name } => {
             nft_table_name(family, name)?;
-            match nft_table_json(family, name)? {
+            match nft_table_listing(family, name)? {
                 None => Ok(Verdict::Gone),
-                Some(json) => {
-                    nft_comment(&json, name, &cx.run_id)?;
+                Some(listing) => {
+                    nft_comment(&listing, name, &cx.run_id)?;
                     Ok(Verdict::Act(entry.clone()))
                 }
             }
@@ -407,14 +407,15 @@ fn nft_table_name(family: &str, name: &str) -> Result<(), Refusal> {
 }
 
 /// `nft -j list table <family> <name>`; `None` when the table does not exist.
-fn nft_table_json(family: &str, name: &str) -> Result<Option<String>, Refusal> {
+/// `nft -a list table family name` (text: nft 1.0.6's JSON output leaves table comments out).
+fn nft_table_listing(family: &str, name: &str) -> Result<Option<String>, Refusal> {
     let out = std::process::Command::new("nft")
-        .args(["-j", "list", "table", family, name])
+        .args(["-a", "list", "table", family, name])
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| {
             Refusal(format!(
-                "running `nft -j list table`: {e} (install nftables)"
+                "running `nft -a list table`: {e} (install nftables)"
             ))
         })?;
     if out.status.success() {
@@ -431,22 +432,19 @@ fn nft_table_json(family: &str, name: &str) -> Result<Option<String>, Refusal> {
     }
 }
 
-/// The table object in `nft -j` output must carry the comment `isobench run <run id>`.
-pub fn nft_comment(json: &str, name: &str, run_id: &str) -> Result<(), Refusal> {
-    let want = format!("isobench run {run_id}");
-    let v: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| Refusal(format!("reading nft's JSON for table {name}: {e}")))?;
-    let comment = v["nftables"].as_array().and_then(|items| {
-        items.iter().find_map(|i| {
-            let t = i.get("table")?;
-            (t.get("name")?.as_str()? == name).then(|| t.get("comment").and_then(|c| c.as_str()))
-        })
-    });
-    match comment.flatten() {
+/// The table in `nft -a list table` output must carry the comment `isobench run <run id>`.
+pub fn nft_comment(listing: &str, name: &str, run_id: &str) -> Result<(), Refusal> {
+    let want = crate::backend::container::net::table_comment(run_id);
+    let Some((_, comment)) = crate::backend::container::net::parse_table_listing(listing) else {
+        return refuse(format!(
+            "cannot read nft's listing of table {name}: left alone"
+        ));
+    };
+    match comment {
         Some(c) if c == want => Ok(()),
         c => refuse(format!(
             "nftables table {name} has comment {:?}, not {want:?}: not this run's",
-            c.unwrap_or("")
+            c.unwrap_or_default()
         )),
     }
 }
@@ -717,17 +715,18 @@ mod tests {
         assert!(nft_table_name("ip", "isobench_k1").is_ok());
         assert!(nft_table_name("ip", "canary_1").is_err());
         assert!(nft_table_name("evil", "isobench_k1").is_err());
-        let json = |comment: &str| {
+        // What `nft -a list table` prints (nft 1.0.6).
+        let listing = |comment: &str| {
             format!(
-                r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6"}}}}, {{"table": {{"family": "ip", "name": "isobench_k1", "handle": 3{comment}}}}}]}}"#
+                "table ip isobench_k1 {{ # handle 3\n{comment}\tchain postrouting {{ # handle 1\n\t}}\n}}\n"
             )
         };
-        let ok = json(r#", "comment": "isobench run 20260101-000000-0badcafe""#);
+        let ok = listing("\tcomment \"isobench run 20260101-000000-0badcafe\"\n");
         assert!(nft_comment(&ok, "isobench_k1", id).is_ok());
-        assert!(nft_comment(&json(""), "isobench_k1", id).is_err());
-        let other = json(r#", "comment": "isobench run 20260101-000000-00000000""#);
+        assert!(nft_comment(&listing(""), "isobench_k1", id).is_err());
+        let other = listing("\tcomment \"isobench run 20260101-000000-00000000\"\n");
         assert!(nft_comment(&other, "isobench_k1", id).is_err());
-        assert!(nft_comment("not json", "isobench_k1", id).is_err());
+        assert!(nft_comment("garbage", "isobench_k1", id).is_err());
     }
 
     #[test]

@@ -1099,7 +1099,8 @@ mod privileged_tests {
         let sd = StateDir::open(d.path()).unwrap();
         let (ida, idb) = (run_id("net-a"), run_id("net-b"));
         let (sa, sb) = (sd.begin_run(&ida).unwrap(), sd.begin_run(&idb).unwrap());
-        let (mut a, mut b) = (RunNet::new(&ida), RunNet::new(&idb));
+        // The run id is the state's (unique, made by begin_run), as in a real run.
+        let (mut a, mut b) = (RunNet::new(&sa.id), RunNet::new(&sb.id));
         let ra = a.plan_nat(1, &sa);
         let rb = b.plan_nat(1, &sb);
         let names = (a.nat_names(), b.nat_names());
@@ -1167,7 +1168,7 @@ mod privileged_tests {
         assert!(ok);
         let (ok2, _) = sh("ip", &["link", "add", "name", &taken_d, "type", "bridge"]);
         let (ok3, _) = sh("nft", &["add", "table", "ip", &taken_table]);
-        let mut net = RunNet::new(&id);
+        let mut net = RunNet::new(&st.id);
         // Draws: bridge (taken), bridge, uplink, table (taken), table; then the launch pair
         // (taken host end), the launch pair again.
         netdev::force_next_tags(&[&clash_tag, "okbr0001", "okup0001", &clash_tag, "oktb0001"]);
@@ -1297,7 +1298,7 @@ mod forwarding_tests {
         let sd = StateDir::open(d.path()).unwrap();
         let id = format!("fwd-off-{}", std::process::id());
         let st = sd.begin_run(&id).unwrap();
-        let mut net = RunNet::new(&id);
+        let mut net = RunNet::new(&st.id);
         // The "container": a process in a network namespace of its own.
         let mut child = Command::new("unshare")
             .args(["-n", "sleep", "30"])
