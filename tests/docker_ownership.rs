@@ -208,12 +208,14 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let run = format!("dko-{}", std::process::id());
-    let before = containers_of(&run);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    // The run id is the state's own (unique, made by begin_run), as in a real run.
+    let state = Arc::new(sd.begin_run("dko").unwrap());
+    let run = state.id.clone();
+    let before = containers_of(&run);
     let env = RunEnv {
         agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state: Arc::new(sd.begin_run(&run).unwrap()),
+        state,
         cache_dir: tmp.path().join("cache"),
         budget: budget(),
         options: BackendOptions::default(),
@@ -289,10 +291,10 @@ fn cleanup_removes_only_containers_labelled_with_the_run() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let run = format!("dkc-{}", std::process::id());
-    let before = containers_of(&run);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
-    let rs = sd.begin_run(&run).unwrap();
+    let rs = sd.begin_run("dkc").unwrap();
+    let run = rs.id.clone();
+    let before = containers_of(&run);
     let mut made = Foreign::default();
     let image = made.image();
     let n1 = docker::container_name(&run, 1, 0);

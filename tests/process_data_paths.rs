@@ -299,7 +299,7 @@ fn net_workload_on_loopback_veth_and_nat() {
         check_net(&b.run_once(&tiny_net(NetPath::Nat)).unwrap(), "bare (nat)");
     });
     let ip_forward_before = census(Path::new("/nonexistent")).ip_forward;
-    with_backend(Tier::Container, |b, _| {
+    with_backend(Tier::Container, |b, env| {
         let direct = b.run_once(&tiny_net(NetPath::Direct)).unwrap();
         check_net(&direct, "container direct");
         let v = direct.report.isolation.as_ref().unwrap();
@@ -321,11 +321,12 @@ fn net_workload_on_loopback_veth_and_nat() {
             let fwd = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{l}/forwarding"));
             assert_eq!(fwd.unwrap().trim(), "1", "forwarding on {l}");
             let alias = std::fs::read_to_string(format!("/sys/class/net/{l}/ifalias")).unwrap();
-            assert!(alias.starts_with("isobench:dp-container"), "{l}: {alias}");
+            assert_eq!(alias.trim(), format!("isobench:{}", env.state.id), "{l}");
         }
         let rules = sh("nft", &["list", "ruleset"]);
         assert!(rules.contains("masquerade"), "{rules}");
-        assert!(rules.contains("isobench run dp-container"), "{rules}");
+        let mark = format!("isobench run {}", env.state.id);
+        assert!(rules.contains(&mark), "{rules}");
     });
 }
 

@@ -162,12 +162,14 @@ fn budget() -> Budget {
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     let mut b = backend::make(tier);
     let tmp = tempfile::tempdir().unwrap();
-    let run = format!("rt-{tier}-{}", std::process::id());
-    let before = census(tmp.path(), &run);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    // The run id is the state's own (unique, made by begin_run), as in a real run.
+    let state = Arc::new(sd.begin_run(&format!("rt-{tier}")).unwrap());
+    let run = state.id.clone();
+    let before = census(tmp.path(), &run);
     let env = RunEnv {
         agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state: Arc::new(sd.begin_run(&run).unwrap()),
+        state,
         cache_dir: tmp.path().join("cache"),
         budget: budget(),
         options: BackendOptions::default(),
@@ -505,12 +507,13 @@ fn runtime_cgroup_parents_are_never_adopted() {
             continue;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let run = format!("adopt-{tier}-{}", std::process::id());
-        let before = census(tmp.path(), &run);
         let sd = StateDir::open(tmp.path().join("state")).unwrap();
+        let state = Arc::new(sd.begin_run(&format!("adopt-{tier}")).unwrap());
+        let run = state.id.clone();
+        let before = census(tmp.path(), &run);
         let env = RunEnv {
             agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-            state: Arc::new(sd.begin_run(&run).unwrap()),
+            state,
             cache_dir: tmp.path().join("cache"),
             budget: budget(),
             options: BackendOptions::default(),
