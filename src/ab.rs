@@ -105,21 +105,16 @@ pub fn run(
             cfg.state_root.display()
         )
     })?;
-    let base_id = cfg
-        .out_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("ab")
-        .to_string();
     let mut sides = vec![];
     let mut res = Ok(());
     for v in [&cfg.a, &cfg.b] {
-        let run_id = format!("{base_id}-{}", v.name);
         let state = Arc::new(
             state_dir
-                .begin_run(&run_id)
+                .begin_run(v.name.as_str())
                 .context("starting the run's ledger")?,
         );
+        // Each side's results carry its own unique run id (the ledger's), never the --out name.
+        let run_id = state.id.clone();
         let env = RunEnv {
             agent: cfg.agent.clone(),
             state: state.clone(),
