@@ -231,3 +231,72 @@ fn cleanup_of_a_hostile_ledger_touches_nothing_outside() {
     left.sort();
     assert_eq!(left, vec![run_dir.join("scratch/esc"), oci_root]);
 }
+
+/// A run killed between creating a device and setting its alias (two netlink requests: the
+/// kernel ignores `alias` on `ip link add`) leaves a device without the alias; the MAC address
+/// its creating request gave it still proves it is the run's, so cleanup removes it. A device of
+/// the same shape whose MAC is not the run's mark stays (a name alone proves nothing).
+#[test]
+fn cleanup_removes_a_device_killed_before_its_alias_and_only_that() {
+    if !privileged("cleanup_removes_a_device_killed_before_its_alias_and_only_that") {
+        return;
+    }
+    use isobench::backend::container::netdev;
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let rs = sd.begin_run("unaliased").unwrap();
+    let id = rs.id.clone();
+    let run_dir = rs.dir.clone();
+    let tag = netdev::random_tag();
+    let ours = format!("isbk{tag}d");
+    let foreign = format!("isbk{tag}n");
+    let mut can = Canaries {
+        children: vec![],
+        nft: vec![],
+        links: vec![],
+    };
+    // Ours: created with the run's mark MAC, as the NAT/direct paths create their devices, then
+    // "killed" before the alias. Foreign: same prefix, no alias, some other MAC.
+    let mac = netdev::mark_mac(&id, &ours);
+    for (name, peer, addr) in [
+        (&ours, format!("{ours}p"), mac.as_str()),
+        (&foreign, format!("{foreign}p"), "02:00:00:00:00:01"),
+    ] {
+        assert!(
+            sh(
+                "ip",
+                &[
+                    "link", "add", "name", name, "address", addr, "type", "veth", "peer", "name",
+                    &peer
+                ]
+            ),
+            "ip link add {name}"
+        );
+        can.links.push(name.clone());
+    }
+    drop(rs);
+    let ledger = Ledger {
+        run_id: id.clone(),
+        owner: None,
+        resources: vec![
+            Resource::Link { name: ours.clone() },
+            Resource::Link {
+                name: foreign.clone(),
+            },
+        ],
+    };
+    write_atomic(
+        &run_dir.join("ledger.json"),
+        &serde_json::to_vec(&ledger).unwrap(),
+    )
+    .unwrap();
+    let report = cleanup::cleanup(&sd);
+    let r = &report.runs[0];
+    assert_eq!(r.links_removed, vec![ours.clone()], "{r:?}");
+    assert_eq!(r.refused.len(), 1, "{r:?}");
+    assert!(!Path::new("/sys/class/net").join(&ours).exists());
+    assert!(
+        Path::new("/sys/class/net").join(&foreign).exists(),
+        "a device without the run's mark was deleted"
+    );
+}

@@ -173,7 +173,8 @@ pub fn validate(entry: &Resource, cx: &RunContext) -> Result<Verdict, Refusal> {
                 return Ok(Verdict::Gone);
             }
             let alias = std::fs::read_to_string(sys.join("ifalias")).ok();
-            link_alias(name, alias.as_deref(), &cx.run_id)?;
+            let address = std::fs::read_to_string(sys.join("address")).ok();
+            link_alias(name, alias.as_deref(), address.as_deref(), &cx.run_id)?;
             Ok(Verdict::Act(entry.clone()))
         }
         Resource::NftTable { family, name } => {
@@ -383,16 +384,18 @@ pub fn link_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
-/// The device's alias (`ifalias`, `None` when unreadable) must be `isobench:<run id>`.
-pub fn link_alias(name: &str, alias: Option<&str>, run_id: &str) -> Result<(), Refusal> {
-    let want = format!("isobench:{run_id}");
-    match alias.map(str::trim_end) {
-        Some(a) if a == want => Ok(()),
-        a => refuse(format!(
-            "network device {name} has alias {:?}, not {want:?}: not this run's",
-            a.unwrap_or("")
-        )),
-    }
+/// The device's alias (`ifalias`, `None` when unreadable) must be `isobench:<run id>`, or, when
+/// it has none (a run killed between creating the device and marking it), its MAC address must
+/// be the one the run gave it in the creating request (`netdev::mark_mac`).
+pub fn link_alias(
+    name: &str,
+    alias: Option<&str>,
+    address: Option<&str>,
+    run_id: &str,
+) -> Result<(), Refusal> {
+    let address = address.map(|a| a.trim().to_ascii_lowercase());
+    crate::backend::container::netdev::check_owned(name, alias, address.as_deref(), run_id)
+        .map_err(Refusal)
 }
 
 fn nft_table_name(family: &str, name: &str) -> Result<(), Refusal> {
@@ -708,10 +711,33 @@ mod tests {
         for bad in ["eth0", "isbk1234567890123", "isb/../x", "docker0"] {
             assert!(link_name(bad).is_err(), "{bad}");
         }
-        assert!(link_alias("isbk1br", Some("isobench:20260101-000000-0badcafe\n"), id).is_ok());
-        assert!(link_alias("isbk1br", Some(""), id).is_err());
-        assert!(link_alias("isbk1br", None, id).is_err());
-        assert!(link_alias("isbk1br", Some("isobench:20260101-000000-00000000"), id).is_err());
+        assert!(link_alias(
+            "isbk1br",
+            Some("isobench:20260101-000000-0badcafe\n"),
+            None,
+            id
+        )
+        .is_ok());
+        assert!(link_alias("isbk1br", Some(""), None, id).is_err());
+        assert!(link_alias("isbk1br", None, None, id).is_err());
+        assert!(link_alias(
+            "isbk1br",
+            Some("isobench:20260101-000000-00000000"),
+            None,
+            id
+        )
+        .is_err());
+        // Killed between creation and alias: the creation-time MAC proves it, nothing else does.
+        let mac = crate::backend::container::netdev::mark_mac(id, "isbk1br");
+        assert!(link_alias(
+            "isbk1br",
+            Some("\n"),
+            Some(&format!("{}\n", mac.to_uppercase())),
+            id
+        )
+        .is_ok());
+        assert!(link_alias("isbk1br", Some(""), Some("02:00:00:00:00:01\n"), id).is_err());
+        assert!(link_alias("isbk2br", Some(""), Some(&mac), id).is_err());
         assert!(nft_table_name("ip", "isobench_k1").is_ok());
         assert!(nft_table_name("ip", "canary_1").is_err());
         assert!(nft_table_name("evil", "isobench_k1").is_err());

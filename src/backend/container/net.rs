@@ -283,7 +283,13 @@ impl LaunchNet {
         let mut attempts = 0;
         loop {
             let (h, c) = self.names.lock().expect("names lock").clone();
-            match netdev::link_add(&["name", &h, "type", "veth", "peer", "name", &c]) {
+            let (mh, mc) = (
+                netdev::mark_mac(&self.run_id, &h),
+                netdev::mark_mac(&self.run_id, &c),
+            );
+            match netdev::link_add(&[
+                "name", &h, "address", &mh, "type", "veth", "peer", "name", &c, "address", &mc,
+            ]) {
                 Ok(()) => break,
                 Err(AddError::Exists) if attempts + 1 < NAME_ATTEMPTS => {
                     attempts += 1;
@@ -589,7 +595,16 @@ impl NatPath {
             state,
             &id,
             || link_name(&netdev::random_tag(), "br"),
-            |n| netdev::link_add(&["name", n, "type", "bridge"]),
+            |n| {
+                netdev::link_add(&[
+                    "name",
+                    n,
+                    "address",
+                    &netdev::mark_mac(&id, n),
+                    "type",
+                    "bridge",
+                ])
+            },
         )?;
         self.bridge = Some(br.clone());
         ip_batch(
@@ -611,7 +626,10 @@ impl NatPath {
             |n| {
                 let ns = ns_path.to_string_lossy();
                 let u1 = format!("{}1", &n[..n.len() - 1]);
-                netdev::link_add(&["name", n, "type", "veth", "peer", "name", &u1, "netns", &ns])
+                let mac = netdev::mark_mac(&id, n);
+                netdev::link_add(&[
+                    "name", n, "address", &mac, "type", "veth", "peer", "name", &u1, "netns", &ns,
+                ])
             },
         )?;
         let u1 = format!("{}1", &u0[..u0.len() - 1]);

@@ -9,7 +9,9 @@
 //!   first and created after.
 //! - Right after creation, before anything else, the device gets the alias
 //!   `isobench:<run id>` (Linux ignores IFLA_IFALIAS in RTM_NEWLINK, checked on 6.x, so it is a
-//!   second step); teardown and `isobench cleanup` delete a device only if it carries it.
+//!   second step); teardown and `isobench cleanup` delete a device only if it carries it. The
+//!   creating request itself sets the device's MAC to [`mark_mac`] of the run id and name, so a
+//!   run killed between the two steps leaves a device that is still provably the run's.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,20 +107,66 @@ pub fn alias_of(name: &str) -> Option<String> {
         .map(|s| s.trim_end_matches('\n').to_string())
 }
 
-/// Delete `name` if it carries run `run_id`'s alias. Ok(false) when no such device exists (a
-/// veth end goes with its peer, a container's end with its namespace); an error, and nothing
-/// deleted, when a device of that name is not marked as this run's.
+/// The MAC address run `run_id` gives device `name` in the very request that creates it: the
+/// second ownership mark. The kernel ignores an alias on `ip link add`, so the alias needs a
+/// second request; a crash between the two leaves a device whose creation-time MAC still proves
+/// it is this run's. Locally administered unicast (`02:` + 40 bits of a 64-bit FNV-1a hash of
+/// `isobench:<run id>:<name>`).
+pub fn mark_mac(run_id: &str, name: &str) -> String {
+    let h = format!("isobench:{run_id}:{name}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let b = h.to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
+/// The MAC address of device `name` in this network namespace.
+pub fn address_of(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("address"))
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+}
+
+/// Is device `name` (alias `alias`, address `address`) run `run_id`'s? Its alias is the run's,
+/// or it has no alias yet (killed between creation and marking) and the MAC its creation gave
+/// it. Pure; Err says why not.
+pub fn check_owned(
+    name: &str,
+    alias_now: Option<&str>,
+    address: Option<&str>,
+    run_id: &str,
+) -> Result<(), String> {
+    let want = alias(run_id);
+    match alias_now.map(str::trim_end) {
+        Some(a) if a == want => Ok(()),
+        None | Some("") if address.map(str::trim) == Some(mark_mac(run_id, name).as_str()) => {
+            Ok(())
+        }
+        a => Err(format!(
+            "network device {name} has alias {:?}, not {want:?}, and not the run's creation \
+             MAC: not this run's",
+            a.unwrap_or("")
+        )),
+    }
+}
+
+/// Delete `name` if it carries run `run_id`'s mark ([`check_owned`]). Ok(false) when no such
+/// device exists (a veth end goes with its peer, a container's end with its namespace); an
+/// error, and nothing deleted, when a device of that name is not marked as this run's.
 pub fn delete_owned(name: &str, run_id: &str) -> Result<bool, String> {
     let Some(a) = alias_of(name) else {
         return Ok(false);
     };
-    if a != alias(run_id) {
-        return Err(format!(
-            "network device {name} does not carry the alias {} (it has {a:?}): it is not this \
-             run's, left alone",
-            alias(run_id)
-        ));
-    }
+    check_owned(name, Some(&a), address_of(name).as_deref(), run_id)
+        .map_err(|e| format!("{e}; left alone"))?;
     match run_ip(&["link", "del", "dev", name]) {
         Ok(()) => Ok(true),
         // Went away on its own in between (its peer or namespace went).
@@ -173,6 +221,17 @@ mod tests {
         assert_eq!(random_tag(), "fixed002");
         assert_ne!(random_tag(), "fixed002");
         assert_eq!(alias("r-1"), "isobench:r-1");
+        let m = mark_mac("r-1", "isbkabcdefghbr");
+        assert!(m.starts_with("02:") && m.len() == 17, "{m}");
+        assert_ne!(m, mark_mac("r-2", "isbkabcdefghbr"));
+        assert_ne!(m, mark_mac("r-1", "isbkabcdefghu0"));
+        assert!(check_owned("isbkabcdefghbr", Some("isobench:r-1\n"), None, "r-1").is_ok());
+        assert!(check_owned("isbkabcdefghbr", Some(""), Some(&m), "r-1").is_ok());
+        assert!(check_owned("isbkabcdefghbr", None, Some(&m), "r-1").is_ok());
+        assert!(check_owned("isbkabcdefghbr", Some(""), Some("02:00:00:00:00:01"), "r-1").is_err());
+        assert!(check_owned("isbkabcdefghbr", Some(""), Some(&m), "r-2").is_err());
+        // An alias of someone else's is never overridden by the MAC.
+        assert!(check_owned("isbkabcdefghbr", Some("mine"), Some(&m), "r-1").is_err());
         assert_eq!(alias_of("../x"), None);
     }
 }
