@@ -6,14 +6,15 @@
 //! the default socket) and stops it afterwards, like `tests/runtime_tiers.rs`. Otherwise it
 //! prints `SKIPPED <test>: <reason>` and fails under `ISOBENCH_REQUIRE_PRIVILEGED=1`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use isobench::backend::runtimes::docker::{self, RUN_LABEL};
-use isobench::backend::{self, Availability, BackendOptions, Budget, RunEnv};
+use isobench::backend::{self, BackendOptions, Budget, RunEnv};
 use isobench::cleanup;
 use isobench::host::HostFacts;
 use isobench::protocol::Task;
@@ -22,76 +23,6 @@ use isobench::tier::Tier;
 use isobench::workload::Workload;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn require() -> bool {
-    std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
-fn skip(test: &str, reason: &str) {
-    println!("SKIPPED {test}: {reason}");
-    assert!(
-        !require(),
-        "{test}: {reason} (ISOBENCH_REQUIRE_PRIVILEGED=1)"
-    );
-}
-
-/// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
-struct OwnDockerd(std::process::Child);
-
-impl Drop for OwnDockerd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start dockerd when the docker tier is unavailable only because no daemon answers.
-fn dockerd_if_needed(test: &str) -> Result<Option<OwnDockerd>, ()> {
-    if !nix::unistd::geteuid().is_root() {
-        skip(test, "needs root");
-        return Err(());
-    }
-    let host = HostFacts::detect();
-    match backend::availability(Tier::Docker, &host, &BackendOptions::default()) {
-        Availability::Available { .. } => Ok(None),
-        Availability::Unavailable { reason, fix } => {
-            if !reason.contains("dockerd is not running")
-                || isobench::host::which("dockerd").is_none()
-            {
-                skip(test, &format!("{reason} ({fix})"));
-                return Err(());
-            }
-            let log = std::fs::File::create("/tmp/isobench-test-dockerd-ownership.log").unwrap();
-            let child = Command::new("dockerd")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting dockerd");
-            let own = OwnDockerd(child);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if backend::availability(Tier::Docker, &host, &BackendOptions::default())
-                    .is_available()
-                    && docker_out(&["info", "--format", "{{.ServerVersion}}"]).is_some()
-                {
-                    return Ok(Some(own));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            panic!("dockerd did not come up in 30 s: see /tmp/isobench-test-dockerd-ownership.log");
-        }
-    }
-}
 
 /// `docker args...`: trimmed stdout on success.
 fn docker_out(args: &[&str]) -> Option<String> {
@@ -203,8 +134,10 @@ fn budget() -> Budget {
 #[test]
 fn docker_name_in_use_is_left_alone_and_another_name_taken() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(own) = dockerd_if_needed("docker_name_in_use_is_left_alone_and_another_name_taken")
-    else {
+    let Ok(own) = common::dockerd::dockerd_if_needed(
+        "docker_name_in_use_is_left_alone_and_another_name_taken",
+        "/tmp/isobench-test-dockerd-ownership.log",
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -287,7 +220,10 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
 #[test]
 fn cleanup_removes_only_containers_labelled_with_the_run() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(own) = dockerd_if_needed("cleanup_removes_only_containers_labelled_with_the_run") else {
+    let Ok(own) = common::dockerd::dockerd_if_needed(
+        "cleanup_removes_only_containers_labelled_with_the_run",
+        "/tmp/isobench-test-dockerd-ownership.log",
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

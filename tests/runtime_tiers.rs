@@ -7,12 +7,13 @@
 //! `ISOBENCH_REQUIRE_PRIVILEGED=1`. When only dockerd is not running, the docker test starts
 //! one itself (`dockerd` on the default socket) and stops it afterwards.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
 use isobench::cleanup;
@@ -389,68 +390,12 @@ fn runc_and_gvisor_density() {
     }
 }
 
-/// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
-struct OwnDockerd(std::process::Child);
-
-impl Drop for OwnDockerd {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start dockerd when the docker tier is unavailable only because no daemon answers.
-fn dockerd_if_needed(test: &str) -> Result<Option<OwnDockerd>, ()> {
-    if !nix::unistd::geteuid().is_root() {
-        skip(test, "needs root");
-        return Err(());
-    }
-    let host = HostFacts::detect();
-    match backend::availability(Tier::Docker, &host, &BackendOptions::default()) {
-        Availability::Available { .. } => Ok(None),
-        Availability::Unavailable { reason, fix } => {
-            if !reason.contains("dockerd is not running")
-                || isobench::host::which("dockerd").is_none()
-            {
-                skip(test, &format!("{reason} ({fix})"));
-                return Err(());
-            }
-            let log = std::fs::File::create("/tmp/isobench-test-dockerd.log").unwrap();
-            let child = std::process::Command::new("dockerd")
-                .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting dockerd");
-            let own = OwnDockerd(child);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if backend::availability(Tier::Docker, &host, &BackendOptions::default())
-                    .is_available()
-                    && sh("docker", &["info", "--format", "{{.ServerVersion}}"]).trim() != ""
-                {
-                    return Ok(Some(own));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            panic!("dockerd did not come up in 30 s: see /tmp/isobench-test-dockerd.log");
-        }
-    }
-}
-
 #[test]
 fn docker_end_to_end() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(own) = dockerd_if_needed("docker_end_to_end") else {
+    let Ok(own) =
+        common::dockerd::dockerd_if_needed("docker_end_to_end", "/tmp/isobench-test-dockerd.log")
+    else {
         return;
     };
     exercise(Tier::Docker, &[NetPath::Direct, NetPath::Nat]);

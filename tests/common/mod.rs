@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod dockerd;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
