@@ -319,6 +319,7 @@ impl StateDir {
             id: id.to_string(),
             dir: dir.to_path_buf(),
             ledger: Mutex::new(ledger),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };
         rs.save()?;
@@ -409,6 +410,9 @@ pub struct RunState {
     /// `<root>/runs/<id>`; `scratch/` inside it is the run's working area.
     pub dir: PathBuf,
     ledger: Mutex<Ledger>,
+    /// True while the last ledger write failed (the file may lack what memory holds): the next
+    /// record or release writes even if it changes nothing.
+    unsynced: std::sync::atomic::AtomicBool,
     /// `<dir>/lock`, held with `flock(LOCK_EX)` for as long as this value lives.
     _lock: File,
 }
@@ -421,22 +425,32 @@ impl RunState {
 
     /// Record `r` before creating it.
     pub fn record(&self, r: Resource) -> io::Result<()> {
-        let mut l = self.ledger.lock().expect("ledger lock");
-        if !l.resources.contains(&r) {
-            l.resources.push(r);
-        }
-        write_ledger(&self.dir, &l)
+        self.record_all(std::slice::from_ref(&r))
     }
 
-    /// Record several resources before creating them, in one ledger write (one fsync).
+    /// Record several resources before creating them, in one ledger write (one fsync). When
+    /// every one is already recorded (e.g. a cgroup level the launch plan listed before the
+    /// clock) and the file is in sync, nothing is written: no fsync lands in a measured launch.
     pub fn record_all(&self, rs: &[Resource]) -> io::Result<()> {
         let mut l = self.ledger.lock().expect("ledger lock");
+        let before = l.resources.len();
         for r in rs {
             if !l.resources.contains(r) {
                 l.resources.push(r.clone());
             }
         }
-        write_ledger(&self.dir, &l)
+        self.sync(&l, l.resources.len() != before)
+    }
+
+    /// Write the ledger if it changed or the last write failed.
+    fn sync(&self, l: &Ledger, changed: bool) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !changed && !self.unsynced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let res = write_ledger(&self.dir, l);
+        self.unsynced.store(res.is_err(), Ordering::Relaxed);
+        res
     }
 
     /// Forget `r` after it has been removed.
@@ -447,8 +461,9 @@ impl RunState {
     /// Forget several removed resources in one ledger write.
     pub fn release_all(&self, rs: &[Resource]) -> io::Result<()> {
         let mut l = self.ledger.lock().expect("ledger lock");
+        let before = l.resources.len();
         l.resources.retain(|x| !rs.contains(x));
-        write_ledger(&self.dir, &l)
+        self.sync(&l, l.resources.len() != before)
     }
 
     pub fn resources(&self) -> Vec<Resource> {
