@@ -1,7 +1,6 @@
 //! isobench: one identical workload under each tier of the virtualization spectrum, measured.
 
 pub mod ab;
-pub mod agent;
 pub mod backend;
 pub mod bounds;
 pub mod cgroup;
@@ -17,7 +16,6 @@ pub mod interrupt;
 pub mod netpeer;
 pub mod outdir;
 pub mod output;
-pub mod protocol;
 pub mod report;
 pub mod results;
 pub mod rootfs;
@@ -26,4 +24,8 @@ pub mod scenario;
 pub mod state;
 pub mod stats;
 pub mod tier;
-pub mod workload;
+
+// The agent's protocol lives in its own crate (crates/protocol), shared with the agent; the host
+// reaches it under the paths it always used.
+pub use isobench_protocol as protocol;
+pub use isobench_protocol::workload;

@@ -28,12 +28,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Mode byte: stream sink.
-pub const MODE_STREAM: u8 = b'S';
-/// Mode byte: request/response.
-pub const MODE_RR: u8 = b'R';
-/// Largest request or response in request/response mode.
-pub const MAX_MESSAGE: u32 = 1 << 20;
+pub use isobench_protocol::net::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
 /// How often blocked threads look at the stop flag and their deadlines.
 pub const TICK: Duration = Duration::from_millis(50);
 

@@ -1,4 +1,4 @@
 //! `isobench-agent`: the one workload binary, byte-identical in every tier.
 fn main() {
-    isobench::agent::main()
+    isobench_agent::main()
 }

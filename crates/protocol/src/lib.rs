@@ -6,6 +6,9 @@
 //! the workload, then writes one [`RESULT_PREFIX`] line with an [`AgentReport`] as JSON, and exits.
 //! Lines that carry neither marker (kernel messages on a serial console) are ignored by the host.
 
+pub mod net;
+pub mod workload;
+
 use serde::{Deserialize, Serialize};
 
 use crate::workload::Workload;

@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::{count_f64, higher, lower, p50_p99, per_s, Budget};
-use crate::netpeer::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
+use isobench_protocol::net::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
 use crate::protocol::Metric;
 use crate::workload::NetParams;
 

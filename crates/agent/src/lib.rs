@@ -7,6 +7,10 @@ pub mod guest;
 pub mod probe;
 pub mod workloads;
 
+// The protocol crate under the paths this code has always used (`crate::protocol::Task`).
+use isobench_protocol as protocol;
+use isobench_protocol::workload;
+
 use std::io::Write;
 
 use crate::protocol::{AgentReport, Task, READY_LINE, TASK_ENV};
