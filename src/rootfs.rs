@@ -1,6 +1,7 @@
 //! The minimal rootfs isobench prepares itself, the way a chroot jail is prepared by hand:
-//! the agent binary, the shared libraries `ldd` says it needs, and empty mount points.
-//! The same file list goes into the VM initramfs, so the agent is byte-identical everywhere.
+//! the agent binary and empty mount points. The agent is one static executable (see
+//! .cargo/config.toml), so it needs no shared library, no loader and no loader cache, and the VM
+//! initramfs holds the very same file: every tier loads exactly the same bytes.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,15 @@ pub const ROOTFS_DIRS: &[&str] = &["bin", "proc", "sys", "dev", "tmp", "etc", "d
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("running ldd on {bin}: {source} (install libc-bin)")]
-    Ldd {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(
+        "the agent {} is not a static executable ({why}): isobench copies only the agent into \
+         rootfs and initramfs, so it must need no shared library. Build it with `cargo build \
+         --release --bins` in the isobench repository (its .cargo/config.toml links the agent \
+         statically; a RUSTC_WRAPPER in the environment overrides that: unset it), or point \
+         ISOBENCH_AGENT at such a build",
+        .path.display()
+    )]
+    NotStatic { path: PathBuf, why: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -24,49 +29,58 @@ pub enum RootfsError {
     },
 }
 
-/// The files a rootfs needs: (host path, path inside the rootfs).
-pub fn agent_closure(agent: &Path) -> Result<Vec<(PathBuf, PathBuf)>, RootfsError> {
-    let mut files = vec![(agent.to_path_buf(), PathBuf::from(AGENT_IN_ROOTFS))];
-    for lib in shared_libs(agent)? {
-        files.push((lib.clone(), lib));
+/// Refuse an agent that is not a static executable: one that asks for an ELF interpreter
+/// (`PT_INTERP`, the dynamic loader) would not start in a rootfs that holds the agent alone.
+pub fn require_static(agent: &Path) -> Result<(), RootfsError> {
+    let bytes = std::fs::read(agent).map_err(|source| RootfsError::Io {
+        what: "reading the agent",
+        path: agent.into(),
+        source,
+    })?;
+    elf_static(&bytes).map_err(|why| RootfsError::NotStatic {
+        path: agent.into(),
+        why,
+    })
+}
+
+/// Ok when `b` is a 64-bit little-endian ELF executable without a `PT_INTERP` program header
+/// (static, or static-pie); otherwise why not.
+pub fn elf_static(b: &[u8]) -> Result<(), String> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+    };
+    if b.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err("not an ELF file".into());
     }
-    Ok(files)
-}
-
-/// The shared libraries of `bin` (absolute paths, the dynamic loader included), as `ldd` lists
-/// them. A static binary has none.
-pub fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>, RootfsError> {
-    let out = std::process::Command::new("ldd")
-        .arg(bin)
-        .output()
-        .map_err(|source| RootfsError::Ldd {
-            bin: bin.into(),
-            source,
-        })?;
-    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Parse `ldd` output: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and
-/// "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file and is skipped.
-pub fn parse_ldd(s: &str) -> Vec<PathBuf> {
-    let mut v = vec![];
-    for line in s.lines() {
-        let line = line.trim();
-        let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            let p = PathBuf::from(p);
-            if !v.contains(&p) {
-                v.push(p);
-            }
+    // EI_CLASS 2 = 64-bit, EI_DATA 1 = little endian.
+    if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let truncated = || "truncated ELF header".to_string();
+    let phoff = usize::try_from(u64_at(0x20).ok_or_else(truncated)?).map_err(|_| truncated())?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(truncated)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(truncated)?);
+    for i in 0..phnum {
+        let at = phentsize
+            .checked_mul(i)
+            .and_then(|o| o.checked_add(phoff))
+            .ok_or_else(truncated)?;
+        if u32_at(at).ok_or_else(truncated)? == PT_INTERP {
+            return Err("dynamically linked: it names an ELF interpreter".into());
         }
     }
-    v
+    Ok(())
 }
 
-/// Build the rootfs at `dest` (which must not exist yet): directories, the agent, its libraries.
+/// Build the rootfs at `dest` (which must not exist yet): directories, the agent, `/etc/hostname`.
+/// Refuses (before creating anything) an agent that is not static. Returns the files copied in.
 /// Files are copied (never hard-linked or bind-mounted), so nothing in the rootfs is a writable
 /// host binary (RELIABILITY rule 6).
 pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
@@ -75,63 +89,94 @@ pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
         let path = path.to_path_buf();
         move |source| RootfsError::Io { what, path, source }
     }
+    require_static(agent)?;
     std::fs::create_dir(dest).map_err(io("creating rootfs", dest))?;
     for d in ROOTFS_DIRS {
         std::fs::create_dir(dest.join(d)).map_err(io("creating", &dest.join(d)))?;
     }
     std::fs::set_permissions(dest.join("tmp"), std::fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &dest.join("tmp")))?;
-    let mut copied = vec![];
-    for (src, inside) in agent_closure(agent)? {
-        let target = dest.join(inside.strip_prefix("/").unwrap_or(&inside));
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
-        }
-        std::fs::copy(&src, &target).map_err(io("copying", &src))?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555))
-            .map_err(io("chmod", &target))?;
-        copied.push(inside);
-    }
+    let target = dest.join(AGENT_IN_ROOTFS.trim_start_matches('/'));
+    std::fs::copy(agent, &target).map_err(io("copying", agent))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555))
+        .map_err(io("chmod", &target))?;
     std::fs::write(dest.join("etc/hostname"), "isobench\n")
         .map_err(io("writing", &dest.join("etc/hostname")))?;
-    // A dynamic loader cache, as every distribution image has: without it ld.so probes a dozen
-    // hwcaps and tls directories per library on each start, a cost of this minimal rootfs and
-    // not of the tier (the bare tier uses the host's cache). `-X`: no symlinks are made.
-    match std::process::Command::new("ldconfig")
-        .args(["-X", "-r"])
-        .arg(dest)
-        .stdin(std::process::Stdio::null())
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::warn!(
-            "ldconfig -r {} failed ({}): the rootfs has no loader cache, so the agent starts \
-             slower there",
-            dest.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => tracing::warn!(
-            "ldconfig not found ({e}): the rootfs has no loader cache; install libc-bin"
-        ),
-    }
-    Ok(copied)
+    Ok(vec![PathBuf::from(AGENT_IN_ROOTFS)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A minimal ELF64 header with `types` as its program headers.
+    fn elf(types: &[u32]) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&u16::try_from(types.len()).unwrap().to_le_bytes());
+        for t in types {
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&t.to_le_bytes());
+            b.extend(ph);
+        }
+        b
+    }
+
     #[test]
-    fn parses_ldd_output() {
-        let s = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+    fn static_elf_passes_dynamic_and_junk_do_not() {
+        // PT_LOAD, PT_DYNAMIC (a static-pie has one), PT_GNU_STACK.
+        assert_eq!(elf_static(&elf(&[1, 2, 0x6474_e551])), Ok(()));
+        let e = elf_static(&elf(&[6, 3, 1, 2])).unwrap_err();
+        assert!(e.contains("dynamically linked"), "{e}");
+        assert!(elf_static(b"#!/bin/sh\n")
+            .unwrap_err()
+            .contains("not an ELF"));
+        let mut short = elf(&[1, 3]);
+        short.truncate(100);
+        assert!(elf_static(&short).unwrap_err().contains("truncated"));
+        let mut b32 = elf(&[]);
+        b32[4] = 1;
+        assert!(elf_static(&b32).unwrap_err().contains("64-bit"));
+    }
+
+    #[test]
+    fn refuses_a_dynamic_agent_before_creating_anything() {
+        let d = tempfile::tempdir().unwrap();
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, elf(&[6, 3, 1])).unwrap();
+        let dest = d.path().join("rootfs");
+        let e = build(&agent, &dest).unwrap_err().to_string();
+        assert!(e.contains("not a static executable"), "{e}");
+        assert!(e.contains("cargo build --release --bins"), "{e}");
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn builds_a_rootfs_with_the_agent_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, elf(&[1])).unwrap();
+        let dest = d.path().join("rootfs");
         assert_eq!(
-            parse_ldd(s),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
+            build(&agent, &dest).unwrap(),
+            vec![PathBuf::from(AGENT_IN_ROOTFS)]
         );
-        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+        assert_eq!(
+            std::fs::read(dest.join("bin/isobench-agent")).unwrap(),
+            std::fs::read(&agent).unwrap()
+        );
+        let mut top: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        let mut want: Vec<String> = ROOTFS_DIRS.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(top, want);
+        assert_eq!(std::fs::read_dir(dest.join("bin")).unwrap().count(), 1);
     }
 }

@@ -60,6 +60,7 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
                 p.display()
             );
         }
+        crate::rootfs::require_static(&p)?;
         return Ok(p);
     }
     let exe = std::env::current_exe().context("finding the isobench executable")?;
@@ -70,6 +71,7 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
             exe.display()
         );
     }
+    crate::rootfs::require_static(&p)?;
     Ok(p)
 }
 

@@ -89,10 +89,27 @@ pub fn run(task: &Task) -> AgentReport {
     report
 }
 
+/// The agent's own peak resident set, KiB: `VmHWM` of /proc/self/status (the guest's own /proc
+/// in a VM). The high-water mark belongs to the address space, which execve replaces, so it
+/// counts the agent alone. `getrusage`'s `ru_maxrss` is not used: it keeps the peak of the
+/// address space the process had before execve, i.e. the harness's own peak for a process
+/// created by fork or vfork. None when /proc is not mounted (a chroot jail without /proc):
+/// absent, never a figure from somewhere else.
 fn peak_rss_kib() -> Option<u64> {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|u| u64::try_from(u.max_rss()).ok())
+        .and_then(|s| vm_hwm_kib(&s))
+}
+
+/// `VmHWM` from the text of a /proc/<pid>/status file, in KiB (the kernel writes `kB`, which
+/// means KiB). None when the line is missing or malformed (kernel threads have no VmHWM).
+pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let rest = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim();
+    let number = rest.strip_suffix("kB")?.trim();
+    number.parse().ok()
 }
 
 /// When the host asks for it (`ISOBENCH_PARENT`), die with the harness: arm PR_SET_PDEATHSIG,
@@ -127,5 +144,39 @@ fn install_signal_handlers() {
                 on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vm_hwm_kib;
+
+    /// A /proc/self/status as Linux 6.x writes it (trimmed).
+    const STATUS: &str = "Name:\tisobench-agent\nUmask:\t0022\nState:\tR (running)\n\
+Tgid:\t4242\nPid:\t4242\nVmPeak:\t    4900 kB\nVmSize:\t    4884 kB\nVmLck:\t       0 kB\n\
+VmPin:\t       0 kB\nVmHWM:\t    1456 kB\nVmRSS:\t    1452 kB\nRssAnon:\t      76 kB\n\
+Threads:\t1\n";
+
+    #[test]
+    fn reads_vm_hwm_not_its_neighbours() {
+        assert_eq!(vm_hwm_kib(STATUS), Some(1456));
+    }
+
+    #[test]
+    fn absent_or_malformed_is_none() {
+        // A kernel thread's status has no Vm* lines.
+        assert_eq!(vm_hwm_kib("Name:\tkthreadd\nState:\tS (sleeping)\n"), None);
+        assert_eq!(vm_hwm_kib(""), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t   12 MB\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t  lots kB\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t 0 kB\n"), Some(0));
+    }
+
+    #[test]
+    fn this_process_has_one() {
+        match std::fs::read_to_string("/proc/self/status") {
+            Ok(s) => assert!(vm_hwm_kib(&s).is_some_and(|k| k > 0), "{s}"),
+            Err(e) => println!("SKIPPED this_process_has_one: /proc/self/status unreadable ({e})"),
+        }
     }
 }

@@ -167,7 +167,8 @@ pub struct AgentReport {
     pub metrics: Vec<Metric>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<IsolationView>,
-    /// Peak resident set of the agent, KiB (getrusage).
+    /// Peak resident set of the agent's own address space, KiB: `VmHWM` of /proc/self/status
+    /// (reset at execve). None where /proc cannot be read (e.g. a chroot jail without /proc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_kib: Option<u64>,
     /// Set when the workload failed; the host records the run as failed.

@@ -2,9 +2,9 @@
 //! kernel unpacks, `Documentation/driver-api/early-userspace/buffer-format.rst`): no external
 //! cpio tool, deterministic bytes (mtime 0, inode numbers in write order).
 //!
-//! Contents: the agent at `/bin/isobench-agent` (byte-identical to the host's binary) with
-//! `/init` a symlink to it, the agent's shared libraries at their host paths
-//! (`rootfs::agent_closure`), `/dev/console` and `/dev/null`, empty `proc sys dev tmp mnt`, and
+//! Contents: the agent at `/bin/isobench-agent` (byte-identical to the host's binary, static, so
+//! nothing else of the host's userspace) with `/init` a symlink to it, `/dev/console` and
+//! `/dev/null`, empty `proc sys dev tmp mnt`, and
 //! the guest kernel's modules as `/lib/modules/<name>.ko` (short paths: the task that lists them
 //! travels hex-encoded on the kernel command line, which is at most 2048 bytes).
 
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::kernel::GuestKernel;
-use crate::rootfs::{agent_closure, RootfsError, AGENT_IN_ROOTFS};
+use crate::rootfs::{require_static, RootfsError, AGENT_IN_ROOTFS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
@@ -204,14 +204,13 @@ pub fn module_path(name: &str) -> String {
 }
 
 /// File name of the initramfs for this agent and kernel: `initramfs-<hash>-<version>.cpio`,
-/// the hash covering the agent, its libraries and the modules.
+/// the hash covering the agent and the modules.
 pub fn cache_name(agent: &Path, kernel: &GuestKernel) -> Result<String, InitramfsError> {
+    require_static(agent)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (src, _) in agent_closure(agent)? {
-        std::fs::read(&src)
-            .map_err(io("reading", &src))?
-            .hash(&mut h);
-    }
+    std::fs::read(agent)
+        .map_err(io("reading", agent))?
+        .hash(&mut h);
     for m in &kernel.modules {
         std::fs::read(&m.path)
             .map_err(io("reading", &m.path))?
@@ -227,7 +226,7 @@ pub fn cache_name(agent: &Path, kernel: &GuestKernel) -> Result<String, Initramf
 /// Size of the initramfs `build` would write, in bytes (file contents; headers are noise).
 pub fn estimated_size(agent: &Path, kernel: &GuestKernel) -> Result<u64, InitramfsError> {
     let mut total = 0;
-    let sources = agent_closure(agent)?.into_iter().map(|(src, _)| src);
+    let sources = std::iter::once(agent.to_path_buf());
     for p in sources.chain(kernel.modules.iter().map(|m| m.path.clone())) {
         total += std::fs::metadata(&p).map_err(io("stat", &p))?.len();
     }
@@ -241,11 +240,9 @@ pub fn build(
     kernel: &GuestKernel,
     dest: &Path,
 ) -> Result<Vec<String>, InitramfsError> {
-    let mut files: Vec<(String, Vec<u8>, u32)> = vec![];
-    for (src, inside) in agent_closure(agent)? {
-        let data = std::fs::read(&src).map_err(io("reading", &src))?;
-        files.push((inside.to_string_lossy().into_owned(), data, 0o555));
-    }
+    require_static(agent)?;
+    let data = std::fs::read(agent).map_err(io("reading", agent))?;
+    let mut files: Vec<(String, Vec<u8>, u32)> = vec![(AGENT_IN_ROOTFS.into(), data, 0o555)];
     let mut modules = vec![];
     for m in &kernel.modules {
         let data = std::fs::read(&m.path).map_err(io("reading", &m.path))?;

@@ -17,9 +17,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::{count_f64, higher, lower, p50_p99, per_s, Budget};
-use isobench_protocol::net::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
 use crate::protocol::Metric;
 use crate::workload::NetParams;
+use isobench_protocol::net::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
 
 /// Unrecorded transactions before the request/response measurement.
 const WARMUP: u64 = 10;
