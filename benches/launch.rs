@@ -7,10 +7,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use isobench::backend::{self, BackendOptions, Budget, RunEnv};
-use isobench::host::HostFacts;
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::StateDir;
-use isobench::tier::Tier;
+use isobench::state::ledger::StateDir;
 use isobench::workload::Workload;
 
 fn agent() -> std::path::PathBuf {

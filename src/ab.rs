@@ -12,13 +12,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::backend::{self, Backend, BackendError, BackendOptions, Budget, RunEnv};
-use crate::host::HostFacts;
+use crate::host::facts::HostFacts;
+use crate::measure::runner;
+use crate::model::results::{Failure, Results, TierRecord, TierStatus, SCHEMA_VERSION};
+use crate::model::scenario::Scenario;
+use crate::model::tier::Tier;
 use crate::protocol::Task;
-use crate::results::{Failure, Results, TierRecord, TierStatus, SCHEMA_VERSION};
-use crate::runner;
-use crate::scenario::Scenario;
-use crate::state::{RunState, StateDir};
-use crate::tier::Tier;
+use crate::state::ledger::{RunState, StateDir};
 
 /// Consecutive failed launches of one variant that end the A/B run.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;

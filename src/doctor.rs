@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use crate::backend::{self, Availability, BackendOptions};
-use crate::host::HostFacts;
-use crate::tier::Tier;
+use crate::host::facts::HostFacts;
+use crate::model::tier::Tier;
 
 #[derive(Debug, Serialize)]
 pub struct TierLine {
@@ -62,7 +62,10 @@ pub fn render(r: &Report) -> String {
     ));
     s.push_str(&format!(
         "cgroups   {}\n",
-        crate::cgroup::doctor_line(h.cgroup_layout, &crate::cgroup::Hierarchies::detect())
+        crate::host::cgroup::doctor_line(
+            h.cgroup_layout,
+            &crate::host::cgroup::Hierarchies::detect()
+        )
     ));
     s.push_str(&format!("kvm       {}\n", h.kvm.label()));
     s.push_str(&format!(

@@ -7,15 +7,15 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use isobench::backend::BackendOptions;
-use isobench::bounds::{self, Machine};
 use isobench::cli::{AbArgs, Cli, Command, CommonArgs, CompareArgs, HistoryArgs, RunArgs};
 use isobench::exit_codes::ExitCode;
-use isobench::host::HostFacts;
+use isobench::host::facts::HostFacts;
 use isobench::interrupt::Interrupt;
-use isobench::runner::{self, RunConfig};
-use isobench::scenario::{Scenario, DEFAULT_SCENARIO};
-use isobench::state::StateDir;
-use isobench::tier::Tier;
+use isobench::measure::runner::{self, RunConfig};
+use isobench::model::bounds::{self, Machine};
+use isobench::model::scenario::{Scenario, DEFAULT_SCENARIO};
+use isobench::model::tier::Tier;
+use isobench::state::ledger::StateDir;
 use isobench::{doctor, outdir, outln};
 
 fn main() {
@@ -63,7 +63,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let root = state_root(&common);
             let state = StateDir::open(&root)
                 .with_context(|| format!("opening state directory {}", root.display()))?;
-            let report = isobench::cleanup::cleanup(&state);
+            let report = isobench::state::cleanup::cleanup(&state);
             // The docker tier's image cache (isobench/agent:<hash>, labelled as isobench's) goes
             // too, when a daemon answers and no live run may use it (see docs/runtimes.md).
             let images = if images
@@ -136,7 +136,7 @@ fn state_root(c: &CommonArgs) -> PathBuf {
 }
 
 /// Did cleanup leave a run because its owner is still running (so its cached images stay)?
-fn any_live_run(report: &isobench::cleanup::CleanupReport) -> bool {
+fn any_live_run(report: &isobench::state::cleanup::CleanupReport) -> bool {
     report.runs.iter().any(|r| r.live)
 }
 
@@ -262,7 +262,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let failed = r
         .tiers
         .iter()
-        .any(|t| t.status == isobench::results::TierStatus::Failed);
+        .any(|t| t.status == isobench::model::results::TierStatus::Failed);
     let code = if failed {
         ExitCode::Failure
     } else {
@@ -273,7 +273,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `isobench report DIR [--open]`: redraw the report of a finished (or interrupted) run.
 fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
-    let results = isobench::results::Results::load(run_dir)?;
+    let results = isobench::model::results::Results::load(run_dir)?;
     let files = isobench::report::write_report(run_dir, &results)
         .with_context(|| format!("writing the report into {}", run_dir.display()))?;
     outln!("report: {}", files.index_html.display());
@@ -284,7 +284,7 @@ fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
         let browser = ["xdg-open", "chromium"]
             .into_iter()
             .filter(|_| display)
-            .find_map(|b| isobench::host::which(b).map(|p| (b, p)));
+            .find_map(|b| isobench::host::facts::which(b).map(|p| (b, p)));
         match browser {
             Some((name, path)) => {
                 let mut cmd = std::process::Command::new(path);
@@ -305,7 +305,7 @@ fn report(run_dir: &std::path::Path, open: bool) -> anyhow::Result<ExitCode> {
 use isobench::compare::render::{render, Format};
 use isobench::compare::{compare, CompareOptions, Comparison, Thresholds};
 use isobench::history::{self, History};
-use isobench::results::Results;
+use isobench::model::results::Results;
 
 /// Thresholds: --thresholds FILE, else the new run's scenario `[compare]`, else the defaults.
 fn compare_options(

@@ -106,7 +106,7 @@ fn planted_slowdown_is_found_in_every_pair() {
     }
 }
 
-fn write(dir: &Path, name: &str, r: &isobench::results::Results) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, r: &isobench::model::results::Results) -> std::path::PathBuf {
     let d = dir.join(name);
     r.write(&d).unwrap();
     d
@@ -318,7 +318,7 @@ fn run_baseline_history_and_ab_on_bare() {
         .unwrap();
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
     assert!(ab.join("a/results.json").is_file() && ab.join("b/results.json").is_file());
-    let b = isobench::results::Results::load(&ab.join("b")).unwrap();
+    let b = isobench::model::results::Results::load(&ab.join("b")).unwrap();
     assert_eq!(
         b.tiers[0].settings.get("ab_variant").map(String::as_str),
         Some("b: x=2")

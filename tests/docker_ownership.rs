@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use isobench::backend::runtimes::docker::{self, RUN_LABEL};
 use isobench::backend::{self, BackendOptions, Budget, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::{Ledger, Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, Resource, StateDir};
 use isobench::workload::Workload;
 
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -14,11 +14,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use isobench::backend::{self, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Ledger, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{DataPath, FsParams, IdleParams, NetParams, NetPath, Workload};
 
 /// Privileged tests share host-global state (cgroup roots, devices, the census): one at a time.
@@ -423,7 +423,7 @@ fn cleanup_undoes_a_killed_nat_run() {
     let fw_rules = ledger
         .resources
         .iter()
-        .filter(|r| matches!(r, isobench::state::Resource::IptablesRule { .. }))
+        .filter(|r| matches!(r, isobench::state::ledger::Resource::IptablesRule { .. }))
         .count();
     assert_eq!(c.iptables_rules_removed.len(), fw_rules, "{c:?}");
     assert_eq!(c.nft_tables_removed.len(), 1, "{c:?}");

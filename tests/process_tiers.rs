@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use isobench::backend::container::Container;
 use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
-use isobench::cgroup::{CgroupManager, Hierarchies};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::host::cgroup::{CgroupManager, Hierarchies};
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::{process_start_time, write_atomic, Ledger, Owner, Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{
+    process_start_time, write_atomic, Ledger, Owner, Resource, StateDir,
+};
 use isobench::workload::Workload;
 
 /// Privileged tests share host-global state (cgroup roots, the census): one at a time.
@@ -537,7 +539,7 @@ fn container_cgroup_has_pids_max() {
             assert_eq!(with_pids.len(), 1, "{with_pids:?}");
             assert_eq!(
                 std::fs::read_to_string(&with_pids[0]).unwrap().trim(),
-                isobench::cgroup::PIDS_MAX.to_string()
+                isobench::host::cgroup::PIDS_MAX.to_string()
             );
         } else {
             println!("NOTE container_cgroup_has_pids_max: no pids controller here, none expected");

@@ -16,11 +16,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Ledger, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{
     CpuParams, DataPath, FsParams, MemoryParams, NetParams, NetPath, Workload,
 };
@@ -375,7 +375,7 @@ fn runc_and_gvisor_density() {
                 instances: 2,
                 settle_ms: 100,
             };
-            let m = isobench::density::measure(b, &p).unwrap();
+            let m = isobench::measure::density::measure(b, &p).unwrap();
             let pss = m
                 .iter()
                 .find(|x| x.name == "pss_per_instance_mib")
@@ -416,8 +416,8 @@ fn docker_end_to_end() {
 fn crun_says_why_on_a_hybrid_host() {
     let host = HostFacts::detect();
     let a = backend::availability(Tier::Crun, &host, &BackendOptions::default());
-    if host.cgroup_layout == isobench::host::CgroupLayout::Hybrid
-        && isobench::host::which("crun").is_some()
+    if host.cgroup_layout == isobench::host::facts::CgroupLayout::Hybrid
+        && isobench::host::facts::which("crun").is_some()
         && host.is_root
     {
         match a {
@@ -466,7 +466,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let parents = isobench::backend::runtimes::oci::cgroup_dirs_for(
-            &isobench::cgroup::Hierarchies::detect(),
+            &isobench::host::cgroup::Hierarchies::detect(),
             env.host.cgroup_layout,
             &format!("isobench-{tier}-{}", env.state.id),
         );

@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::container::netdev;
 use isobench::backend::vm::kernel::{self, GuestKernel, KernelError};
 use isobench::backend::vm::tap;
 use isobench::backend::{
     self, Availability, Backend, BackendError, BackendOptions, Budget, RunEnv,
 };
-use isobench::host::{HostFacts, KvmKind};
+use isobench::host::facts::{HostFacts, KvmKind};
+use isobench::host::net::netdev;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::ledger::{Resource, StateDir};
 use isobench::workload::{
     DataPath, FsParams, IdleParams, MemoryParams, NetParams, NetPath, Workload,
 };

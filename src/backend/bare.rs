@@ -17,12 +17,12 @@ use nix::unistd::Pid;
 
 use super::child::{into_report, read_agent, wait_ready, Waiter};
 use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
-use crate::cleanup::safe_remove_tree;
-use crate::host::HostFacts;
+use crate::host::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::cleanup::safe_remove_tree;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::Workload;
 
 /// Longest a process-tier launch may take before it is killed.

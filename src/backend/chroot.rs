@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use super::bare::{child_common, cpuset, loopback_peer, measure_command, process_task, spawn_idle};
 use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv};
-use crate::cleanup::safe_remove_tree;
-use crate::host::HostFacts;
+use crate::host::facts::HostFacts;
+use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::rootfs::{self, AGENT_IN_ROOTFS};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::cleanup::safe_remove_tree;
+use crate::state::ledger::{Resource, RunState};
 
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {

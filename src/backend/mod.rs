@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::HostFacts;
+use crate::host::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::protocol::{AgentReport, Task};
-use crate::state::RunState;
-use crate::tier::Tier;
+use crate::state::ledger::RunState;
 
 /// Errors of a backend, each saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -228,14 +228,14 @@ pub(crate) fn prepare_run_dir<P>(
         )));
     }
     container::refuse_existing(base)?;
-    let res = crate::state::Resource::Dir {
+    let res = crate::state::ledger::Resource::Dir {
         path: base.to_path_buf(),
     };
     env.state
         .record(res.clone())
         .map_err(|e| BackendError::io(format!("recording {} in the ledger", base.display()), e))?;
     fill().inspect_err(|_| {
-        if crate::cleanup::safe_remove_tree(base).is_ok() {
+        if crate::state::cleanup::safe_remove_tree(base).is_ok() {
             let _ = env.state.release(&res);
         }
     })

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tier::Tier;
+use crate::model::tier::Tier;
 
 /// Family-wise significance level (Holm) when none is given.
 pub const DEFAULT_ALPHA: f64 = 0.01;

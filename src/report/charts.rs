@@ -14,10 +14,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::metrics::{self as m, cost_ratio, is_charted, Family};
 use super::ReportError;
+use crate::model::results::{MetricSummary, Results};
+use crate::model::tier::Tier;
 use crate::output::num;
 use crate::protocol::Better;
-use crate::results::{MetricSummary, Results};
-use crate::tier::Tier;
 
 const FONT: &str = "sans-serif";
 /// Fonts tried in order when `$ISOBENCH_FONT` is not set.

@@ -9,10 +9,10 @@ use super::metrics::{cost_ratio, Family, STARTUP_METRICS};
 use super::published::{FigureRow, Provenance, Published};
 use super::{esc, honesty_warnings};
 use crate::backend::Availability;
+use crate::model::results::{MetricSummary, Results, TierStatus};
+use crate::model::tier::Tier;
 use crate::output::num;
-use crate::results::{MetricSummary, Results, TierStatus};
 use crate::stats::Ratio;
-use crate::tier::Tier;
 
 const CSS: &str = r#"
 :root{--fg:#1d1d1f;--muted:#5f6368;--line:#d9d9de;--bg:#fff;--soft:#f6f6f8}

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isobench::backend::{self, Availability, BackendOptions};
-use isobench::host::HostFacts;
-use isobench::tier::Tier;
+use isobench::host::facts::HostFacts;
+use isobench::model::tier::Tier;
 
 /// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
 pub struct OwnDockerd(std::process::Child);
@@ -48,7 +48,7 @@ pub fn dockerd_if_needed(test: &str, log: &str) -> Result<Option<OwnDockerd>, ()
         Availability::Available { .. } => Ok(None),
         Availability::Unavailable { reason, fix } => {
             if !reason.contains("dockerd is not running")
-                || isobench::host::which("dockerd").is_none()
+                || isobench::host::facts::which("dockerd").is_none()
             {
                 println!("SKIPPED {test}: {reason} ({fix})");
                 assert!(

@@ -25,9 +25,7 @@
 
 pub mod launch;
 pub mod net;
-pub mod netdev;
 pub mod netlo;
-pub mod subnet;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
@@ -43,13 +41,13 @@ use nix::unistd::Pid;
 use super::bare::{check_idle, cpuset, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
 use super::child::{into_report, read_agent, wait_ready, StreamResult};
 use super::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv, Timings};
-use crate::cgroup::{self, CgroupManager};
-use crate::cleanup::safe_remove_tree;
-use crate::host::{CgroupLayout, HostFacts};
+use crate::host::cgroup::{self, CgroupManager};
+use crate::host::facts::{CgroupLayout, HostFacts};
+use crate::host::rootfs;
+use crate::model::tier::Tier;
 use crate::protocol::Task;
-use crate::rootfs;
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::cleanup::safe_remove_tree;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, NetPath, Workload};
 use launch::{read_setup_error, setup_error, IdleContainer, LaunchPlan, Started};
 use net::RunNet;

@@ -34,8 +34,8 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Pid, UnlinkatFlags};
 use serde::Serialize;
 
-use crate::cgroup;
-use crate::state::{
+use crate::host::cgroup;
+use crate::state::ledger::{
     flock, process_start_time, read_ledger, valid_run_id, write_ledger, Ledger, Resource, StateDir,
     LEDGER_FILE, LOCK_FILE,
 };
@@ -1188,7 +1188,7 @@ mod tests {
         assert!(data.join("precious").exists());
     }
 
-    fn ledger_of(rs: &crate::state::RunState, resources: Vec<Resource>) -> Ledger {
+    fn ledger_of(rs: &crate::state::ledger::RunState, resources: Vec<Resource>) -> Ledger {
         Ledger {
             run_id: rs.id.clone(),
             owner: None,
@@ -1207,7 +1207,7 @@ mod tests {
         let f = dead.scratch().join("data/f");
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
         std::fs::write(&f, b"x").unwrap();
-        crate::state::write_ledger(
+        crate::state::ledger::write_ledger(
             &dead.dir,
             &ledger_of(
                 &dead,
@@ -1241,7 +1241,7 @@ mod tests {
             }],
         );
         l.run_id = "20000101-000000-00000000".into();
-        crate::state::write_ledger(&other.dir, &l).unwrap();
+        crate::state::ledger::write_ledger(&other.dir, &l).unwrap();
         let other_dir = other.dir.clone();
         drop(other);
         let report = cleanup(&sd);
@@ -1298,11 +1298,11 @@ mod tests {
             &rs,
             vec![Resource::Dir { path: a.clone() }, refused.clone()],
         );
-        crate::state::write_ledger(&rs.dir, &l).unwrap();
+        crate::state::ledger::write_ledger(&rs.dir, &l).unwrap();
         let r = cleanup_run(&rs.dir, &l);
         assert_eq!(r.refused.len(), 1, "{r:?}");
         assert!(!a.exists() && outside.exists());
-        let kept = crate::state::read_ledger(&rs.dir).unwrap();
+        let kept = crate::state::ledger::read_ledger(&rs.dir).unwrap();
         assert_eq!(kept.resources, vec![refused]);
         assert!(rs.dir.exists(), "the ledger is kept for a human");
         // Remove order: contents, then the ledger, then the lock and the directory.

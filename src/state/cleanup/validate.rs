@@ -21,7 +21,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::state::{valid_run_id, Resource};
+use crate::state::ledger::{valid_run_id, Resource};
 
 /// Directories an OCI runtime is resolved in, in order (never the caller's PATH).
 pub const TRUSTED_PATH: &[&str] = &[
@@ -139,7 +139,7 @@ pub fn validate(entry: &Resource, cx: &RunContext) -> Result<Verdict, Refusal> {
                 return refuse(format!("pid {pid} is not one isobench starts"));
             }
             // A pid whose start time differs is another process now: ours is gone.
-            if crate::state::process_start_time(*pid) != Some(*start_time) {
+            if crate::state::ledger::process_start_time(*pid) != Some(*start_time) {
                 return Ok(Verdict::Gone);
             }
             Ok(Verdict::Act(entry.clone()))
@@ -394,8 +394,7 @@ pub fn link_alias(
     run_id: &str,
 ) -> Result<(), Refusal> {
     let address = address.map(|a| a.trim().to_ascii_lowercase());
-    crate::backend::container::netdev::check_owned(name, alias, address.as_deref(), run_id)
-        .map_err(Refusal)
+    crate::host::net::netdev::check_owned(name, alias, address.as_deref(), run_id).map_err(Refusal)
 }
 
 fn nft_table_name(family: &str, name: &str) -> Result<(), Refusal> {
@@ -655,7 +654,7 @@ mod tests {
         .is_err());
         // A pid whose start time differs is gone, never acted on.
         let me = i32::try_from(std::process::id()).unwrap();
-        let st = crate::state::process_start_time(me).unwrap();
+        let st = crate::state::ledger::process_start_time(me).unwrap();
         assert_eq!(
             validate(
                 &Resource::Process {
@@ -728,7 +727,7 @@ mod tests {
         )
         .is_err());
         // Killed between creation and alias: the creation-time MAC proves it, nothing else does.
-        let mac = crate::backend::container::netdev::mark_mac(id, "isbk1br");
+        let mac = crate::host::net::netdev::mark_mac(id, "isbk1br");
         assert!(link_alias(
             "isbk1br",
             Some("\n"),

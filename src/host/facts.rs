@@ -177,8 +177,8 @@ fn qemu_version(qemu: &Path) -> Option<String> {
 /// The cgroup layout from /proc/self/mountinfo (what is really mounted, co-mounted controllers
 /// included); from the files under /sys/fs/cgroup when mountinfo shows nothing.
 fn detect_cgroup_layout() -> CgroupLayout {
-    match crate::cgroup::Hierarchies::detect().layout() {
-        CgroupLayout::None => cgroup_layout(Path::new(crate::cgroup::CGROUP_ROOT)),
+    match crate::host::cgroup::Hierarchies::detect().layout() {
+        CgroupLayout::None => cgroup_layout(Path::new(crate::host::cgroup::CGROUP_ROOT)),
         l => l,
     }
 }

@@ -13,12 +13,12 @@ use anyhow::{bail, Context};
 use crate::backend::{
     self, Availability, Backend, BackendError, BackendOptions, Budget, Outcome, RunEnv,
 };
-use crate::host::HostFacts;
+use crate::host::facts::HostFacts;
+use crate::model::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
+use crate::model::scenario::{ResolvedPlan, Scenario};
+use crate::model::tier::Tier;
 use crate::protocol::{Better, Task};
-use crate::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
-use crate::scenario::{ResolvedPlan, Scenario};
-use crate::state::{Ledger, RunState, StateDir};
-use crate::tier::Tier;
+use crate::state::ledger::{Ledger, RunState, StateDir};
 use crate::workload::Workload;
 
 /// Completed rounds are saved at most this often (and always at the end).
@@ -153,7 +153,7 @@ fn launch_samples(
     round: u32,
 ) -> Result<Vec<Sample>, BackendError> {
     match workload {
-        Workload::Density(p) => Ok(crate::density::measure(backend, p)?
+        Workload::Density(p) => Ok(crate::measure::density::measure(backend, p)?
             .into_iter()
             .map(|m| Sample {
                 tier,
@@ -604,7 +604,7 @@ fn note_stale_runs(state: &StateDir, me: &RunState, quiet: bool) {
     let stale = state
         .run_dirs()
         .into_iter()
-        .filter(|d| *d != me.dir && !crate::state::run_in_progress(d))
+        .filter(|d| *d != me.dir && !crate::state::ledger::run_in_progress(d))
         .count();
     if stale > 0 {
         eprintln!(
@@ -624,7 +624,7 @@ pub fn finish_run(run: &RunState) -> anyhow::Result<()> {
         owner: None,
         resources: left,
     };
-    let r = crate::cleanup::cleanup_run(&run.dir, &ledger);
+    let r = crate::state::cleanup::cleanup_run(&run.dir, &ledger);
     if !r.errors.is_empty() {
         bail!(
             "teardown of {} incomplete: {}; then run `isobench cleanup`",

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tier::Tier;
+use crate::model::tier::Tier;
 use crate::workload::Workload;
 
 /// The embedded default scenario, used when `scenarios/default.toml` is not in reach.
-pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
 
 /// Longest scenario file read (a scenario is a few dozen lines).
 pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
@@ -105,14 +105,14 @@ pub enum ScenarioError {
 
 impl Scenario {
     /// Check the scenario against this machine for the tiers that will run (memory, free disk,
-    /// CPUs, pids; see [`crate::bounds::check_machine`]). `origin` names the file in errors.
+    /// CPUs, pids; see [`crate::model::bounds::check_machine`]). `origin` names the file in errors.
     pub fn check_machine(
         &self,
         origin: &str,
         tiers: &[Tier],
-        machine: &crate::bounds::Machine,
+        machine: &crate::model::bounds::Machine,
     ) -> Result<(), ScenarioError> {
-        crate::bounds::check_machine(self, tiers, machine).map_err(|message| {
+        crate::model::bounds::check_machine(self, tiers, machine).map_err(|message| {
             ScenarioError::Invalid {
                 path: origin.into(),
                 message,
@@ -151,9 +151,11 @@ impl Scenario {
         // Host-assigned fields first, on the raw document: serde would accept them (results and
         // tasks carry them), and the harness would silently overwrite them.
         if let Ok(doc) = text.parse::<toml::Table>() {
-            crate::bounds::check_host_assigned(&doc).map_err(|message| ScenarioError::Invalid {
-                path: origin.into(),
-                message,
+            crate::model::bounds::check_host_assigned(&doc).map_err(|message| {
+                ScenarioError::Invalid {
+                    path: origin.into(),
+                    message,
+                }
             })?;
         }
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
@@ -183,7 +185,7 @@ impl Scenario {
                     .into(),
             );
         }
-        crate::bounds::check_scenario(self)
+        crate::model::bounds::check_scenario(self)
     }
 
     /// The plan for `tier`: tier override, then `[defaults]`, then built-in defaults;
