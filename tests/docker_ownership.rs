@@ -213,7 +213,7 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
     );
     drop(foreign);
     assert_eq!(containers_of(&run), before);
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
     drop(own);
 }
 
@@ -294,6 +294,6 @@ fn cleanup_removes_only_containers_labelled_with_the_run() {
     assert_eq!(containers_of(&run), expect);
     drop(made);
     assert_eq!(containers_of(&run), before);
-    let _ = cleanup::safe_remove_tree(&rs.dir);
+    let _ = isobench::host::fs::safe_remove_tree(&rs.dir);
     drop(own);
 }

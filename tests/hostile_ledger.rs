@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use isobench::host::fs::write_atomic;
+use isobench::host::proc::process_start_time;
 use isobench::state::cleanup;
-use isobench::state::ledger::{process_start_time, write_atomic, Ledger, Resource, StateDir};
+use isobench::state::ledger::{Ledger, Resource, StateDir};
 
 fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

@@ -16,12 +16,12 @@ use isobench::backend::container::Container;
 use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
 use isobench::host::cgroup::{CgroupManager, Hierarchies};
 use isobench::host::facts::HostFacts;
+use isobench::host::fs::write_atomic;
+use isobench::host::proc::process_start_time;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
 use isobench::state::cleanup;
-use isobench::state::ledger::{
-    process_start_time, write_atomic, Ledger, Owner, Resource, StateDir,
-};
+use isobench::state::ledger::{Ledger, Owner, Resource, StateDir};
 use isobench::workload::Workload;
 
 /// Privileged tests share host-global state (cgroup roots, the census): one at a time.
@@ -161,7 +161,7 @@ fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&m
     assert_eq!(before, after, "leak census differs");
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "scratch not empty: {left:?}");
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 fn host_ns(kind: &str) -> String {
@@ -508,7 +508,7 @@ fn container_never_adopts_an_existing_run_cgroup() {
         env.state.resources()
     );
     assert_eq!(census(tmp.path()), before);
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 /// On this host's layout the container's cgroup carries pids.max = PIDS_MAX (v1: in the pids

@@ -210,7 +210,7 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     );
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "{tier}: scratch not empty: {left:?}");
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 fn metric(r: &AgentReport, name: &str) -> f64 {
@@ -496,6 +496,6 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(others.is_empty(), "{tier}: left behind {others:?}");
         assert_eq!(env.state.resources(), vec![], "{tier}: ledger not empty");
         assert_eq!(census(tmp.path(), &run), before, "{tier}: census differs");
-        cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+        isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
     }
 }

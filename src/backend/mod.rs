@@ -10,6 +10,7 @@ pub mod bare;
 pub mod child;
 pub mod chroot;
 pub mod container;
+pub mod resources;
 pub mod runtimes;
 pub mod vm;
 
@@ -227,7 +228,7 @@ pub(crate) fn prepare_run_dir<P>(
             scratch.display()
         )));
     }
-    container::refuse_existing(base)?;
+    resources::refuse_existing(base)?;
     let res = crate::state::ledger::Resource::Dir {
         path: base.to_path_buf(),
     };
@@ -235,7 +236,7 @@ pub(crate) fn prepare_run_dir<P>(
         .record(res.clone())
         .map_err(|e| BackendError::io(format!("recording {} in the ledger", base.display()), e))?;
     fill().inspect_err(|_| {
-        if crate::state::cleanup::safe_remove_tree(base).is_ok() {
+        if crate::host::fs::safe_remove_tree(base).is_ok() {
             let _ = env.state.release(&res);
         }
     })

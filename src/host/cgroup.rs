@@ -632,7 +632,7 @@ fn note_subtree_changes(state: &RunState, changes: &[SubtreeChange]) {
     let mut all = subtree_changes(&state.dir);
     all.extend(changes.iter().cloned());
     let json = serde_json::to_vec_pretty(&all).expect("changes serialise");
-    if let Err(e) = crate::state::ledger::write_atomic(&path, &json) {
+    if let Err(e) = crate::host::fs::write_atomic(&path, &json) {
         tracing::warn!("writing {}: {e}", path.display());
     }
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::proc::meminfo_kib;
+
 /// Which cgroup hierarchy the host mounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,17 +126,6 @@ impl HostFacts {
             qemu_version,
         }
     }
-}
-
-/// A value from /proc/meminfo, in KiB.
-pub fn meminfo_kib(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find(|l| l.split(':').next() == Some(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn os_release() -> String {

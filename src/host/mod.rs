@@ -4,5 +4,7 @@
 
 pub mod cgroup;
 pub mod facts;
+pub mod fs;
 pub mod net;
+pub mod proc;
 pub mod rootfs;

@@ -376,7 +376,7 @@ impl Machine {
                     .count()
             });
         Machine {
-            mem_available_mib: crate::host::facts::meminfo_kib("MemAvailable").map(|k| k >> 10),
+            mem_available_mib: crate::host::proc::meminfo_kib("MemAvailable").map(|k| k >> 10),
             free_disk_mib,
             disk_path,
             cpus,

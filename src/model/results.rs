@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Availability, Budget};
 use crate::host::facts::HostFacts;
+use crate::host::fs::write_atomic;
 use crate::model::scenario::{ResolvedPlan, Scenario};
 use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::state::ledger::write_atomic;
 use crate::stats::{self, Ratio};
 
 /// Bumped on every incompatible change of [`Results`]; documented in docs/results.md.

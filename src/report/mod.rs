@@ -73,7 +73,7 @@ pub fn write_report(run_dir: &Path, results: &Results) -> Result<ReportFiles, Re
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ReportError> {
-    crate::state::ledger::write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
+    crate::host::fs::write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
         path: path.into(),
         source,
     })

@@ -28,10 +28,10 @@ use crate::backend::child::{pidfd_open, Waiter};
 use crate::backend::chroot::cloexec_from_3;
 use crate::backend::{BackendError, IdleInstance};
 use crate::host::cgroup::CgroupManager;
+use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::cleanup::safe_remove_tree;
 use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, Workload};
 

@@ -761,7 +761,7 @@ impl NatPath {
         // The peer's namespace goes with its last reference (its veth end with it).
         self.peer_ns = None;
         for rule in std::mem::take(&mut self.fw_rules) {
-            match crate::state::cleanup::remove_iptables_rule("filter", "FORWARD", &rule) {
+            match crate::host::net::remove_iptables_rule("filter", "FORWARD", &rule) {
                 Ok(_) => {
                     let _ = state.release(&Resource::IptablesRule {
                         table: "filter".into(),

@@ -41,11 +41,11 @@ use std::sync::Arc;
 use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
 use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
+use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::state::cleanup::safe_remove_tree;
 use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, NetPath, Workload};
 

@@ -35,17 +35,18 @@ use serde_json::{json, Value};
 
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
+use crate::backend::resources::{remove_lxc_container, remove_oci_container};
 use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
 use crate::host::cgroup::{
     budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
     Hierarchies, PIDS_MAX,
 };
 use crate::host::facts::{CgroupLayout, HostFacts};
+use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::state::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
 use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, Workload};
 

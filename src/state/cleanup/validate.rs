@@ -34,8 +34,7 @@ pub const TRUSTED_PATH: &[&str] = &[
 ];
 /// The OCI runtimes isobench drives.
 pub const OCI_RUNTIMES: &[&str] = &["runc", "crun", "runsc"];
-/// The environment variable that marks a process the harness started directly.
-pub const RUN_ID_ENV: &str = "ISOBENCH_RUN_ID";
+pub use crate::host::proc::RUN_ID_ENV;
 
 const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -116,7 +115,11 @@ pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
             let (pre, post) = l.split_once(" - ")?;
             let fstype = post.split(' ').next()?;
             (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| pre.split(' ').nth(4).map(super::unescape_mount_path))
+                .then(|| {
+                    pre.split(' ')
+                        .nth(4)
+                        .map(crate::host::fs::unescape_mount_path)
+                })
                 .flatten()
         })
         .collect()
@@ -139,7 +142,7 @@ pub fn validate(entry: &Resource, cx: &RunContext) -> Result<Verdict, Refusal> {
                 return refuse(format!("pid {pid} is not one isobench starts"));
             }
             // A pid whose start time differs is another process now: ours is gone.
-            if crate::state::ledger::process_start_time(*pid) != Some(*start_time) {
+            if crate::host::proc::process_start_time(*pid) != Some(*start_time) {
                 return Ok(Verdict::Gone);
             }
             Ok(Verdict::Act(entry.clone()))
@@ -316,7 +319,8 @@ pub fn process_owned(
 }
 
 fn container_name(name: &str, cx: &RunContext) -> Result<(), Refusal> {
-    if super::valid_container_name(name) && name.starts_with(&cx.name_prefix()) {
+    if crate::backend::resources::valid_container_name(name) && name.starts_with(&cx.name_prefix())
+    {
         Ok(())
     } else {
         refuse(format!(
@@ -399,7 +403,10 @@ pub fn link_alias(
 
 fn nft_table_name(family: &str, name: &str) -> Result<(), Refusal> {
     let families = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
-    if families.contains(&family) && name.starts_with("isobench_") && super::valid_nft_name(name) {
+    if families.contains(&family)
+        && name.starts_with("isobench_")
+        && crate::host::net::valid_nft_name(name)
+    {
         Ok(())
     } else {
         refuse(format!(
@@ -654,7 +661,7 @@ mod tests {
         .is_err());
         // A pid whose start time differs is gone, never acted on.
         let me = i32::try_from(std::process::id()).unwrap();
-        let st = crate::state::ledger::process_start_time(me).unwrap();
+        let st = crate::host::proc::process_start_time(me).unwrap();
         assert_eq!(
             validate(
                 &Resource::Process {
