@@ -2,14 +2,16 @@
 
 use serde::Serialize;
 
-use crate::backend::{self, Availability, BackendOptions};
-use crate::host::facts::HostFacts;
+use crate::backend::registry;
+use crate::backend::BackendOptions;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 
 #[derive(Debug, Serialize)]
 pub struct TierLine {
     pub tier: Tier,
-    pub description: &'static str,
+    pub description: String,
     #[serde(flatten)]
     pub availability: Availability,
 }
@@ -21,12 +23,12 @@ pub struct Report {
 }
 
 pub fn diagnose(host: HostFacts, opts: &BackendOptions) -> Report {
-    let tiers = Tier::ALL
+    let tiers = Tier::all()
         .iter()
         .map(|&t| TierLine {
             tier: t,
             description: t.describe(),
-            availability: backend::availability(t, &host, opts),
+            availability: registry::availability(t, &host, opts),
         })
         .collect();
     Report { host, tiers }

@@ -9,10 +9,10 @@ use clap::Parser;
 use isobench::backend::BackendOptions;
 use isobench::cli::{AbArgs, Cli, Command, CommonArgs, CompareArgs, HistoryArgs, RunArgs};
 use isobench::exit_codes::ExitCode;
-use isobench::host::facts::HostFacts;
 use isobench::interrupt::Interrupt;
 use isobench::measure::runner::{self, RunConfig};
 use isobench::model::bounds::{self, Machine};
+use isobench::model::facts::HostFacts;
 use isobench::model::scenario::{Scenario, DEFAULT_SCENARIO};
 use isobench::model::tier::Tier;
 use isobench::state::ledger::StateDir;
@@ -187,7 +187,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let explicit = args.backends.is_some();
     let tiers = match &args.backends {
         Some(list) => Tier::parse_list(list)?,
-        None => scenario.tiers(),
+        None => scenario.tiers_or(isobench::backend::registry::default_tiers()),
     };
     if tiers.is_empty() {
         bail!("--backends is empty: name at least one tier, e.g. --backends bare,container");

@@ -12,7 +12,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::Availability;
+use crate::model::availability::Availability;
 use crate::model::results::{MetricSummary, Results, TierStatus};
 use crate::model::tier::Tier;
 

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use isobench::compare::synthetic::{draw, metric, results};
-use isobench::compare::thresholds::{CompareSpec, Thresholds};
+use isobench::compare::thresholds::Thresholds;
 use isobench::compare::{compare, CompareOptions, Verdict};
+use isobench::model::scenario::CompareSpec;
 
 const METRICS: usize = 24;
 const N: usize = 40;

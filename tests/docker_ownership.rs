@@ -13,9 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use isobench::backend::registry;
 use isobench::backend::runtimes::docker::{self, RUN_LABEL};
-use isobench::backend::{self, BackendOptions, Budget, RunEnv};
-use isobench::host::facts::HostFacts;
+use isobench::backend::{BackendOptions, RunEnv};
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
 use isobench::state::cleanup;
@@ -156,7 +158,7 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let mut foreign = Foreign::default();
-    let mut b = backend::make(Tier::Docker);
+    let mut b = registry::make(Tier::Docker);
     b.prepare(&env).unwrap();
     let image_id = b.settings()["image_id"].clone();
     assert!(docker::valid_image_id(&image_id), "{image_id}");

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::{self, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::host::facts::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
 use isobench::state::cleanup;
@@ -136,7 +138,7 @@ fn budget() -> Budget {
 /// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
 /// leaked: ledger empty, census unchanged, scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
-    let mut b = backend::make(tier);
+    let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let before = census(tmp.path());
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -398,7 +400,7 @@ fn cleanup_undoes_a_killed_nat_run() {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let mut b = backend::make(Tier::Container);
+    let mut b = registry::make(Tier::Container);
     b.prepare(&env).unwrap();
     let run = catch_unwind(AssertUnwindSafe(|| {
         check_net(

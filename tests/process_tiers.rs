@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use isobench::backend::container::Container;
-use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, RunEnv};
 use isobench::host::cgroup::{CgroupManager, Hierarchies};
-use isobench::host::facts::HostFacts;
 use isobench::host::fs::write_atomic;
 use isobench::host::proc::process_start_time;
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
 use isobench::state::cleanup;
@@ -298,7 +300,7 @@ fn chroot_hides_the_host() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut chroot = backend::make(Tier::Chroot);
+    let mut chroot = registry::make(Tier::Chroot);
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("host-marker");
     std::fs::write(&marker, b"host").unwrap();
@@ -564,7 +566,7 @@ fn launch_timings_median() {
         v[v.len() / 2]
     }
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
-        with_backend(tier, &mut *backend::make(tier), |b, _| {
+        with_backend(tier, &mut *registry::make(tier), |b, _| {
             let t = Task::new(Workload::Noop);
             b.run_once(&t).unwrap(); // warm-up
             let (mut ready, mut exit, mut td) = (vec![], vec![], vec![]);

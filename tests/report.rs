@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use isobench::backend::{Availability, Budget};
-use isobench::host::facts::{CgroupLayout, HostFacts, KvmKind};
+use isobench::model::availability::Availability;
+use isobench::model::budget::Budget;
+use isobench::model::facts::CgroupLayout;
+use isobench::model::facts::HostFacts;
+use isobench::model::facts::KvmKind;
 use isobench::model::results::{Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
 use isobench::model::scenario::{Scenario, DEFAULT_SCENARIO};
 use isobench::model::tier::Tier;

@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::host::facts::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
+use isobench::model::availability::Availability;
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
 use isobench::state::cleanup;
@@ -45,7 +48,7 @@ fn usable(test: &str, tier: Tier) -> bool {
         skip(test, "needs root");
         return false;
     }
-    match backend::availability(tier, &HostFacts::detect(), &BackendOptions::default()) {
+    match registry::availability(tier, &HostFacts::detect(), &BackendOptions::default()) {
         Availability::Available { .. } => true,
         Availability::Unavailable { reason, fix } => {
             skip(test, &format!("{reason} ({fix})"));
@@ -161,7 +164,7 @@ fn budget() -> Budget {
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
-    let mut b = backend::make(tier);
+    let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
@@ -415,8 +418,8 @@ fn docker_end_to_end() {
 #[test]
 fn crun_says_why_on_a_hybrid_host() {
     let host = HostFacts::detect();
-    let a = backend::availability(Tier::Crun, &host, &BackendOptions::default());
-    if host.cgroup_layout == isobench::host::facts::CgroupLayout::Hybrid
+    let a = registry::availability(Tier::Crun, &host, &BackendOptions::default());
+    if host.cgroup_layout == isobench::model::facts::CgroupLayout::Hybrid
         && isobench::host::facts::which("crun").is_some()
         && host.is_root
     {
@@ -435,7 +438,7 @@ fn crun_says_why_on_a_hybrid_host() {
 fn vmm_tiers_say_why() {
     let host = HostFacts::detect();
     for t in [Tier::Firecracker, Tier::CloudHypervisor] {
-        let a = backend::availability(t, &host, &BackendOptions::default());
+        let a = registry::availability(t, &host, &BackendOptions::default());
         assert!(!a.is_available(), "{t} is not driven: {a:?}");
     }
 }
@@ -473,7 +476,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
         std::fs::create_dir(&foreign).unwrap();
-        let mut b = backend::make(tier);
+        let mut b = registry::make(tier);
         let res = b.prepare(&env);
         let foreign_left = foreign.is_dir();
         let others: Vec<&PathBuf> = parents

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::child::{into_report, read_agent, wait_ready, Waiter};
-use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
-use crate::host::facts::HostFacts;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
 use crate::host::fs::safe_remove_tree;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};

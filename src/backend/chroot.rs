@@ -18,10 +18,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::bare::{child_common, cpuset, loopback_peer, measure_command, process_task, spawn_idle};
-use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv};
-use crate::host::facts::HostFacts;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;

@@ -22,7 +22,7 @@ use crate::protocol::Better;
 use crate::stats;
 
 pub use mwu::Method;
-pub use thresholds::{CompareSpec, Thresholds, ThresholdsError};
+pub use thresholds::{Thresholds, ThresholdsError};
 
 /// The verdict on one metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

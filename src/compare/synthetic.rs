@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::backend::Budget;
-use crate::host::facts::HostFacts;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
 use crate::model::results::{Results, Sample, SCHEMA_VERSION};
 use crate::model::scenario::Scenario;
 use crate::model::tier::Tier;

@@ -31,8 +31,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Budget;
-use crate::host::facts::CgroupLayout;
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
 use crate::state::ledger::{Resource, RunState};
 
 /// Where cgroup filesystems are mounted on every host isobench supports.

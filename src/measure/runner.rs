@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::backend::{
-    self, Availability, Backend, BackendError, BackendOptions, Budget, Outcome, RunEnv,
-};
-use crate::host::facts::HostFacts;
+use crate::backend::registry;
+use crate::backend::{Backend, BackendError, BackendOptions, Outcome, RunEnv};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
 use crate::model::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
 use crate::model::scenario::{ResolvedPlan, Scenario};
 use crate::model::tier::Tier;
@@ -308,7 +309,7 @@ fn run_owned(
     // Availability first: skipped tiers are recorded with their reason, never dropped silently.
     let mut available = vec![];
     for &tier in &cfg.tiers {
-        let a = backend::availability(tier, &host, &cfg.options);
+        let a = registry::availability(tier, &host, &cfg.options);
         let status = if a.is_available() {
             TierStatus::Ran
         } else {
@@ -381,7 +382,7 @@ fn measure(
             .expect("tier recorded");
         let plan = cfg.scenario.plan(tier, cfg.runs_override);
         results.tiers[idx].plan = Some(plan);
-        let mut backend = backend::make(tier);
+        let mut backend = registry::make(tier);
         if !cfg.quiet {
             eprintln!("preparing {tier} ...");
         }

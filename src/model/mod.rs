@@ -2,7 +2,10 @@
 //! result files. Pure data and its validation; imports nothing above it (only the protocol
 //! vocabulary, statistics and the leaf host utilities `host::fs` / `host::proc`).
 
+pub mod availability;
 pub mod bounds;
+pub mod budget;
+pub mod facts;
 pub mod results;
 pub mod scenario;
 pub mod tier;

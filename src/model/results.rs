@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Availability, Budget};
-use crate::host::facts::HostFacts;
 use crate::host::fs::write_atomic;
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
 use crate::model::scenario::{ResolvedPlan, Scenario};
 use crate::model::tier::Tier;
 use crate::protocol::Better;

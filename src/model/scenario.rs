@@ -85,9 +85,62 @@ pub struct Scenario {
     pub budget: BudgetSpec,
     #[serde(rename = "workload")]
     pub workloads: Vec<Workload>,
+    /// Backend settings, as `--set key=value` gives them (the command line wins): checked
+    /// against the settings of the tiers that run (docs/scenarios.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, SettingValue>,
     /// Significance level and noise thresholds for `isobench compare` (docs/compare.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare: Option<crate::compare::CompareSpec>,
+    pub compare: Option<crate::model::scenario::CompareSpec>,
+}
+
+/// The `[compare]` table of a scenario, or a thresholds file. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSpec {
+    /// Family-wise significance level across all metrics compared at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Fewest samples per side for a verdict other than inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<usize>,
+    /// Relative threshold (0.05 = 5%) for every metric without a more specific one; unset =
+    /// 10% for time metrics, 5% for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Per metric name, e.g. `launch_to_exit_ms = 0.15`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Per tier: `[tiers.emulated] threshold = 0.2` and `[tiers.emulated.metrics]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<Tier, TierThresholds>,
+}
+
+/// Per-tier overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierThresholds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The value of a backend setting in a scenario file: a word, a path or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    Int(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for SettingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingValue::Int(n) => write!(f, "{n}"),
+            SettingValue::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,13 +255,22 @@ impl Scenario {
         }
     }
 
-    /// The tiers this scenario asks for (all, when it names none).
-    pub fn tiers(&self) -> Vec<Tier> {
+    /// The tiers this scenario asks for; `default` (the registry's default set) when it names
+    /// none.
+    pub fn tiers_or(&self, default: Vec<Tier>) -> Vec<Tier> {
         if self.tiers.is_empty() {
-            Tier::ALL.to_vec()
+            default
         } else {
             self.tiers.clone()
         }
+    }
+
+    /// The `[settings]` table as `key=value` strings (as `--set` gives them).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        self.settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
     }
 }
 
@@ -260,6 +322,23 @@ mod tests {
         assert!(e.to_string().contains("vmware"));
         let e = Scenario::parse("name='x'\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("workload"));
+    }
+
+    #[test]
+    fn settings_are_words_paths_or_numbers() {
+        let s = Scenario::parse(
+            "name='x'\n[settings]\ndisk_mib = 512\ndisk_aio = 'threads'\n[[workload]]\nkind='noop'\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(s.settings()["disk_mib"], "512");
+        assert_eq!(s.settings()["disk_aio"], "threads");
+        let e = Scenario::parse(
+            "name='x'\n[settings]\ndisk_mib = [1]\n[[workload]]\nkind='noop'\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x"), "{e}");
     }
 
     #[test]

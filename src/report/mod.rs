@@ -12,7 +12,7 @@ pub mod published;
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::Availability;
+use crate::model::availability::Availability;
 use crate::model::results::{Results, TierStatus};
 use crate::model::tier::Tier;
 use metrics::Family;

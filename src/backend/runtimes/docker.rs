@@ -40,9 +40,11 @@ use std::sync::Arc;
 
 use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
-use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::backend::Budget;
 use crate::host::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us};
-use crate::host::facts::CgroupLayout;
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
 
 /// What one LXC launch needs.
 pub struct LxcLaunch<'a> {

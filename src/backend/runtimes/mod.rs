@@ -29,8 +29,11 @@ use nix::unistd::Pid;
 
 use super::bare::{child_common, cpuset, PROCESS_DEADLINE};
 use super::child::{into_report, read_agent, Waiter};
-use crate::backend::{Availability, Backend, BackendError, BackendOptions, Outcome, Timings};
-use crate::host::facts::{which, HostFacts, KvmKind};
+use crate::backend::{Backend, BackendError, BackendOptions, Outcome, Timings};
+use crate::host::facts::which;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::facts::KvmKind;
 use crate::model::tier::Tier;
 use crate::protocol::{Task, TASK_ENV};
 

@@ -36,14 +36,17 @@ use serde_json::{json, Value};
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
 use crate::backend::resources::{remove_lxc_container, remove_oci_container};
-use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::cgroup::{
     budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
     Hierarchies, PIDS_MAX,
 };
-use crate::host::facts::{CgroupLayout, HostFacts};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
+use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
