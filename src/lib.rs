@@ -4,8 +4,9 @@ pub mod ab;
 pub mod agent;
 pub mod backend;
 pub mod cli;
+pub mod commands;
 pub mod compare;
-pub mod doctor;
+
 pub mod exit_codes;
 pub mod history;
 pub mod host;

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use isobench::backend::BackendOptions;
 use isobench::cli::{AbArgs, Cli, Command, CommonArgs, CompareArgs, HistoryArgs, RunArgs};
+use isobench::commands::doctor;
 use isobench::exit_codes::ExitCode;
 use isobench::interrupt::Interrupt;
 use isobench::measure::runner::{self, RunConfig};
@@ -16,7 +17,7 @@ use isobench::model::facts::HostFacts;
 use isobench::model::scenario::{Scenario, DEFAULT_SCENARIO};
 use isobench::model::tier::Tier;
 use isobench::state::ledger::StateDir;
-use isobench::{doctor, outdir, outln};
+use isobench::{outdir, outln};
 
 fn main() {
     let cli = Cli::parse();
