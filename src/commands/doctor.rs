@@ -4,6 +4,8 @@ use serde::Serialize;
 
 use crate::backend::registry;
 use crate::backend::BackendOptions;
+use crate::cli::CommonArgs;
+use crate::exit_codes::ExitCode;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
@@ -12,6 +14,9 @@ use crate::model::tier::Tier;
 pub struct TierLine {
     pub tier: Tier,
     pub description: String,
+    /// The settings it accepts (`--set key=TYPE`), from the registry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
     #[serde(flatten)]
     pub availability: Availability,
 }
@@ -22,12 +27,25 @@ pub struct Report {
     pub tiers: Vec<TierLine>,
 }
 
+/// `isobench doctor [--json]`.
+pub fn run(json: bool, common: &CommonArgs) -> anyhow::Result<ExitCode> {
+    let opts = super::options::backend_options(common, &[], None, &[])?;
+    let report = diagnose(HostFacts::detect(), &opts);
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        crate::out!("{}", render(&report));
+    }
+    Ok(ExitCode::Success)
+}
+
 pub fn diagnose(host: HostFacts, opts: &BackendOptions) -> Report {
     let tiers = Tier::all()
         .iter()
         .map(|&t| TierLine {
             tier: t,
             description: t.describe(),
+            settings: registry::settings_help(t),
             availability: registry::availability(t, &host, opts),
         })
         .collect();
@@ -92,6 +110,9 @@ pub fn render(r: &Report) -> String {
                 t.tier.as_str(),
                 ""
             )),
+        }
+        for line in &t.settings {
+            s.push_str(&format!("  {:<22} --set {line}\n", ""));
         }
     }
     s
