@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use isobench::backend::{self, BackendOptions, Budget, RunEnv};
-use isobench::host::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{BackendOptions, RunEnv};
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::StateDir;
-use isobench::tier::Tier;
+use isobench::state::ledger::StateDir;
 use isobench::workload::Workload;
 
 fn agent() -> std::path::PathBuf {
@@ -47,13 +49,13 @@ fn launch(c: &mut Criterion) {
     let mut g = c.benchmark_group("launch_to_exit");
     g.sample_size(30);
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
-        if let backend::Availability::Unavailable { reason, .. } =
-            backend::availability(tier, &host, &opts)
+        if let isobench::model::availability::Availability::Unavailable { reason, .. } =
+            registry::availability(tier, &host, &opts)
         {
             eprintln!("skipping {tier}: {reason}");
             continue;
         }
-        let mut b = backend::make(tier);
+        let mut b = registry::make(tier);
         b.prepare(&env).unwrap();
         let task = Task::new(Workload::Noop);
         g.bench_function(tier.as_str(), |bench| {

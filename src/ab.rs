@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::backend::{self, Backend, BackendError, BackendOptions, Budget, RunEnv};
-use crate::host::HostFacts;
+use crate::backend::registry;
+use crate::backend::{Backend, BackendError, BackendOptions, RunEnv};
+use crate::measure::runner;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
+use crate::model::results::{Failure, Results, TierRecord, TierStatus, SCHEMA_VERSION};
+use crate::model::scenario::Scenario;
+use crate::model::tier::Tier;
 use crate::protocol::Task;
-use crate::results::{Failure, Results, TierRecord, TierStatus, SCHEMA_VERSION};
-use crate::runner;
-use crate::scenario::Scenario;
-use crate::state::{RunState, StateDir};
-use crate::tier::Tier;
+use crate::state::ledger::{RunState, StateDir};
 
 /// Consecutive failed launches of one variant that end the A/B run.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
@@ -93,8 +95,8 @@ pub fn run(
         memory_mib: cfg.scenario.budget.memory_mib,
     };
     for v in [&cfg.a, &cfg.b] {
-        if let backend::Availability::Unavailable { reason, fix } =
-            backend::availability(cfg.tier, &host, &v.options)
+        if let crate::model::availability::Availability::Unavailable { reason, fix } =
+            registry::availability(cfg.tier, &host, &v.options)
         {
             bail!("variant {} of {}: {reason} (fix: {fix})", v.name, cfg.tier);
         }
@@ -124,7 +126,7 @@ pub fn run(
             host: host.clone(),
             cancel: cancel.clone(),
         };
-        let mut backend = backend::make(cfg.tier);
+        let mut backend = registry::make(cfg.tier);
         if !cfg.quiet {
             eprintln!(
                 "preparing {} variant {} ({}) ...",
@@ -217,7 +219,7 @@ fn empty_results(
         budget: budget.clone(),
         tiers: vec![TierRecord {
             tier: cfg.tier,
-            availability: backend::availability(cfg.tier, host, &v.options),
+            availability: registry::availability(cfg.tier, host, &v.options),
             status: TierStatus::Ran,
             plan: Some(plan),
             settings,

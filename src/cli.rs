@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::model::tier::Tier;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "isobench",
@@ -63,6 +65,27 @@ pub enum Command {
     },
 }
 
+/// `run --backends`: the names come from [`Tier`], the default set from the registry.
+fn backends_help() -> String {
+    let default: Vec<&str> = crate::backend::registry::default_tiers()
+        .iter()
+        .map(|t| t.as_str())
+        .collect();
+    format!(
+        "Tiers to run, comma-separated [default: the scenario's `tiers`, else {}] [possible values: {}]",
+        default.join(","),
+        Tier::names()
+    )
+}
+
+/// `ab --backends`.
+fn ab_tier_help() -> String {
+    format!(
+        "The one tier both variants run in [possible values: {}]",
+        Tier::names()
+    )
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     /// Guest kernel (bzImage) for the VM tiers, instead of the cached Debian kernel.
@@ -80,8 +103,7 @@ pub struct CommonArgs {
 pub struct RunArgs {
     /// Scenario file [default: scenarios/default.toml, or the built-in default].
     pub scenario: Option<PathBuf>,
-    /// Tiers to run, comma-separated (bare,chroot,container,microvm,emulated).
-    #[arg(long, alias = "tiers", value_name = "LIST")]
+    #[arg(long, alias = "tiers", value_name = "LIST", help = backends_help())]
     pub backends: Option<String>,
     /// Measured launches per tier and workload, 1 to 100000 (overrides the scenario).
     #[arg(short = 'n', long, value_name = "N")]
@@ -94,7 +116,9 @@ pub struct RunArgs {
     /// (files of the same names are overwritten).
     #[arg(long)]
     pub force_out: bool,
-    /// Backend setting, key=value (repeatable), e.g. --set qemu=/usr/local/bin/qemu-system-x86_64.
+    /// Backend setting, key=value (repeatable), e.g. --set disk_mib=512; checked against the
+    /// settings of the tiers that run (`isobench doctor` lists each tier's), as a scenario's
+    /// `[settings]` are; --set wins over the scenario.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
     /// No progress bar or table; only errors.
@@ -135,8 +159,7 @@ pub struct CompareArgs {
 pub struct AbArgs {
     /// Scenario file [default: scenarios/default.toml, or the built-in default].
     pub scenario: Option<PathBuf>,
-    /// The one tier both variants run in.
-    #[arg(long, alias = "tier", value_name = "TIER")]
+    #[arg(long, alias = "tier", value_name = "TIER", help = ab_tier_help())]
     pub backends: String,
     /// Variant A's settings, key=value (repeatable): kernel=PATH is the guest kernel, anything
     /// else a backend setting (as --set).

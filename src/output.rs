@@ -12,9 +12,9 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::Availability;
-use crate::results::{MetricSummary, Results, TierStatus};
-use crate::tier::Tier;
+use crate::model::availability::Availability;
+use crate::model::results::{MetricSummary, Results, TierStatus};
+use crate::model::tier::Tier;
 
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static EXIT_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(true);

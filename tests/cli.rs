@@ -446,6 +446,13 @@ fn bad_inputs_are_refused_before_anything_is_created() {
         ),
         (OK.into(), vec!["--backends", "bare,vmware"], "vmware"),
         (OK.into(), vec!["--set", "novalue"], "key=value"),
+        // --set is typed per backend: an unknown key or a bad value names the valid keys.
+        (OK.into(), vec!["--set", "disk_mbb=5"], "disk_mbb"),
+        (OK.into(), vec!["--backends", "emulated", "--set", "disk_mbb=5"], "disk_mib="),
+        (OK.into(), vec!["--backends", "emulated", "--set", "disk_mib=5"], "256"),
+        (OK.into(), vec!["--backends", "microvm", "--set", "disk_aio=posix"], "io_uring"),
+        // ... and so are a scenario's [settings].
+        ("name='x'\n[settings]\ndisk_mbb = 5\n[[workload]]\nkind='noop'\n".into(), vec!["--backends", "emulated"], "disk_mbb"),
     ];
     for (text, extra, needle) in &cases {
         let dir = tempfile::tempdir().unwrap();
@@ -615,4 +622,38 @@ fn default_out_never_collides() {
             assert!(!p.join("results.json").exists(), "{} reused", p.display());
         }
     }
+}
+
+/// `--backends` help and the unknown-tier error list every tier, from the enum; the default
+/// set leaves out the tiers isobench does not drive.
+#[test]
+fn tier_lists_come_from_the_enum() {
+    let out = isobench().args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let e = stderr_of(
+        &isobench()
+            .args(["run", "--backends", "vmware"])
+            .output()
+            .unwrap(),
+    );
+    for t in isobench::model::tier::Tier::all() {
+        assert!(help.contains(t.as_str()), "{t} missing from --help: {help}");
+        assert!(e.contains(t.as_str()), "{t} missing from the error: {e}");
+    }
+    let default = help
+        .split("[default: the scenario's `tiers`, else ")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<String>();
+    assert!(
+        default.contains("bare") && default.contains("emulated"),
+        "{help}"
+    );
+    assert!(
+        !default.contains("firecracker") && !default.contains("cloud-hypervisor"),
+        "{help}"
+    );
 }

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use isobench::compare::synthetic::{draw, metric, results};
-use isobench::compare::thresholds::{CompareSpec, Thresholds};
+use isobench::compare::thresholds::Thresholds;
 use isobench::compare::{compare, CompareOptions, Verdict};
+use isobench::model::scenario::CompareSpec;
 
 const METRICS: usize = 24;
 const N: usize = 40;
@@ -106,7 +107,7 @@ fn planted_slowdown_is_found_in_every_pair() {
     }
 }
 
-fn write(dir: &Path, name: &str, r: &isobench::results::Results) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, r: &isobench::model::results::Results) -> std::path::PathBuf {
     let d = dir.join(name);
     r.write(&d).unwrap();
     d
@@ -318,7 +319,7 @@ fn run_baseline_history_and_ab_on_bare() {
         .unwrap();
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
     assert!(ab.join("a/results.json").is_file() && ab.join("b/results.json").is_file());
-    let b = isobench::results::Results::load(&ab.join("b")).unwrap();
+    let b = isobench::model::results::Results::load(&ab.join("b")).unwrap();
     assert_eq!(
         b.tiers[0].settings.get("ab_variant").map(String::as_str),
         Some("b: x=2")

@@ -13,13 +13,15 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use isobench::backend::registry;
 use isobench::backend::runtimes::docker::{self, RUN_LABEL};
-use isobench::backend::{self, BackendOptions, Budget, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::backend::{BackendOptions, RunEnv};
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::{Ledger, Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, Resource, StateDir};
 use isobench::workload::Workload;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -156,7 +158,7 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let mut foreign = Foreign::default();
-    let mut b = backend::make(Tier::Docker);
+    let mut b = registry::make(Tier::Docker);
     b.prepare(&env).unwrap();
     let image_id = b.settings()["image_id"].clone();
     assert!(docker::valid_image_id(&image_id), "{image_id}");
@@ -213,7 +215,7 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
     );
     drop(foreign);
     assert_eq!(containers_of(&run), before);
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
     drop(own);
 }
 
@@ -294,6 +296,6 @@ fn cleanup_removes_only_containers_labelled_with_the_run() {
     assert_eq!(containers_of(&run), expect);
     drop(made);
     assert_eq!(containers_of(&run), before);
-    let _ = cleanup::safe_remove_tree(&rs.dir);
+    let _ = isobench::host::fs::safe_remove_tree(&rs.dir);
     drop(own);
 }

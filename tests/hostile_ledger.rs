@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use isobench::cleanup;
-use isobench::state::{process_start_time, write_atomic, Ledger, Resource, StateDir};
+use isobench::host::fs::write_atomic;
+use isobench::host::proc::process_start_time;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, Resource, StateDir};
 
 fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -241,7 +243,7 @@ fn cleanup_removes_a_device_killed_before_its_alias_and_only_that() {
     if !privileged("cleanup_removes_a_device_killed_before_its_alias_and_only_that") {
         return;
     }
-    use isobench::backend::container::netdev;
+    use isobench::host::net::netdev;
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     let rs = sd.begin_run("unaliased").unwrap();

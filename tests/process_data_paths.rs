@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::{self, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Ledger, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{DataPath, FsParams, IdleParams, NetParams, NetPath, Workload};
 
 /// Privileged tests share host-global state (cgroup roots, devices, the census): one at a time.
@@ -136,7 +138,7 @@ fn budget() -> Budget {
 /// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
 /// leaked: ledger empty, census unchanged, scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
-    let mut b = backend::make(tier);
+    let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let before = census(tmp.path());
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -179,7 +181,7 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
     assert_eq!(census(tmp.path()), before, "leak census differs");
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "scratch not empty: {left:?}");
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 fn metric(r: &AgentReport, name: &str) -> f64 {
@@ -398,7 +400,7 @@ fn cleanup_undoes_a_killed_nat_run() {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let mut b = backend::make(Tier::Container);
+    let mut b = registry::make(Tier::Container);
     b.prepare(&env).unwrap();
     let run = catch_unwind(AssertUnwindSafe(|| {
         check_net(
@@ -423,7 +425,7 @@ fn cleanup_undoes_a_killed_nat_run() {
     let fw_rules = ledger
         .resources
         .iter()
-        .filter(|r| matches!(r, isobench::state::Resource::IptablesRule { .. }))
+        .filter(|r| matches!(r, isobench::state::ledger::Resource::IptablesRule { .. }))
         .count();
     assert_eq!(c.iptables_rules_removed.len(), fw_rules, "{c:?}");
     assert_eq!(c.nft_tables_removed.len(), 1, "{c:?}");

@@ -13,13 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use isobench::backend::container::Container;
-use isobench::backend::{self, Backend, BackendOptions, Budget, RunEnv};
-use isobench::cgroup::{CgroupManager, Hierarchies};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, RunEnv};
+use isobench::host::cgroup::{CgroupManager, Hierarchies};
+use isobench::host::fs::write_atomic;
+use isobench::host::proc::process_start_time;
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::Task;
-use isobench::state::{process_start_time, write_atomic, Ledger, Owner, Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, Owner, Resource, StateDir};
 use isobench::workload::Workload;
 
 /// Privileged tests share host-global state (cgroup roots, the census): one at a time.
@@ -159,7 +163,7 @@ fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&m
     assert_eq!(before, after, "leak census differs");
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "scratch not empty: {left:?}");
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 fn host_ns(kind: &str) -> String {
@@ -296,7 +300,7 @@ fn chroot_hides_the_host() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut chroot = backend::make(Tier::Chroot);
+    let mut chroot = registry::make(Tier::Chroot);
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("host-marker");
     std::fs::write(&marker, b"host").unwrap();
@@ -506,7 +510,7 @@ fn container_never_adopts_an_existing_run_cgroup() {
         env.state.resources()
     );
     assert_eq!(census(tmp.path()), before);
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 /// On this host's layout the container's cgroup carries pids.max = PIDS_MAX (v1: in the pids
@@ -537,7 +541,7 @@ fn container_cgroup_has_pids_max() {
             assert_eq!(with_pids.len(), 1, "{with_pids:?}");
             assert_eq!(
                 std::fs::read_to_string(&with_pids[0]).unwrap().trim(),
-                isobench::cgroup::PIDS_MAX.to_string()
+                isobench::host::cgroup::PIDS_MAX.to_string()
             );
         } else {
             println!("NOTE container_cgroup_has_pids_max: no pids controller here, none expected");
@@ -562,7 +566,7 @@ fn launch_timings_median() {
         v[v.len() / 2]
     }
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
-        with_backend(tier, &mut *backend::make(tier), |b, _| {
+        with_backend(tier, &mut *registry::make(tier), |b, _| {
             let t = Task::new(Workload::Noop);
             b.run_once(&t).unwrap(); // warm-up
             let (mut ready, mut exit, mut td) = (vec![], vec![], vec![]);

@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use isobench::backend::{Availability, Budget};
-use isobench::host::{CgroupLayout, HostFacts, KvmKind};
+use isobench::model::availability::Availability;
+use isobench::model::budget::Budget;
+use isobench::model::facts::CgroupLayout;
+use isobench::model::facts::HostFacts;
+use isobench::model::facts::KvmKind;
+use isobench::model::results::{Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
+use isobench::model::scenario::{Scenario, DEFAULT_SCENARIO};
+use isobench::model::tier::Tier;
 use isobench::protocol::{Better, IsolationView};
 use isobench::report::claims::{judge, Verdict};
 use isobench::report::write_report;
-use isobench::results::{Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
-use isobench::scenario::{Scenario, DEFAULT_SCENARIO};
-use isobench::tier::Tier;
 
 /// A deterministic spread of ±`spread` around `base`, `n` values.
 fn spread(base: f64, spread: f64, n: u32) -> Vec<f64> {
@@ -655,7 +658,7 @@ fn isolation_claims_judged_on_the_observed_views() {
 fn chromium() -> Option<std::path::PathBuf> {
     ["chromium", "chromium-browser"]
         .iter()
-        .find_map(|b| isobench::host::which(b))
+        .find_map(|b| isobench::host::facts::which(b))
 }
 
 #[test]

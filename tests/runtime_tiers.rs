@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
-use isobench::cleanup;
-use isobench::host::HostFacts;
+use isobench::backend::registry;
+use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
+use isobench::model::availability::Availability;
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Ledger, StateDir};
-use isobench::tier::Tier;
+use isobench::state::cleanup;
+use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{
     CpuParams, DataPath, FsParams, MemoryParams, NetParams, NetPath, Workload,
 };
@@ -45,7 +48,7 @@ fn usable(test: &str, tier: Tier) -> bool {
         skip(test, "needs root");
         return false;
     }
-    match backend::availability(tier, &HostFacts::detect(), &BackendOptions::default()) {
+    match registry::availability(tier, &HostFacts::detect(), &BackendOptions::default()) {
         Availability::Available { .. } => true,
         Availability::Unavailable { reason, fix } => {
             skip(test, &format!("{reason} ({fix})"));
@@ -161,7 +164,7 @@ fn budget() -> Budget {
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
-    let mut b = backend::make(tier);
+    let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
@@ -210,7 +213,7 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     );
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "{tier}: scratch not empty: {left:?}");
-    cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+    isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
 fn metric(r: &AgentReport, name: &str) -> f64 {
@@ -375,7 +378,7 @@ fn runc_and_gvisor_density() {
                 instances: 2,
                 settle_ms: 100,
             };
-            let m = isobench::density::measure(b, &p).unwrap();
+            let m = isobench::measure::density::measure(b, &p).unwrap();
             let pss = m
                 .iter()
                 .find(|x| x.name == "pss_per_instance_mib")
@@ -415,9 +418,9 @@ fn docker_end_to_end() {
 #[test]
 fn crun_says_why_on_a_hybrid_host() {
     let host = HostFacts::detect();
-    let a = backend::availability(Tier::Crun, &host, &BackendOptions::default());
-    if host.cgroup_layout == isobench::host::CgroupLayout::Hybrid
-        && isobench::host::which("crun").is_some()
+    let a = registry::availability(Tier::Crun, &host, &BackendOptions::default());
+    if host.cgroup_layout == isobench::model::facts::CgroupLayout::Hybrid
+        && isobench::host::facts::which("crun").is_some()
         && host.is_root
     {
         match a {
@@ -435,7 +438,7 @@ fn crun_says_why_on_a_hybrid_host() {
 fn vmm_tiers_say_why() {
     let host = HostFacts::detect();
     for t in [Tier::Firecracker, Tier::CloudHypervisor] {
-        let a = backend::availability(t, &host, &BackendOptions::default());
+        let a = registry::availability(t, &host, &BackendOptions::default());
         assert!(!a.is_available(), "{t} is not driven: {a:?}");
     }
 }
@@ -466,14 +469,14 @@ fn runtime_cgroup_parents_are_never_adopted() {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let parents = isobench::backend::runtimes::oci::cgroup_dirs_for(
-            &isobench::cgroup::Hierarchies::detect(),
+            &isobench::host::cgroup::Hierarchies::detect(),
             env.host.cgroup_layout,
             &format!("isobench-{tier}-{}", env.state.id),
         );
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
         std::fs::create_dir(&foreign).unwrap();
-        let mut b = backend::make(tier);
+        let mut b = registry::make(tier);
         let res = b.prepare(&env);
         let foreign_left = foreign.is_dir();
         let others: Vec<&PathBuf> = parents
@@ -496,6 +499,6 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(others.is_empty(), "{tier}: left behind {others:?}");
         assert_eq!(env.state.resources(), vec![], "{tier}: ledger not empty");
         assert_eq!(census(tmp.path(), &run), before, "{tier}: census differs");
-        cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
+        isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
     }
 }

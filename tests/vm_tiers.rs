@@ -12,16 +12,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use isobench::backend::container::netdev;
+use isobench::backend::registry;
 use isobench::backend::vm::kernel::{self, GuestKernel, KernelError};
 use isobench::backend::vm::tap;
-use isobench::backend::{
-    self, Availability, Backend, BackendError, BackendOptions, Budget, RunEnv,
-};
-use isobench::host::{HostFacts, KvmKind};
+use isobench::backend::{Backend, BackendError, BackendOptions, RunEnv};
+use isobench::host::net::netdev;
+use isobench::model::availability::Availability;
+use isobench::model::budget::Budget;
+use isobench::model::facts::HostFacts;
+use isobench::model::facts::KvmKind;
+use isobench::model::tier::Tier;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Resource, StateDir};
-use isobench::tier::Tier;
+use isobench::state::ledger::{Resource, StateDir};
 use isobench::workload::{
     DataPath, FsParams, IdleParams, MemoryParams, NetParams, NetPath, Workload,
 };
@@ -135,7 +137,7 @@ fn with_vm_mem(
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let links_before = isb_links();
-    let mut b = backend::make(tier);
+    let mut b = registry::make(tier);
     let res = catch_unwind(AssertUnwindSafe(|| {
         b.prepare(&env).unwrap();
         body(b.as_mut(), &env);
@@ -262,7 +264,7 @@ fn emulated_boots_the_guest_kernel() {
         return;
     };
     let opts = BackendOptions::default();
-    match backend::availability(Tier::Emulated, &host, &opts) {
+    match registry::availability(Tier::Emulated, &host, &opts) {
         Availability::Available { detail } => {
             assert!(
                 detail.contains("TCG") && !detail.contains("KVM"),
@@ -278,7 +280,7 @@ fn emulated_boots_the_guest_kernel() {
 fn microvm_is_refused_without_hardware_kvm() {
     let host = HostFacts::detect();
     let opts = BackendOptions::default();
-    let a = backend::availability(Tier::Microvm, &host, &opts);
+    let a = registry::availability(Tier::Microvm, &host, &opts);
     println!("this host's KVM: {}; microvm: {a:?}", host.kvm.label());
     match &host.kvm {
         KvmKind::Hardware { .. } => {
@@ -325,7 +327,7 @@ fn microvm_is_refused_without_hardware_kvm() {
             host,
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        let mut b = backend::make(Tier::Microvm);
+        let mut b = registry::make(Tier::Microvm);
         match b.prepare(&env) {
             Err(BackendError::Unavailable { tier, reason }) => {
                 assert_eq!(tier, Tier::Microvm);

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::child::{into_report, read_agent, wait_ready, Waiter};
-use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
-use crate::cleanup::safe_remove_tree;
-use crate::host::HostFacts;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
+use crate::host::fs::safe_remove_tree;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::Workload;
 
 /// Longest a process-tier launch may take before it is killed.
@@ -88,7 +89,7 @@ pub fn loopback_peer() -> Result<NetPeer, BackendError> {
 
 /// Make a run-level data directory: refused if it exists, recorded, then created.
 pub fn make_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), BackendError> {
-    super::container::refuse_existing(dir)?;
+    super::resources::refuse_existing(dir)?;
     state
         .record(Resource::Dir { path: dir.into() })
         .map_err(|e| BackendError::io("recording the data directory in the ledger", e))?;

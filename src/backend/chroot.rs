@@ -18,14 +18,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::bare::{child_common, cpuset, loopback_peer, measure_command, process_task, spawn_idle};
-use super::{Availability, Backend, BackendError, IdleInstance, Outcome, RunEnv};
-use crate::cleanup::safe_remove_tree;
-use crate::host::HostFacts;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::host::fs::safe_remove_tree;
+use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::rootfs::{self, AGENT_IN_ROOTFS};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {
@@ -80,7 +81,7 @@ impl Backend for Chroot {
             });
         }
         let dir = env.state.scratch().join("rootfs");
-        super::container::refuse_existing(&dir)?;
+        super::resources::refuse_existing(&dir)?;
         env.state
             .record(Resource::Dir { path: dir.clone() })
             .map_err(|e| BackendError::io("recording the chroot rootfs in the ledger", e))?;

@@ -10,6 +10,8 @@ pub mod bare;
 pub mod child;
 pub mod chroot;
 pub mod container;
+pub mod registry;
+pub mod resources;
 pub mod runtimes;
 pub mod vm;
 
@@ -21,10 +23,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::HostFacts;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::protocol::{AgentReport, Task};
-use crate::state::RunState;
-use crate::tier::Tier;
+use crate::state::ledger::RunState;
 
 /// Errors of a backend, each saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -69,42 +72,6 @@ impl BackendError {
             source,
         }
     }
-}
-
-/// Whether a tier can run on this host, and if not, why and how to fix it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Availability {
-    Available {
-        /// What it will run as (e.g. "QEMU 7.2 microvm, TCG (emulated)").
-        detail: String,
-    },
-    Unavailable {
-        reason: String,
-        fix: String,
-    },
-}
-
-impl Availability {
-    pub fn is_available(&self) -> bool {
-        matches!(self, Availability::Available { .. })
-    }
-    pub fn unavailable(reason: impl Into<String>, fix: impl Into<String>) -> Self {
-        Availability::Unavailable {
-            reason: reason.into(),
-            fix: fix.into(),
-        }
-    }
-}
-
-/// The CPU and memory every tier gets, so that a difference is the tier's cost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Budget {
-    /// Host CPUs the sandbox may use (bare/chroot are pinned to them; container cpuset/quota;
-    /// VMs get this many vCPUs).
-    pub cpus: Vec<usize>,
-    /// Memory limit (container cgroup limit, VM RAM).
-    pub memory_mib: u64,
 }
 
 /// Options that select how a backend runs (from CLI and scenario).
@@ -227,51 +194,16 @@ pub(crate) fn prepare_run_dir<P>(
             scratch.display()
         )));
     }
-    container::refuse_existing(base)?;
-    let res = crate::state::Resource::Dir {
+    resources::refuse_existing(base)?;
+    let res = crate::state::ledger::Resource::Dir {
         path: base.to_path_buf(),
     };
     env.state
         .record(res.clone())
         .map_err(|e| BackendError::io(format!("recording {} in the ledger", base.display()), e))?;
     fill().inspect_err(|_| {
-        if crate::cleanup::safe_remove_tree(base).is_ok() {
+        if crate::host::fs::safe_remove_tree(base).is_ok() {
             let _ = env.state.release(&res);
         }
     })
-}
-
-/// Can `tier` run here? Pure function of the host facts and options (VM tiers also look for a
-/// cached guest kernel).
-pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Availability {
-    match tier {
-        Tier::Bare => bare::availability(host),
-        Tier::Chroot => chroot::availability(host),
-        Tier::Container => container::availability(host),
-        Tier::Microvm | Tier::Emulated => vm::availability(tier, host, opts),
-        Tier::Runc
-        | Tier::Crun
-        | Tier::Docker
-        | Tier::Lxc
-        | Tier::Gvisor
-        | Tier::Firecracker
-        | Tier::CloudHypervisor => runtimes::availability(tier, host, opts),
-    }
-}
-
-/// Make the backend for `tier`.
-pub fn make(tier: Tier) -> Box<dyn Backend> {
-    match tier {
-        Tier::Bare => Box::new(bare::Bare::default()),
-        Tier::Chroot => Box::new(chroot::Chroot::default()),
-        Tier::Container => Box::new(container::Container::default()),
-        Tier::Microvm | Tier::Emulated => Box::new(vm::Vm::new(tier)),
-        Tier::Runc
-        | Tier::Crun
-        | Tier::Docker
-        | Tier::Lxc
-        | Tier::Gvisor
-        | Tier::Firecracker
-        | Tier::CloudHypervisor => runtimes::make(tier),
-    }
 }

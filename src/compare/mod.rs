@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::model::results::Results;
+use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::results::Results;
 use crate::stats;
-use crate::tier::Tier;
 
 pub use mwu::Method;
-pub use thresholds::{CompareSpec, Thresholds, ThresholdsError};
+pub use thresholds::{Thresholds, ThresholdsError};
 
 /// The verdict on one metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -6,12 +6,12 @@ use std::sync::OnceLock;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::backend::Budget;
-use crate::host::HostFacts;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
+use crate::model::results::{Results, Sample, SCHEMA_VERSION};
+use crate::model::scenario::Scenario;
+use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::results::{Results, Sample, SCHEMA_VERSION};
-use crate::scenario::Scenario;
-use crate::tier::Tier;
 
 /// A complete `Results` around `samples`, on a host named `hostname`. Summaries are left empty
 /// (a comparison reads only the samples); call `summarize()` when they are needed.

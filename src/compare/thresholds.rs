@@ -2,12 +2,12 @@
 //! else the `[compare]` table of the new run's scenario, else the documented defaults
 //! (docs/compare.md).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::tier::Tier;
+use crate::model::scenario::CompareSpec;
+use crate::model::tier::Tier;
 
 /// Family-wise significance level (Holm) when none is given.
 pub const DEFAULT_ALPHA: f64 = 0.01;
@@ -17,38 +17,6 @@ pub const DEFAULT_LATENCY_THRESHOLD: f64 = 0.10;
 pub const DEFAULT_THROUGHPUT_THRESHOLD: f64 = 0.05;
 /// Fewest samples per side for a verdict other than inconclusive.
 pub const DEFAULT_MIN_SAMPLES: usize = 5;
-
-/// The `[compare]` table of a scenario, or a thresholds file. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompareSpec {
-    /// Family-wise significance level across all metrics compared at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alpha: Option<f64>,
-    /// Fewest samples per side for a verdict other than inconclusive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_samples: Option<usize>,
-    /// Relative threshold (0.05 = 5%) for every metric without a more specific one; unset =
-    /// 10% for time metrics, 5% for the others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
-    /// Per metric name, e.g. `launch_to_exit_ms = 0.15`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metrics: BTreeMap<String, f64>,
-    /// Per tier: `[tiers.emulated] threshold = 0.2` and `[tiers.emulated.metrics]`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tiers: BTreeMap<Tier, TierThresholds>,
-}
-
-/// Per-tier overrides.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierThresholds {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metrics: BTreeMap<String, f64>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThresholdsError {

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::model::results::{Results, Sample};
+use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::results::{Results, Sample};
-use crate::tier::Tier;
 
 /// Where `run` stores history unless told otherwise.
 pub const DEFAULT_PATH: &str = "reports/history.sqlite";
@@ -311,13 +311,13 @@ impl History {
             .map_err(|e| self.sql(e))?;
         raw.into_iter()
             .map(|(tier, workload, metric, unit, better, round, value)| {
-                let tier: Tier =
-                    tier.parse()
-                        .map_err(|e: crate::tier::UnknownTier| HistoryError::Damaged {
-                            path: self.path.clone(),
-                            id,
-                            message: e.to_string(),
-                        })?;
+                let tier: Tier = tier.parse().map_err(|e: crate::model::tier::UnknownTier| {
+                    HistoryError::Damaged {
+                        path: self.path.clone(),
+                        id,
+                        message: e.to_string(),
+                    }
+                })?;
                 let better = parse_better(&better).ok_or_else(|| HistoryError::Damaged {
                     path: self.path.clone(),
                     id,

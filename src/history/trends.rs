@@ -11,8 +11,8 @@ use plotters::prelude::*;
 use rusqlite::params;
 
 use super::{History, HistoryError, RunRow};
+use crate::model::tier::Tier;
 use crate::output::num;
-use crate::tier::Tier;
 
 /// The median of one metric in one run.
 #[derive(Debug, Clone, PartialEq)]

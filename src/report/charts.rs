@@ -14,10 +14,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::metrics::{self as m, cost_ratio, is_charted, Family};
 use super::ReportError;
+use crate::model::results::{MetricSummary, Results};
+use crate::model::tier::Tier;
 use crate::output::num;
 use crate::protocol::Better;
-use crate::results::{MetricSummary, Results};
-use crate::tier::Tier;
 
 const FONT: &str = "sans-serif";
 /// Fonts tried in order when `$ISOBENCH_FONT` is not set.
@@ -31,25 +31,10 @@ pub const FONT_CANDIDATES: [&str; 6] = [
 ];
 const WIDTH: u32 = 900;
 
-/// The colour of a tier, the same in every chart and table. Keyed by name so that tiers added
-/// later get a stable colour from the spare palette instead of failing to build.
+/// The colour of a tier, the same in every chart and table (kept with the tier, so a new tier
+/// cannot miss one).
 pub fn tier_rgb(t: Tier) -> (u8, u8, u8) {
-    // Okabe–Ito palette for the built-in tiers (readable with colour-vision deficiencies; bare is
-    // neutral grey), then distinct Tol colours for the runtimes. One fixed colour per tier.
-    match t {
-        Tier::Bare => (0x55, 0x55, 0x55),
-        Tier::Chroot => (0xE6, 0x9F, 0x00),
-        Tier::Container => (0x00, 0x72, 0xB2),
-        Tier::Microvm => (0x00, 0x9E, 0x73),
-        Tier::Emulated => (0xD5, 0x5E, 0x00),
-        Tier::Runc => (0x56, 0xB4, 0xE9),
-        Tier::Crun => (0x33, 0x22, 0x88),
-        Tier::Docker => (0xCC, 0x79, 0xA7),
-        Tier::Lxc => (0x99, 0x99, 0x33),
-        Tier::Gvisor => (0x88, 0x22, 0x55),
-        Tier::Firecracker => (0x44, 0xAA, 0x99),
-        Tier::CloudHypervisor => (0x11, 0x77, 0x33),
-    }
+    t.rgb()
 }
 
 pub fn tier_hex(t: Tier) -> String {
@@ -621,7 +606,7 @@ mod tests {
 
     #[test]
     fn palette_is_distinct_and_stable() {
-        let hex: Vec<String> = Tier::ALL.iter().map(|t| tier_hex(*t)).collect();
+        let hex: Vec<String> = Tier::all().iter().map(|t| tier_hex(*t)).collect();
         let mut d = hex.clone();
         d.sort();
         d.dedup();

@@ -9,11 +9,11 @@
 use serde::Serialize;
 
 use super::metrics::{self as m, cost_ratio};
+use crate::model::results::{Results, TierStatus};
+use crate::model::tier::Tier;
 use crate::output::num;
 use crate::protocol::{Better, IsolationView};
-use crate::results::{Results, TierStatus};
 use crate::stats::{self, Ratio};
-use crate::tier::Tier;
 
 /// "Near-zero loss": the cost ratio's 95% CI lies within 1 ± this.
 pub const NEAR_ZERO_LOSS: f64 = 0.05;

@@ -8,11 +8,11 @@ use super::isolation;
 use super::metrics::{cost_ratio, Family, STARTUP_METRICS};
 use super::published::{FigureRow, Provenance, Published};
 use super::{esc, honesty_warnings};
-use crate::backend::Availability;
+use crate::model::availability::Availability;
+use crate::model::results::{MetricSummary, Results, TierStatus};
+use crate::model::tier::Tier;
 use crate::output::num;
-use crate::results::{MetricSummary, Results, TierStatus};
 use crate::stats::Ratio;
-use crate::tier::Tier;
 
 const CSS: &str = r#"
 :root{--fg:#1d1d1f;--muted:#5f6368;--line:#d9d9de;--bg:#fff;--soft:#f6f6f8}
@@ -153,7 +153,7 @@ fn tiers_table(r: &Results, out: &mut String) {
             out,
             "<tr><td>{}</td><td>{}</td><td>{status}{}</td><td>{}{}</td><td class=\"n\">{launches}</td></tr>",
             chip(t.tier),
-            esc(t.tier.describe()),
+            esc(&t.tier.describe()),
             if t.failures.is_empty() { String::new() } else { format!(" ({} failed launches)", t.failures.len()) },
             esc(&how),
             if settings.is_empty() { String::new() } else { format!("<br><span class=\"muted\">{}</span>", esc(&settings.join(", "))) },

@@ -1,9 +1,9 @@
 //! The isolation matrix: what the agent saw from inside each tier, one row per tier. Observed
 //! values only; namespaces are compared with bare's to say "own" or "shared".
 
+use crate::model::results::Results;
+use crate::model::tier::Tier;
 use crate::protocol::IsolationView;
-use crate::results::Results;
-use crate::tier::Tier;
 
 pub const COLUMNS: [&str; 9] = [
     "PID view",

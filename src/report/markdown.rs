@@ -6,9 +6,9 @@ use super::charts::tiers_present;
 use super::claims::ClaimVerdict;
 use super::honesty_warnings;
 use super::metrics::{LAUNCH_TO_EXIT_MS, LAUNCH_TO_READY_MS, NOOP};
+use crate::model::results::Results;
+use crate::model::tier::Tier;
 use crate::output::num;
-use crate::results::Results;
-use crate::tier::Tier;
 
 /// Table cells must not break the table.
 fn cell(s: &str) -> String {

@@ -2,8 +2,8 @@
 //! and orients them. The names are the ones the agent writes (src/agent/workloads/*.rs) and the
 //! host records (docs/results.md); when a workload renames a metric, change it here only.
 
+use crate::model::results::MetricSummary;
 use crate::protocol::Better;
-use crate::results::MetricSummary;
 use crate::stats::Ratio;
 
 // Startup, measured for every launch of every workload.

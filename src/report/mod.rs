@@ -12,9 +12,9 @@ pub mod published;
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::Availability;
-use crate::results::{Results, TierStatus};
-use crate::tier::Tier;
+use crate::model::availability::Availability;
+use crate::model::results::{Results, TierStatus};
+use crate::model::tier::Tier;
 use metrics::Family;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ pub fn write_report(run_dir: &Path, results: &Results) -> Result<ReportFiles, Re
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ReportError> {
-    crate::state::write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
+    crate::host::fs::write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
         path: path.into(),
         source,
     })

@@ -7,10 +7,10 @@ use toml::{Table, Value};
 
 use super::metrics as m;
 use super::ReportError;
+use crate::model::results::Results;
+use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::results::Results;
 use crate::stats::Ratio;
-use crate::tier::Tier;
 
 const PUBLISHED_TOML: &str = include_str!("published.toml");
 

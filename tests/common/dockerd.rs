@@ -4,9 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isobench::backend::{self, Availability, BackendOptions};
-use isobench::host::HostFacts;
-use isobench::tier::Tier;
+use isobench::backend::registry;
+use isobench::backend::BackendOptions;
+use isobench::model::availability::Availability;
+use isobench::model::facts::HostFacts;
+use isobench::model::tier::Tier;
 
 /// A dockerd this test started, stopped (SIGTERM, then waited for) on drop.
 pub struct OwnDockerd(std::process::Child);
@@ -44,11 +46,11 @@ pub fn dockerd_if_needed(test: &str, log: &str) -> Result<Option<OwnDockerd>, ()
         return Err(());
     }
     let host = HostFacts::detect();
-    match backend::availability(Tier::Docker, &host, &BackendOptions::default()) {
+    match registry::availability(Tier::Docker, &host, &BackendOptions::default()) {
         Availability::Available { .. } => Ok(None),
         Availability::Unavailable { reason, fix } => {
             if !reason.contains("dockerd is not running")
-                || isobench::host::which("dockerd").is_none()
+                || isobench::host::facts::which("dockerd").is_none()
             {
                 println!("SKIPPED {test}: {reason} ({fix})");
                 assert!(
@@ -67,7 +69,7 @@ pub fn dockerd_if_needed(test: &str, log: &str) -> Result<Option<OwnDockerd>, ()
             let own = OwnDockerd(child);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if backend::availability(Tier::Docker, &host, &BackendOptions::default())
+                if registry::availability(Tier::Docker, &host, &BackendOptions::default())
                     .is_available()
                     && daemon_answers()
                 {

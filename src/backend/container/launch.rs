@@ -27,12 +27,12 @@ use crate::backend::bare::{cpuset, IDLE_STOP_DEADLINE};
 use crate::backend::child::{pidfd_open, Waiter};
 use crate::backend::chroot::cloexec_from_3;
 use crate::backend::{BackendError, IdleInstance};
-use crate::cgroup::CgroupManager;
-use crate::cleanup::safe_remove_tree;
+use crate::host::cgroup::CgroupManager;
+use crate::host::fs::safe_remove_tree;
+use crate::host::rootfs::AGENT_IN_ROOTFS;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::rootfs::AGENT_IN_ROOTFS;
-use crate::state::{Resource, RunState};
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, Workload};
 
 /// The fs workload's directory on the overlay rootfs (writes land in the upper layer).

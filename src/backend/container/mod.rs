@@ -25,9 +25,7 @@
 
 pub mod launch;
 pub mod net;
-pub mod netdev;
 pub mod netlo;
-pub mod subnet;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
@@ -42,14 +40,18 @@ use nix::unistd::Pid;
 
 use super::bare::{check_idle, cpuset, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
 use super::child::{into_report, read_agent, wait_ready, StreamResult};
-use super::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv, Timings};
-use crate::cgroup::{self, CgroupManager};
-use crate::cleanup::safe_remove_tree;
-use crate::host::{CgroupLayout, HostFacts};
+use super::resources::refuse_existing;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
+use crate::host::cgroup::{self, CgroupManager};
+use crate::host::fs::safe_remove_tree;
+use crate::host::rootfs;
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::protocol::Task;
-use crate::rootfs;
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, NetPath, Workload};
 use launch::{read_setup_error, setup_error, IdleContainer, LaunchPlan, Started};
 use net::RunNet;
@@ -285,18 +287,6 @@ fn check_overlay_path(p: &Path) -> Result<(), BackendError> {
         return Err(BackendError::Other(format!(
             "the state directory path {} contains ',', ':', '\\' or a newline, which overlayfs \
              options cannot carry: set ISOBENCH_STATE_DIR to a plain path",
-            p.display()
-        )));
-    }
-    Ok(())
-}
-
-/// A directory this backend is about to create must not exist: one it did not create is never
-/// adopted (and so never removed by its rollback).
-pub(crate) fn refuse_existing(p: &Path) -> Result<(), BackendError> {
-    if std::fs::symlink_metadata(p).is_ok() {
-        return Err(BackendError::Other(format!(
-            "{} already exists (left by an earlier run with the same id?): run `isobench cleanup` or use a new run id",
             p.display()
         )));
     }

@@ -15,7 +15,7 @@
 //!   (`net.ipv4.conf.<dev>.forwarding`: IPv4 forwarding is decided by the input device), never
 //!   host-wide: `net.ipv4.ip_forward` is not touched.
 //!
-//! Names and marks (see [`super::netdev`]): every device is `isbk` + a random 8-character tag +
+//! Names and marks (see [`crate::host::net::netdev`]): every device is `isbk` + a random 8-character tag +
 //! a kind suffix (`br` bridge, `u0`/`u1` uplink, `d`/`n` a launch's host end, `c` its container
 //! end: at most 14 bytes), created exclusively (on "File exists" another tag is tried; a device
 //! that exists is never adopted nor deleted), recorded in the ledger before it is made, and
@@ -23,7 +23,7 @@
 //! run created that carry that alias. The nftables table is created the same way (`create
 //! table` fails if it exists) and deleted by handle only if its comment is the run's.
 //!
-//! Address blocks are reserved in the state directory under a lock (see [`super::subnet`]), so
+//! Address blocks are reserved in the state directory under a lock (see [`crate::host::net::subnet`]), so
 //! two concurrent runs never share one, and never overlap an address or route of this host:
 //! 10.214.0.0/16 (direct: a /24 per run), 10.215.0.0/16 (bridge: a /24 per run),
 //! 10.216.0.0/16 (uplink: a /30 per run); the VM tiers use 10.213.0.0/16.
@@ -53,11 +53,11 @@ use std::sync::{Arc, Mutex};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use super::netdev::{self, AddError, NAME_ATTEMPTS};
-use super::subnet::{self, Reservation};
 use crate::backend::BackendError;
+use crate::host::net::netdev::{self, AddError, NAME_ATTEMPTS};
+use crate::host::net::subnet::{self, Reservation};
 use crate::netpeer::NetPeer;
-use crate::state::{Resource, RunState};
+use crate::state::ledger::{Resource, RunState};
 
 /// The direct path's range: each run takes a /24 of it, each launch a /30 of that.
 pub const DIRECT_RANGE: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 0);
@@ -761,7 +761,7 @@ impl NatPath {
         // The peer's namespace goes with its last reference (its veth end with it).
         self.peer_ns = None;
         for rule in std::mem::take(&mut self.fw_rules) {
-            match crate::cleanup::remove_iptables_rule("filter", "FORWARD", &rule) {
+            match crate::host::net::remove_iptables_rule("filter", "FORWARD", &rule) {
                 Ok(_) => {
                     let _ = state.release(&Resource::IptablesRule {
                         table: "filter".into(),
@@ -1008,7 +1008,7 @@ mod tests {
 #[cfg(test)]
 mod privileged_tests {
     use super::*;
-    use crate::state::StateDir;
+    use crate::state::ledger::StateDir;
 
     fn privileged(test: &str) -> bool {
         if nix::unistd::geteuid().is_root() {
@@ -1261,7 +1261,7 @@ mod privileged_tests {
 #[cfg(test)]
 mod forwarding_tests {
     use super::*;
-    use crate::state::StateDir;
+    use crate::state::ledger::StateDir;
     use std::io::{Read, Write};
 
     #[test]

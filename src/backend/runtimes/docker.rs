@@ -40,13 +40,15 @@ use std::sync::Arc;
 
 use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
-use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
-use crate::cleanup::safe_remove_tree;
+use crate::backend::{Backend, BackendError, Outcome, RunEnv};
+use crate::host::fs::safe_remove_tree;
+use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::rootfs::{self, AGENT_IN_ROOTFS};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, NetPath, Workload};
 
 /// The repository of isobench's cached agent images.
@@ -77,7 +79,7 @@ pub fn availability(docker: &Path) -> Availability {
     }
     let sock = daemon_socket();
     if let Err(e) = UnixStream::connect(&sock) {
-        let start = if crate::host::which("dockerd").is_some() {
+        let start = if crate::host::facts::which("dockerd").is_some() {
             "start the daemon: `systemctl start docker`, or by hand `dockerd >/var/log/dockerd.log 2>&1 &`"
         } else {
             "apt-get install docker.io, then start the daemon (`systemctl start docker` or `dockerd &`)"
@@ -665,7 +667,7 @@ pub fn run_args(
         "--hostname".into(),
         "isobench".into(),
         "--cpuset-cpus".into(),
-        crate::cgroup::cpu_list(&budget.cpus),
+        crate::host::cgroup::cpu_list(&budget.cpus),
         "--cpus".into(),
         budget.cpus.len().to_string(),
         "--memory".into(),
@@ -1114,7 +1116,7 @@ mod tests {
 
     #[test]
     fn old_ledgers_without_a_container_id_still_parse() {
-        let l: crate::state::Ledger = serde_json::from_str(
+        let l: crate::state::ledger::Ledger = serde_json::from_str(
             r#"{"run_id":"r1","owner":null,"resources":[{"kind":"docker_container","name":"isobench-r1-1"}]}"#,
         )
         .unwrap();

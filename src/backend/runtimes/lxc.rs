@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::backend::Budget;
-use crate::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us};
-use crate::host::CgroupLayout;
+use crate::host::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us};
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
 
 /// What one LXC launch needs.
 pub struct LxcLaunch<'a> {
@@ -97,7 +97,7 @@ pub fn run_command(bin: &Path, lxcpath: &Path, name: &str, conf: &Path, log: &Pa
         .arg(conf)
         .arg("-o")
         .arg(log)
-        .args(["-l", "ERROR", "--", crate::rootfs::AGENT_IN_ROOTFS]);
+        .args(["-l", "ERROR", "--", crate::host::rootfs::AGENT_IN_ROOTFS]);
     cmd
 }
 

@@ -1,6 +1,6 @@
 //! The runtimes people use, as tiers: runc, crun, Docker, LXC, gVisor; and the alternate VMMs
 //! of the microVM tier (Firecracker, Cloud Hypervisor). Each runs the same agent from the same
-//! rootfs isobench builds ([`crate::rootfs::build`]), with the same budget, and is measured the
+//! rootfs isobench builds ([`crate::host::rootfs::build`]), with the same budget, and is measured the
 //! same way: launch = just before the runtime's CLI is spawned, ready = the agent's READY line
 //! read from the CLI's stdout, exit = the CLI process exits, teardown = exit until the
 //! container, its bundle and the runtime's state for it are gone.
@@ -29,10 +29,13 @@ use nix::unistd::Pid;
 
 use super::bare::{child_common, cpuset, PROCESS_DEADLINE};
 use super::child::{into_report, read_agent, Waiter};
-use crate::backend::{Availability, Backend, BackendError, BackendOptions, Outcome, Timings};
-use crate::host::{which, HostFacts, KvmKind};
+use crate::backend::{Backend, BackendError, BackendOptions, Outcome, Timings};
+use crate::host::facts::which;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::facts::KvmKind;
+use crate::model::tier::Tier;
 use crate::protocol::{Task, TASK_ENV};
-use crate::tier::Tier;
 
 /// The binary each runtime tier drives, and the Debian package that has it.
 pub fn binary_of(tier: Tier) -> Option<(&'static str, &'static str)> {

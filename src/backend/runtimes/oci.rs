@@ -35,18 +35,22 @@ use serde_json::{json, Value};
 
 use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
 use crate::backend::bare::{cpuset, loopback_peer};
-use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
-use crate::cgroup::{
+use crate::backend::resources::{remove_lxc_container, remove_oci_container};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::host::cgroup::{
     budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
     Hierarchies, PIDS_MAX,
 };
-use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
-use crate::host::{CgroupLayout, HostFacts};
+use crate::host::fs::safe_remove_tree;
+use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
-use crate::rootfs::{self, AGENT_IN_ROOTFS};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, Workload};
 
 /// Where the fs workload writes inside the bundle rootfs, and where the volume is mounted.
@@ -71,7 +75,7 @@ pub fn availability(tier: Tier, bin: &Path, host: &HostFacts) -> Availability {
             "mount cgroup2 at /sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)",
         );
     }
-    if tier == Tier::Lxc && crate::host::which("lxc-stop").is_none() {
+    if tier == Tier::Lxc && crate::host::facts::which("lxc-stop").is_none() {
         return Availability::unavailable("lxc-stop is missing", "apt-get install lxc");
     }
     let what = match tier {
@@ -290,7 +294,7 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
             .map_err(|e| BackendError::io(format!("creating {}", d.display()), e))?;
     }
     let (bin, _) = super::binary_of(tier).expect("a runtime tier");
-    let bin = crate::host::which(bin).ok_or_else(|| BackendError::Unavailable {
+    let bin = crate::host::facts::which(bin).ok_or_else(|| BackendError::Unavailable {
         tier,
         reason: format!("{bin} vanished from PATH"),
     })?;
@@ -531,7 +535,7 @@ impl Backend for Bundled {
             .prepared
             .as_ref()
             .map(|p| p.bin.clone())
-            .or_else(|| crate::host::which(bin))
+            .or_else(|| crate::host::facts::which(bin))
             .unwrap_or_else(|| PathBuf::from(bin));
         let v = version_line(&path, &["--version"]).unwrap_or_else(|| "unknown".into());
         BTreeMap::from([(bin.to_string(), v)])
@@ -687,7 +691,7 @@ fn teardown_launch(
     state_root: &std::path::Path,
     id: &str,
     bundle: &std::path::Path,
-    state: &crate::state::RunState,
+    state: &crate::state::ledger::RunState,
     resources: &[Resource],
 ) -> Result<(), BackendError> {
     let gone = if tier == Tier::Lxc {
@@ -713,7 +717,7 @@ struct RuntimeIdle {
     state_root: std::path::PathBuf,
     id: String,
     bundle: std::path::PathBuf,
-    state: std::sync::Arc<crate::state::RunState>,
+    state: std::sync::Arc<crate::state::ledger::RunState>,
     resources: Vec<Resource>,
 }
 
@@ -726,7 +730,7 @@ impl IdleInstance for RuntimeIdle {
         else {
             return vec![];
         };
-        crate::density::descendants(root)
+        crate::measure::density::descendants(root)
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {

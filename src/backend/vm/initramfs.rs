@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::kernel::GuestKernel;
-use crate::rootfs::{require_static, RootfsError, AGENT_IN_ROOTFS};
+use crate::host::rootfs::{require_static, RootfsError, AGENT_IN_ROOTFS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {

@@ -21,7 +21,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::write_atomic;
+use crate::host::fs::write_atomic;
 
 /// Modules the guest loads (their dependencies are added). crc32c_generic is ext4's soft
 /// dependency ("crypto-crc32c"): without modprobe in the guest it must be loaded explicitly.
@@ -530,7 +530,7 @@ fn elf_section<'a>(b: &'a [u8], want: &str) -> Option<&'a [u8]> {
 /// kernels without `STATX_MNT_ID`, by /proc/self/mountinfo (RELIABILITY rule 3): a mount point
 /// inside is refused and left in place, with the error naming it.
 pub fn remove_plain_tree(path: &Path) -> Result<(), KernelError> {
-    crate::cleanup::safe_remove_tree(path).map_err(|e| KernelError::Package {
+    crate::host::fs::safe_remove_tree(path).map_err(|e| KernelError::Package {
         what: format!("removing {}", path.display()),
         detail: e.to_string(),
     })

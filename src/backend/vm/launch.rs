@@ -22,7 +22,8 @@ use super::{record, release, remove_dir};
 use crate::backend::bare::{child_common, cpuset};
 use crate::backend::child::Waiter;
 use crate::backend::BackendError;
-use crate::state::{process_start_time, Resource, RunState};
+use crate::host::proc::process_start_time;
+use crate::state::ledger::{Resource, RunState};
 
 /// A running (or exited, not yet released) QEMU.
 pub struct Launch {
@@ -62,7 +63,7 @@ impl Launch {
             .map_err(|e| undo_dir(BackendError::io(format!("creating {}", log.display()), e)))?;
         let mut cmd = qemu.command(spec);
         // The ownership mark `isobench cleanup` checks before it kills a recorded process.
-        cmd.env(crate::cleanup::validate::RUN_ID_ENV, &state.id);
+        cmd.env(crate::host::proc::RUN_ID_ENV, &state.id);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));

@@ -48,15 +48,15 @@ use self::launch::Launch;
 use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
 use self::scale::Fit;
 use super::child::{into_report, read_agent};
-use super::{
-    Availability, Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, Timings,
-};
-use crate::backend::container::subnet;
-use crate::host::{HostFacts, KvmKind};
+use super::{Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, Timings};
+use crate::host::net::subnet;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::facts::KvmKind;
+use crate::model::tier::Tier;
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 use crate::workload::Workload;
 
 /// Longest a TCG launch may take (boot to userspace is several seconds, workloads are slow).
@@ -847,7 +847,7 @@ impl Backend for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::CgroupLayout;
+    use crate::model::facts::CgroupLayout;
     use crate::protocol::GuestSetup;
 
     fn host(kvm: KvmKind, qemu: bool) -> HostFacts {

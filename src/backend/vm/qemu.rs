@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::host::which;
+use crate::host::facts::which;
 
 /// Which accelerator runs the guest's instructions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

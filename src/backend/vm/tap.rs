@@ -7,7 +7,7 @@
 //! is tried, a bounded number of times. Right after creation, while the creating fd still holds
 //! it (closing that fd would remove it), it gets the alias `isobench:<run id>`; it is deleted
 //! only if it carries that alias. The /30 is reserved in the state directory under a lock (see
-//! [`crate::backend::container::subnet`]): no other run gets it, and it overlaps no address and
+//! [`crate::host::net::subnet`]): no other run gets it, and it overlaps no address and
 //! no route of this host.
 //!
 //! Not protected against: the guest's traffic is not filtered; it can reach whatever the host
@@ -19,9 +19,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
-use crate::backend::container::netdev::{self, NAME_ATTEMPTS};
-use crate::state::{Resource, RunState};
-use crate::tier::Tier;
+use crate::host::net::netdev::{self, NAME_ATTEMPTS};
+use crate::model::tier::Tier;
+use crate::state::ledger::{Resource, RunState};
 
 /// Base of the private range the VM tiers use (container tiers use a different one).
 pub const RANGE: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 0);

@@ -21,7 +21,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::state::{valid_run_id, Resource};
+use crate::state::ledger::{valid_run_id, Resource};
 
 /// Directories an OCI runtime is resolved in, in order (never the caller's PATH).
 pub const TRUSTED_PATH: &[&str] = &[
@@ -34,8 +34,7 @@ pub const TRUSTED_PATH: &[&str] = &[
 ];
 /// The OCI runtimes isobench drives.
 pub const OCI_RUNTIMES: &[&str] = &["runc", "crun", "runsc"];
-/// The environment variable that marks a process the harness started directly.
-pub const RUN_ID_ENV: &str = "ISOBENCH_RUN_ID";
+pub use crate::host::proc::RUN_ID_ENV;
 
 const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -116,7 +115,11 @@ pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
             let (pre, post) = l.split_once(" - ")?;
             let fstype = post.split(' ').next()?;
             (fstype == "cgroup" || fstype == "cgroup2")
-                .then(|| pre.split(' ').nth(4).map(super::unescape_mount_path))
+                .then(|| {
+                    pre.split(' ')
+                        .nth(4)
+                        .map(crate::host::fs::unescape_mount_path)
+                })
                 .flatten()
         })
         .collect()
@@ -139,7 +142,7 @@ pub fn validate(entry: &Resource, cx: &RunContext) -> Result<Verdict, Refusal> {
                 return refuse(format!("pid {pid} is not one isobench starts"));
             }
             // A pid whose start time differs is another process now: ours is gone.
-            if crate::state::process_start_time(*pid) != Some(*start_time) {
+            if crate::host::proc::process_start_time(*pid) != Some(*start_time) {
                 return Ok(Verdict::Gone);
             }
             Ok(Verdict::Act(entry.clone()))
@@ -316,7 +319,8 @@ pub fn process_owned(
 }
 
 fn container_name(name: &str, cx: &RunContext) -> Result<(), Refusal> {
-    if super::valid_container_name(name) && name.starts_with(&cx.name_prefix()) {
+    if crate::backend::resources::valid_container_name(name) && name.starts_with(&cx.name_prefix())
+    {
         Ok(())
     } else {
         refuse(format!(
@@ -394,13 +398,15 @@ pub fn link_alias(
     run_id: &str,
 ) -> Result<(), Refusal> {
     let address = address.map(|a| a.trim().to_ascii_lowercase());
-    crate::backend::container::netdev::check_owned(name, alias, address.as_deref(), run_id)
-        .map_err(Refusal)
+    crate::host::net::netdev::check_owned(name, alias, address.as_deref(), run_id).map_err(Refusal)
 }
 
 fn nft_table_name(family: &str, name: &str) -> Result<(), Refusal> {
     let families = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
-    if families.contains(&family) && name.starts_with("isobench_") && super::valid_nft_name(name) {
+    if families.contains(&family)
+        && name.starts_with("isobench_")
+        && crate::host::net::valid_nft_name(name)
+    {
         Ok(())
     } else {
         refuse(format!(
@@ -655,7 +661,7 @@ mod tests {
         .is_err());
         // A pid whose start time differs is gone, never acted on.
         let me = i32::try_from(std::process::id()).unwrap();
-        let st = crate::state::process_start_time(me).unwrap();
+        let st = crate::host::proc::process_start_time(me).unwrap();
         assert_eq!(
             validate(
                 &Resource::Process {
@@ -728,7 +734,7 @@ mod tests {
         )
         .is_err());
         // Killed between creation and alias: the creation-time MAC proves it, nothing else does.
-        let mac = crate::backend::container::netdev::mark_mac(id, "isbk1br");
+        let mac = crate::host::net::netdev::mark_mac(id, "isbk1br");
         assert!(link_alias(
             "isbk1br",
             Some("\n"),

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Availability, Budget};
-use crate::host::HostFacts;
+use crate::host::fs::write_atomic;
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
+use crate::model::scenario::{ResolvedPlan, Scenario};
+use crate::model::tier::Tier;
 use crate::protocol::Better;
-use crate::scenario::{ResolvedPlan, Scenario};
-use crate::state::write_atomic;
 use crate::stats::{self, Ratio};
-use crate::tier::Tier;
 
 /// Bumped on every incompatible change of [`Results`]; documented in docs/results.md.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -13,13 +13,16 @@
 //! pid and start time. `cleanup` leaves a run alone while either says it is alive.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::host::fs::write_atomic_mode;
+use crate::host::proc::process_start_time;
 
 /// One resource the harness created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -485,87 +488,6 @@ pub fn write_ledger(dir: &Path, l: &Ledger) -> io::Result<()> {
     )
 }
 
-/// Write a file atomically, mode 0644: see [`write_atomic_mode`].
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    write_atomic_mode(path, data, 0o644)
-}
-
-/// Write a file atomically: a temporary with an unpredictable name in the same directory,
-/// opened `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC` (a planted file or symlink is never written
-/// through), written, fsynced, renamed over `path` (a symlink at `path` is replaced, not
-/// followed), then the directory is fsynced.
-pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let stem = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file")
-        .to_string();
-    let pid = std::process::id();
-    let names =
-        std::iter::repeat_with(move || format!(".{stem}.{pid}.{:016x}.tmp", rand::random::<u64>()));
-    write_atomic_with(path, data, mode, names)
-}
-
-/// [`write_atomic_mode`] with the temporary names to try given (tests plant symlinks there).
-pub fn write_atomic_with(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    names: impl IntoIterator<Item = String>,
-) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tries = 0;
-    for name in names {
-        tries += 1;
-        if tries > 64 {
-            break;
-        }
-        let tmp = dir.join(&name);
-        let mut f = match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        };
-        let written = f
-            .write_all(data)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path));
-        drop(f);
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        return File::open(dir).and_then(|d| d.sync_all());
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!(
-            "no free temporary name next to {}: remove stray .*.tmp files there",
-            path.display()
-        ),
-    ))
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    if pid <= 0 {
-        return None;
-    }
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,12 +523,6 @@ mod tests {
         assert_eq!(rs.resources(), more);
         rs.release_all(&more[..2]).unwrap();
         assert_eq!(sd.ledgers()[0].1.as_ref().unwrap().resources, more[2..]);
-    }
-
-    #[test]
-    fn start_time_of_self() {
-        assert!(process_start_time(std::process::id() as i32).is_some());
-        assert!(process_start_time(i32::MAX).is_none());
     }
 
     #[test]
@@ -724,61 +640,5 @@ mod tests {
         assert_eq!(r, PathBuf::from("/home/u/.local/state/isobench"));
         let r = default_root_for(env(&[]), false, || Some(PathBuf::from("/home/p")));
         assert_eq!(r, PathBuf::from("/home/p/.local/state/isobench"));
-    }
-
-    #[test]
-    fn atomic_write_never_follows_a_planted_symlink() {
-        let d = tempfile::tempdir().unwrap();
-        let target = d.path().join("victim");
-        std::fs::write(&target, b"precious").unwrap();
-        let out = d.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        let path = out.join("results.json");
-        // The old fixed temporary name, and the first names this write will try.
-        let planted = [
-            ".results.json.tmp",
-            ".results.json.1.a.tmp",
-            ".results.json.1.b.tmp",
-        ];
-        for p in planted {
-            std::os::unix::fs::symlink(&target, out.join(p)).unwrap();
-        }
-        let names = planted[1..]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([".results.json.1.c.tmp".to_string()]);
-        write_atomic_with(&path, b"new", 0o644, names).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        for p in planted {
-            assert!(std::fs::symlink_metadata(out.join(p))
-                .unwrap()
-                .file_type()
-                .is_symlink());
-        }
-        // The real function with its random names: the fixed old name is not used either.
-        write_atomic(&path, b"newer").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"newer");
-        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        // A symlink at the destination is replaced, its target untouched.
-        let dest = out.join("report.html");
-        std::os::unix::fs::symlink(&target, &dest).unwrap();
-        write_atomic(&dest, b"html").unwrap();
-        assert!(std::fs::symlink_metadata(&dest).unwrap().is_file());
-        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        // Only the planted entries and the two outputs remain: no temporary left behind.
-        let mut left: Vec<String> = std::fs::read_dir(&out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left.len(), planted.len() + 2, "{left:?}");
-        // Ledgers are private.
-        write_atomic_mode(&out.join("l"), b"{}", 0o600).unwrap();
-        assert_eq!(
-            std::fs::metadata(out.join("l")).unwrap().mode() & 0o777,
-            0o600
-        );
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::state::RunState;
+use crate::state::ledger::RunState;
 
 /// Name of the directory under the state root.
 pub const NET_DIR: &str = "net";

@@ -31,9 +31,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Budget;
-use crate::host::CgroupLayout;
-use crate::state::{Resource, RunState};
+use crate::model::budget::Budget;
+use crate::model::facts::CgroupLayout;
+use crate::state::ledger::{Resource, RunState};
 
 /// Where cgroup filesystems are mounted on every host isobench supports.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -632,7 +632,7 @@ fn note_subtree_changes(state: &RunState, changes: &[SubtreeChange]) {
     let mut all = subtree_changes(&state.dir);
     all.extend(changes.iter().cloned());
     let json = serde_json::to_vec_pretty(&all).expect("changes serialise");
-    if let Err(e) = crate::state::write_atomic(&path, &json) {
+    if let Err(e) = crate::host::fs::write_atomic(&path, &json) {
         tracing::warn!("writing {}: {e}", path.display());
     }
 }
@@ -769,7 +769,7 @@ pub fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateDir;
+    use crate::state::ledger::StateDir;
 
     #[test]
     fn paths_per_layout() {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::CgroupLayout;
+use crate::model::facts::CgroupLayout;
 
 use super::{CGROUP_ROOT, V1_CONTROLLERS};
 

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::scenario::Scenario;
-use crate::tier::Tier;
+use crate::model::scenario::Scenario;
+use crate::model::tier::Tier;
 use crate::workload::{CpuParams, DensityParams, FsParams, MemoryParams, NetParams, Workload};
 
 /// Most measured launches per tier and workload (`-n`, `runs`, `min_runs`).
@@ -376,7 +376,7 @@ impl Machine {
                     .count()
             });
         Machine {
-            mem_available_mib: crate::host::meminfo_kib("MemAvailable").map(|k| k >> 10),
+            mem_available_mib: crate::host::proc::meminfo_kib("MemAvailable").map(|k| k >> 10),
             free_disk_mib,
             disk_path,
             cpus,

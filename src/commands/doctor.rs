@@ -2,14 +2,21 @@
 
 use serde::Serialize;
 
-use crate::backend::{self, Availability, BackendOptions};
-use crate::host::HostFacts;
-use crate::tier::Tier;
+use crate::backend::registry;
+use crate::backend::BackendOptions;
+use crate::cli::CommonArgs;
+use crate::exit_codes::ExitCode;
+use crate::model::availability::Availability;
+use crate::model::facts::HostFacts;
+use crate::model::tier::Tier;
 
 #[derive(Debug, Serialize)]
 pub struct TierLine {
     pub tier: Tier,
-    pub description: &'static str,
+    pub description: String,
+    /// The settings it accepts (`--set key=TYPE`), from the registry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
     #[serde(flatten)]
     pub availability: Availability,
 }
@@ -20,13 +27,26 @@ pub struct Report {
     pub tiers: Vec<TierLine>,
 }
 
+/// `isobench doctor [--json]`.
+pub fn run(json: bool, common: &CommonArgs) -> anyhow::Result<ExitCode> {
+    let opts = super::options::backend_options(common, &[], None, &[])?;
+    let report = diagnose(HostFacts::detect(), &opts);
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        crate::out!("{}", render(&report));
+    }
+    Ok(ExitCode::Success)
+}
+
 pub fn diagnose(host: HostFacts, opts: &BackendOptions) -> Report {
-    let tiers = Tier::ALL
+    let tiers = Tier::all()
         .iter()
         .map(|&t| TierLine {
             tier: t,
             description: t.describe(),
-            availability: backend::availability(t, &host, opts),
+            settings: registry::settings_help(t),
+            availability: registry::availability(t, &host, opts),
         })
         .collect();
     Report { host, tiers }
@@ -62,7 +82,10 @@ pub fn render(r: &Report) -> String {
     ));
     s.push_str(&format!(
         "cgroups   {}\n",
-        crate::cgroup::doctor_line(h.cgroup_layout, &crate::cgroup::Hierarchies::detect())
+        crate::host::cgroup::doctor_line(
+            h.cgroup_layout,
+            &crate::host::cgroup::Hierarchies::detect()
+        )
     ));
     s.push_str(&format!("kvm       {}\n", h.kvm.label()));
     s.push_str(&format!(
@@ -87,6 +110,9 @@ pub fn render(r: &Report) -> String {
                 t.tier.as_str(),
                 ""
             )),
+        }
+        for line in &t.settings {
+            s.push_str(&format!("  {:<22} --set {line}\n", ""));
         }
     }
     s

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use crate::backend::{Backend, BackendError, IdleInstance};
-use crate::host::meminfo_kib;
+use crate::host::proc::meminfo_kib;
 use crate::protocol::{Better, Metric, Task};
 use crate::workload::{DensityParams, IdleParams, Workload};
 

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tier::Tier;
+use crate::model::tier::Tier;
 use crate::workload::Workload;
 
 /// The embedded default scenario, used when `scenarios/default.toml` is not in reach.
-pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.toml");
 
 /// Longest scenario file read (a scenario is a few dozen lines).
 pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
@@ -85,9 +85,62 @@ pub struct Scenario {
     pub budget: BudgetSpec,
     #[serde(rename = "workload")]
     pub workloads: Vec<Workload>,
+    /// Backend settings, as `--set key=value` gives them (the command line wins): checked
+    /// against the settings of the tiers that run (docs/scenarios.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, SettingValue>,
     /// Significance level and noise thresholds for `isobench compare` (docs/compare.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare: Option<crate::compare::CompareSpec>,
+    pub compare: Option<crate::model::scenario::CompareSpec>,
+}
+
+/// The `[compare]` table of a scenario, or a thresholds file. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSpec {
+    /// Family-wise significance level across all metrics compared at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Fewest samples per side for a verdict other than inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<usize>,
+    /// Relative threshold (0.05 = 5%) for every metric without a more specific one; unset =
+    /// 10% for time metrics, 5% for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Per metric name, e.g. `launch_to_exit_ms = 0.15`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Per tier: `[tiers.emulated] threshold = 0.2` and `[tiers.emulated.metrics]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<Tier, TierThresholds>,
+}
+
+/// Per-tier overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierThresholds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The value of a backend setting in a scenario file: a word, a path or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    Int(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for SettingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingValue::Int(n) => write!(f, "{n}"),
+            SettingValue::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,14 +158,14 @@ pub enum ScenarioError {
 
 impl Scenario {
     /// Check the scenario against this machine for the tiers that will run (memory, free disk,
-    /// CPUs, pids; see [`crate::bounds::check_machine`]). `origin` names the file in errors.
+    /// CPUs, pids; see [`crate::model::bounds::check_machine`]). `origin` names the file in errors.
     pub fn check_machine(
         &self,
         origin: &str,
         tiers: &[Tier],
-        machine: &crate::bounds::Machine,
+        machine: &crate::model::bounds::Machine,
     ) -> Result<(), ScenarioError> {
-        crate::bounds::check_machine(self, tiers, machine).map_err(|message| {
+        crate::model::bounds::check_machine(self, tiers, machine).map_err(|message| {
             ScenarioError::Invalid {
                 path: origin.into(),
                 message,
@@ -151,9 +204,11 @@ impl Scenario {
         // Host-assigned fields first, on the raw document: serde would accept them (results and
         // tasks carry them), and the harness would silently overwrite them.
         if let Ok(doc) = text.parse::<toml::Table>() {
-            crate::bounds::check_host_assigned(&doc).map_err(|message| ScenarioError::Invalid {
-                path: origin.into(),
-                message,
+            crate::model::bounds::check_host_assigned(&doc).map_err(|message| {
+                ScenarioError::Invalid {
+                    path: origin.into(),
+                    message,
+                }
             })?;
         }
         let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
@@ -183,7 +238,7 @@ impl Scenario {
                     .into(),
             );
         }
-        crate::bounds::check_scenario(self)
+        crate::model::bounds::check_scenario(self)
     }
 
     /// The plan for `tier`: tier override, then `[defaults]`, then built-in defaults;
@@ -200,13 +255,22 @@ impl Scenario {
         }
     }
 
-    /// The tiers this scenario asks for (all, when it names none).
-    pub fn tiers(&self) -> Vec<Tier> {
+    /// The tiers this scenario asks for; `default` (the registry's default set) when it names
+    /// none.
+    pub fn tiers_or(&self, default: Vec<Tier>) -> Vec<Tier> {
         if self.tiers.is_empty() {
-            Tier::ALL.to_vec()
+            default
         } else {
             self.tiers.clone()
         }
+    }
+
+    /// The `[settings]` table as `key=value` strings (as `--set` gives them).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        self.settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
     }
 }
 
@@ -258,6 +322,23 @@ mod tests {
         assert!(e.to_string().contains("vmware"));
         let e = Scenario::parse("name='x'\n", "x.toml").unwrap_err();
         assert!(e.to_string().contains("workload"));
+    }
+
+    #[test]
+    fn settings_are_words_paths_or_numbers() {
+        let s = Scenario::parse(
+            "name='x'\n[settings]\ndisk_mib = 512\ndisk_aio = 'threads'\n[[workload]]\nkind='noop'\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(s.settings()["disk_mib"], "512");
+        assert_eq!(s.settings()["disk_aio"], "threads");
+        let e = Scenario::parse(
+            "name='x'\n[settings]\ndisk_mib = [1]\n[[workload]]\nkind='noop'\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x"), "{e}");
     }
 
     #[test]

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::backend::{
-    self, Availability, Backend, BackendError, BackendOptions, Budget, Outcome, RunEnv,
-};
-use crate::host::HostFacts;
+use crate::backend::registry;
+use crate::backend::{Backend, BackendError, BackendOptions, Outcome, RunEnv};
+use crate::model::availability::Availability;
+use crate::model::budget::Budget;
+use crate::model::facts::HostFacts;
+use crate::model::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
+use crate::model::scenario::{ResolvedPlan, Scenario};
+use crate::model::tier::Tier;
 use crate::protocol::{Better, Task};
-use crate::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
-use crate::scenario::{ResolvedPlan, Scenario};
-use crate::state::{Ledger, RunState, StateDir};
-use crate::tier::Tier;
+use crate::state::ledger::{Ledger, RunState, StateDir};
 use crate::workload::Workload;
 
 /// Completed rounds are saved at most this often (and always at the end).
@@ -60,7 +61,7 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
                 p.display()
             );
         }
-        crate::rootfs::require_static(&p)?;
+        crate::host::rootfs::require_static(&p)?;
         return Ok(p);
     }
     let exe = std::env::current_exe().context("finding the isobench executable")?;
@@ -71,7 +72,7 @@ pub fn locate_agent() -> anyhow::Result<PathBuf> {
             exe.display()
         );
     }
-    crate::rootfs::require_static(&p)?;
+    crate::host::rootfs::require_static(&p)?;
     Ok(p)
 }
 
@@ -155,7 +156,7 @@ fn launch_samples(
     round: u32,
 ) -> Result<Vec<Sample>, BackendError> {
     match workload {
-        Workload::Density(p) => Ok(crate::density::measure(backend, p)?
+        Workload::Density(p) => Ok(crate::measure::density::measure(backend, p)?
             .into_iter()
             .map(|m| Sample {
                 tier,
@@ -310,7 +311,7 @@ fn run_owned(
     // Availability first: skipped tiers are recorded with their reason, never dropped silently.
     let mut available = vec![];
     for &tier in &cfg.tiers {
-        let a = backend::availability(tier, &host, &cfg.options);
+        let a = registry::availability(tier, &host, &cfg.options);
         let status = if a.is_available() {
             TierStatus::Ran
         } else {
@@ -383,7 +384,7 @@ fn measure(
             .expect("tier recorded");
         let plan = cfg.scenario.plan(tier, cfg.runs_override);
         results.tiers[idx].plan = Some(plan);
-        let mut backend = backend::make(tier);
+        let mut backend = registry::make(tier);
         if !cfg.quiet {
             eprintln!("preparing {tier} ...");
         }
@@ -606,7 +607,7 @@ fn note_stale_runs(state: &StateDir, me: &RunState, quiet: bool) {
     let stale = state
         .run_dirs()
         .into_iter()
-        .filter(|d| *d != me.dir && !crate::state::run_in_progress(d))
+        .filter(|d| *d != me.dir && !crate::state::ledger::run_in_progress(d))
         .count();
     if stale > 0 {
         eprintln!(
@@ -626,7 +627,7 @@ pub fn finish_run(run: &RunState) -> anyhow::Result<()> {
         owner: None,
         resources: left,
     };
-    let r = crate::cleanup::cleanup_run(&run.dir, &ledger);
+    let r = crate::state::cleanup::cleanup_run(&run.dir, &ledger);
     if !r.errors.is_empty() {
         bail!(
             "teardown of {} incomplete: {}; then run `isobench cleanup`",

@@ -1,0 +1,60 @@
+//! `isobench compare`: two runs metric by metric; and the comparison printing and exit code
+//! that `run --baseline` and `ab` share.
+
+use std::path::Path;
+
+use crate::cli::CompareArgs;
+use crate::compare::render::{render, Format};
+use crate::compare::{compare, CompareOptions, Comparison, Thresholds};
+use crate::exit_codes::ExitCode;
+use crate::model::results::Results;
+
+pub fn run(a: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let base = Results::load(&a.base)?;
+    let new = Results::load(&a.new)?;
+    let opts = compare_options(a.thresholds.as_deref(), &new)?;
+    let c = compare(
+        &base,
+        &a.base.display().to_string(),
+        &new,
+        &a.new.display().to_string(),
+        &opts,
+    );
+    Ok(report_comparison(&c, a.format))
+}
+
+/// Thresholds: --thresholds FILE, else the new run's scenario `[compare]`, else the defaults.
+pub fn compare_options(thresholds: Option<&Path>, new: &Results) -> anyhow::Result<CompareOptions> {
+    let thresholds = match (thresholds, &new.scenario.compare) {
+        (Some(p), _) => Thresholds::load(p)?,
+        (None, Some(spec)) => Thresholds::from_spec(
+            spec.clone(),
+            &format!("[compare] of scenario {}", new.scenario.name),
+        )?,
+        (None, None) => Thresholds::default(),
+    };
+    Ok(CompareOptions {
+        thresholds,
+        ..Default::default()
+    })
+}
+
+/// Print a comparison; exit 1 naming every regressed metric, else 0.
+pub fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
+    crate::out!("{}", render(c, format));
+    if format != Format::Table {
+        for w in &c.warnings {
+            eprintln!("WARNING: {w}");
+        }
+    }
+    let bad: Vec<String> = c
+        .regressed()
+        .map(|m| format!("{} ({:+.1}%)", m.key(), m.change_pct().unwrap_or(f64::NAN)))
+        .collect();
+    if bad.is_empty() {
+        ExitCode::Success
+    } else {
+        eprintln!("regressed: {}", bad.join(", "));
+        ExitCode::Failure
+    }
+}
