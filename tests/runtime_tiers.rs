@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use common::sh;
+use common::tiers::metric;
 use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
 use isobench::cleanup;
 use isobench::host::HostFacts;
@@ -52,14 +54,6 @@ fn usable(test: &str, tier: Tier) -> bool {
             false
         }
     }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// What a test must not leave behind.
@@ -211,14 +205,6 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "{tier}: scratch not empty: {left:?}");
     cleanup::safe_remove_tree(&env.state.dir).expect("run dir removable");
-}
-
-fn metric(r: &AgentReport, name: &str) -> f64 {
-    r.metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("metric {name} missing in {:?}", r.metrics))
-        .value
 }
 
 fn positive(o: &Outcome, names: &[&str], label: &str) {
