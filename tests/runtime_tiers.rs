@@ -20,7 +20,7 @@ use common::tiers::metric;
 use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Outcome, RunEnv};
 use isobench::cleanup;
 use isobench::host::HostFacts;
-use isobench::protocol::{AgentReport, Task};
+use isobench::protocol::Task;
 use isobench::state::{Ledger, StateDir};
 use isobench::tier::Tier;
 use isobench::workload::{

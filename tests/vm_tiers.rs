@@ -23,7 +23,7 @@ use isobench::backend::{
     self, Availability, Backend, BackendError, BackendOptions, Budget, RunEnv,
 };
 use isobench::host::{HostFacts, KvmKind};
-use isobench::protocol::{AgentReport, Task};
+use isobench::protocol::Task;
 use isobench::state::{Resource, StateDir};
 use isobench::tier::Tier;
 use isobench::workload::{
