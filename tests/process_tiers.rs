@@ -511,9 +511,16 @@ fn agent_peak_rss_is_the_agents_own() {
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
         let mut b = backend::make(tier);
         with_backend(tier, &mut *b, |b, _| {
-            let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
-            assert_eq!(o.exit_code, Some(0), "{tier}: {:?}", o.report.error);
-            peaks.push((tier, o.report.peak_rss_kib));
+            // The median of a few launches: one launch varies by a few percent (page faults
+            // around the binary's pages).
+            let mut kib = vec![];
+            for _ in 0..5 {
+                let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+                assert_eq!(o.exit_code, Some(0), "{tier}: {:?}", o.report.error);
+                kib.push(o.report.peak_rss_kib);
+            }
+            kib.sort_unstable();
+            peaks.push((tier, kib[2]));
         });
     }
     drop(ballast);
@@ -525,10 +532,11 @@ fn agent_peak_rss_is_the_agents_own() {
         bare < 32 * 1024,
         "bare reports {bare} KiB: the harness's peak?"
     );
-    let within = |a: u64, b: u64| a.abs_diff(b) * 100 <= a.max(b) * 5;
+    // Same bytes, same work: the medians agree within 10% (the harness's peak would be 10x).
+    let within = |a: u64, b: u64| a.abs_diff(b) * 100 <= a.max(b) * 10;
     assert!(
         within(bare, container),
-        "bare {bare} KiB vs container {container} KiB differ by more than 5%"
+        "bare {bare} KiB vs container {container} KiB differ by more than 10%"
     );
     match peak(Tier::Chroot) {
         None => println!(
@@ -537,7 +545,7 @@ fn agent_peak_rss_is_the_agents_own() {
         ),
         Some(chroot) => assert!(
             within(bare, chroot),
-            "bare {bare} KiB vs chroot {chroot} KiB differ by more than 5%"
+            "bare {bare} KiB vs chroot {chroot} KiB differ by more than 10%"
         ),
     }
 }
