@@ -5,22 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+use common::privileged;
 use isobench::host::fs::write_atomic;
 use isobench::host::proc::process_start_time;
 use isobench::state::cleanup;
 use isobench::state::ledger::{Ledger, Resource, StateDir};
-
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("SKIPPED {test}: needs root");
-    assert!(
-        std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
-    );
-    false
-}
 
 fn sh(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)

@@ -7,18 +7,19 @@
 //! Without root each test prints `SKIPPED <test>: needs root`; with
 //! `ISOBENCH_REQUIRE_PRIVILEGED=1` it fails instead.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Mutex;
 
+use common::tiers::{budget, local_census, metric, run_env};
+use common::{privileged, sh};
 use isobench::backend::registry;
-use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
-use isobench::model::budget::Budget;
-use isobench::model::facts::HostFacts;
+use isobench::backend::{Backend, Outcome, RunEnv};
 use isobench::model::tier::Tier;
-use isobench::protocol::{AgentReport, Task};
+use isobench::protocol::Task;
 use isobench::state::cleanup;
 use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{DataPath, FsParams, IdleParams, NetParams, NetPath, Workload};
@@ -26,134 +27,19 @@ use isobench::workload::{DataPath, FsParams, IdleParams, NetParams, NetPath, Wor
 /// Privileged tests share host-global state (cgroup roots, devices, the census): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("SKIPPED {test}: needs root");
-    assert!(
-        std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
-    );
-    false
-}
-
-/// What a test must not leave behind.
-#[derive(Debug, PartialEq)]
-struct Census {
-    mounts: Vec<String>,
-    cgroups: BTreeSet<PathBuf>,
-    links: Vec<String>,
-    nft_tables: Vec<String>,
-    ip_forward: String,
-    children: Vec<i32>,
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-fn census(tmp: &Path) -> Census {
-    let tmp = tmp.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&tmp))
-        .map(String::from)
-        .collect();
-    let mut cgroups = BTreeSet::new();
-    let root = Path::new("/sys/fs/cgroup");
-    let mut levels = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        levels.extend(rd.flatten().map(|e| e.path()));
-    }
-    for l in levels {
-        if let Ok(rd) = std::fs::read_dir(&l) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with("isobench-") {
-                    cgroups.insert(e.path());
-                }
-            }
-        }
-    }
-    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("isbk"))
-        .collect();
-    links.sort();
-    let nft_tables = sh("nft", &["list", "tables"])
-        .lines()
-        .filter(|l| l.contains("isobench_k"))
-        .map(String::from)
-        .collect();
-    Census {
-        mounts,
-        cgroups,
-        links,
-        nft_tables,
-        ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
-        children: children_of_self(),
-    }
-}
-
-/// Live children of this test process.
-fn children_of_self() -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mut v = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(s) = std::fs::read_to_string(e.path().join("stat")) {
-            if let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if f.get(1) == Some(&me.as_str()) {
-                    v.push(name.parse().unwrap());
-                }
-            }
-        }
-    }
-    v
-}
-
-fn budget() -> Budget {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .take(2)
-        .collect();
-    Budget {
-        cpus,
-        memory_mib: 512,
-    }
-}
-
 /// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
 /// leaked: ledger empty, census unchanged, scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
     let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
-    let before = census(tmp.path());
+    let before = local_census(tmp.path(), true);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
-    let env = RunEnv {
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state: Arc::new(
-            sd.begin_run(&format!("dp-{tier}-{}", std::process::id()))
-                .unwrap(),
-        ),
-        cache_dir: tmp.path().join("cache"),
-        budget: budget(),
-        options: BackendOptions::default(),
-        host: HostFacts::detect(),
-        cancel: Arc::new(AtomicBool::new(false)),
-    };
+    let env = run_env(
+        &sd,
+        &format!("dp-{tier}-{}", std::process::id()),
+        tmp.path(),
+        budget(2, 512),
+    );
     let res = catch_unwind(AssertUnwindSafe(|| {
         b.prepare(&env).unwrap();
         body(&mut *b, &env);
@@ -178,18 +64,14 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
         vec![],
         "ledger still lists resources"
     );
-    assert_eq!(census(tmp.path()), before, "leak census differs");
+    assert_eq!(
+        local_census(tmp.path(), true),
+        before,
+        "leak census differs"
+    );
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "scratch not empty: {left:?}");
     isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
-}
-
-fn metric(r: &AgentReport, name: &str) -> f64 {
-    r.metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("metric {name} missing in {:?}", r.metrics))
-        .value
 }
 
 fn tiny_fs(path: DataPath) -> Task {
@@ -300,14 +182,16 @@ fn net_workload_on_loopback_veth_and_nat() {
         check_net(&b.run_once(&tiny_net(NetPath::Direct)).unwrap(), "bare");
         check_net(&b.run_once(&tiny_net(NetPath::Nat)).unwrap(), "bare (nat)");
     });
-    let ip_forward_before = census(Path::new("/nonexistent")).ip_forward;
+    let ip_forward_before = local_census(Path::new("/nonexistent"), true).ip_forward;
     with_backend(Tier::Container, |b, env| {
         let direct = b.run_once(&tiny_net(NetPath::Direct)).unwrap();
         check_net(&direct, "container direct");
         let v = direct.report.isolation.as_ref().unwrap();
         assert_eq!(v.interfaces, vec!["eth0".to_string(), "lo".to_string()]);
         // The per-launch pair is gone with the launch.
-        assert!(census(Path::new("/nonexistent")).links.is_empty());
+        assert!(local_census(Path::new("/nonexistent"), true)
+            .links
+            .is_empty());
         for _ in 0..2 {
             let nat = b.run_once(&tiny_net(NetPath::Nat)).unwrap();
             check_net(&nat, "container nat");
@@ -315,7 +199,7 @@ fn net_workload_on_loopback_veth_and_nat() {
         // The run-level NAT path stays for the run: bridge, uplink, the run's table, and
         // forwarding on the run's own bridge and uplink only: ip_forward is left as it was (the
         // traffic above went through with it, whatever it is; 0 on the CI host).
-        let c = census(Path::new("/nonexistent"));
+        let c = local_census(Path::new("/nonexistent"), true);
         assert_eq!(c.links.len(), 2, "bridge + uplink: {:?}", c.links);
         assert_eq!(c.nft_tables.len(), 1, "{:?}", c.nft_tables);
         assert_eq!(c.ip_forward, ip_forward_before, "ip_forward changed");
@@ -386,20 +270,14 @@ fn cleanup_undoes_a_killed_nat_run() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let before = census(tmp.path());
+    let before = local_census(tmp.path(), true);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
-    let env = RunEnv {
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state: Arc::new(
-            sd.begin_run(&format!("dp-killed-{}", std::process::id()))
-                .unwrap(),
-        ),
-        cache_dir: tmp.path().join("cache"),
-        budget: budget(),
-        options: BackendOptions::default(),
-        host: HostFacts::detect(),
-        cancel: Arc::new(AtomicBool::new(false)),
-    };
+    let env = run_env(
+        &sd,
+        &format!("dp-killed-{}", std::process::id()),
+        tmp.path(),
+        budget(2, 512),
+    );
     let mut b = registry::make(Tier::Container);
     b.prepare(&env).unwrap();
     let run = catch_unwind(AssertUnwindSafe(|| {
@@ -430,5 +308,9 @@ fn cleanup_undoes_a_killed_nat_run() {
     assert_eq!(c.iptables_rules_removed.len(), fw_rules, "{c:?}");
     assert_eq!(c.nft_tables_removed.len(), 1, "{c:?}");
     assert!(c.dir_removed);
-    assert_eq!(census(tmp.path()), before, "leak census differs");
+    assert_eq!(
+        local_census(tmp.path(), true),
+        before,
+        "leak census differs"
+    );
 }

@@ -5,20 +5,21 @@
 //! Without root each test prints `SKIPPED <test>: needs root`; with
 //! `ISOBENCH_REQUIRE_PRIVILEGED=1` it fails instead.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use common::privileged;
+use common::tiers::{budget, local_census, run_env};
 use isobench::backend::container::Container;
 use isobench::backend::registry;
-use isobench::backend::{Backend, BackendOptions, RunEnv};
+use isobench::backend::{Backend, RunEnv};
 use isobench::host::cgroup::{CgroupManager, Hierarchies};
 use isobench::host::fs::write_atomic;
 use isobench::host::proc::process_start_time;
-use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
@@ -29,110 +30,16 @@ use isobench::workload::Workload;
 /// Privileged tests share host-global state (cgroup roots, the census): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("SKIPPED {test}: needs root");
-    assert!(
-        std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
-    );
-    false
-}
-
-/// What a test must not leave behind.
-#[derive(Debug, PartialEq)]
-struct Census {
-    mounts: Vec<String>,
-    cgroups: BTreeSet<PathBuf>,
-    children: Vec<i32>,
-}
-
-fn census(tmp: &Path) -> Census {
-    let tmp = tmp.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&tmp))
-        .map(String::from)
-        .collect();
-    let mut cgroups = BTreeSet::new();
-    let root = Path::new("/sys/fs/cgroup");
-    let mut levels = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        levels.extend(rd.flatten().map(|e| e.path()));
-    }
-    for l in levels {
-        if let Ok(rd) = std::fs::read_dir(&l) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with("isobench-") {
-                    cgroups.insert(e.path());
-                }
-            }
-        }
-    }
-    Census {
-        mounts,
-        cgroups,
-        children: children_of_self(),
-    }
-}
-
-/// Live (non-zombie-reaped) children of this test process.
-fn children_of_self() -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mut v = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(s) = std::fs::read_to_string(e.path().join("stat")) {
-            if let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                if f.get(1) == Some(&me.as_str()) {
-                    v.push(name.parse().unwrap());
-                }
-            }
-        }
-    }
-    v
-}
-
-fn budget() -> Budget {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .take(2)
-        .collect();
-    Budget {
-        cpus,
-        memory_mib: 512,
-    }
-}
-
-fn run_env(state: &StateDir, run_id: &str, tmp: &Path) -> RunEnv {
-    RunEnv {
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state: Arc::new(state.begin_run(run_id).unwrap()),
-        cache_dir: tmp.join("cache"),
-        budget: budget(),
-        options: BackendOptions::default(),
-        host: HostFacts::detect(),
-        cancel: Arc::new(AtomicBool::new(false)),
-    }
-}
-
 /// Prepare `backend`, run `body`, finish (even on panic), then check that nothing leaked.
 fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&mut B, &RunEnv)) {
     let tmp = tempfile::tempdir().unwrap();
-    let before = census(tmp.path());
+    let before = local_census(tmp.path(), false);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     let env = run_env(
         &sd,
         &format!("t-{}-{}", tier, std::process::id()),
         tmp.path(),
+        budget(2, 512),
     );
     let res = catch_unwind(AssertUnwindSafe(|| {
         b.prepare(&env).unwrap();
@@ -159,7 +66,7 @@ fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&m
         vec![],
         "ledger still lists resources"
     );
-    let after = census(tmp.path());
+    let after = local_census(tmp.path(), false);
     assert_eq!(before, after, "leak census differs");
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "scratch not empty: {left:?}");
@@ -353,7 +260,7 @@ fn cleanup_removes_a_killed_run() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let before = census(tmp.path());
+    let before = local_census(tmp.path(), false);
     let host_data = tmp.path().join("host-data");
     std::fs::create_dir(&host_data).unwrap();
     std::fs::write(host_data.join("precious"), b"keep").unwrap();
@@ -367,7 +274,7 @@ fn cleanup_removes_a_killed_run() {
     let cg = CgroupManager::create(
         host.cgroup_layout,
         Path::new(&format!("isobench-{run_id}/launch-1")),
-        &budget(),
+        &budget(2, 512),
         &rs,
     )
     .unwrap();
@@ -456,7 +363,7 @@ fn cleanup_removes_a_killed_run() {
         b"keep",
         "host data behind a bind mount must survive"
     );
-    assert_eq!(census(tmp.path()), before);
+    assert_eq!(local_census(tmp.path(), false), before);
 }
 
 /// A run-level cgroup that already exists (another run's, a user's) is never adopted: prepare
@@ -470,9 +377,14 @@ fn container_never_adopts_an_existing_run_cgroup() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let before = census(tmp.path());
+    let before = local_census(tmp.path(), false);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
-    let env = run_env(&sd, &format!("adopt-{}", std::process::id()), tmp.path());
+    let env = run_env(
+        &sd,
+        &format!("adopt-{}", std::process::id()),
+        tmp.path(),
+        budget(2, 512),
+    );
     let planned = CgroupManager::at(
         &Hierarchies::detect(),
         env.host.cgroup_layout,
@@ -509,7 +421,7 @@ fn container_never_adopts_an_existing_run_cgroup() {
         "{:?}",
         env.state.resources()
     );
-    assert_eq!(census(tmp.path()), before);
+    assert_eq!(local_census(tmp.path(), false), before);
     isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
@@ -583,5 +495,60 @@ fn launch_timings_median() {
                 median(td)
             );
         });
+    }
+}
+
+/// The agent's peak memory (`VmHWM`, reset at execve) is its own: the noop agent reports about
+/// the same on bare as in the container, however much the harness holds. (`ru_maxrss`, read
+/// before, kept the harness's peak for a process created by vfork or fork.) The chroot jail has
+/// no /proc, so there the metric is absent, never a figure from elsewhere.
+#[test]
+fn agent_peak_rss_is_the_agents_own() {
+    if !privileged("agent_peak_rss_is_the_agents_own") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Ballast in the harness: a peak inherited from it would be at least this large.
+    let ballast = std::hint::black_box(vec![1u8; 64 << 20]);
+    let mut peaks = vec![];
+    for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
+        let mut b = registry::make(tier);
+        with_backend(tier, &mut *b, |b, _| {
+            // The median of a few launches: one launch varies by a few percent (page faults
+            // around the binary's pages).
+            let mut kib = vec![];
+            for _ in 0..5 {
+                let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+                assert_eq!(o.exit_code, Some(0), "{tier}: {:?}", o.report.error);
+                kib.push(o.report.peak_rss_kib);
+            }
+            kib.sort_unstable();
+            peaks.push((tier, kib[2]));
+        });
+    }
+    drop(ballast);
+    println!("agent_peak_rss_kib per tier: {peaks:?}");
+    let peak = |t: Tier| peaks.iter().find(|(x, _)| *x == t).and_then(|(_, k)| *k);
+    let bare = peak(Tier::Bare).expect("bare: the agent reads its own /proc/self/status");
+    let container = peak(Tier::Container).expect("container: the agent has a /proc");
+    assert!(
+        bare < 32 * 1024,
+        "bare reports {bare} KiB: the harness's peak?"
+    );
+    // Same bytes, same work: the medians agree within 10% (the harness's peak would be 10x).
+    let within = |a: u64, b: u64| a.abs_diff(b) * 100 <= a.max(b) * 10;
+    assert!(
+        within(bare, container),
+        "bare {bare} KiB vs container {container} KiB differ by more than 10%"
+    );
+    match peak(Tier::Chroot) {
+        None => println!(
+            "note agent_peak_rss_is_the_agents_own: chroot reports no agent_peak_rss_kib (its \
+             jail has no /proc); bare and container checked"
+        ),
+        Some(chroot) => assert!(
+            within(bare, chroot),
+            "bare {bare} KiB vs chroot {chroot} KiB differ by more than 10%"
+        ),
     }
 }

@@ -15,13 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use common::sh;
+use common::tiers::metric;
 use isobench::backend::registry;
 use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
 use isobench::model::availability::Availability;
 use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
-use isobench::protocol::{AgentReport, Task};
+use isobench::protocol::Task;
 use isobench::state::cleanup;
 use isobench::state::ledger::{Ledger, StateDir};
 use isobench::workload::{
@@ -55,14 +57,6 @@ fn usable(test: &str, tier: Tier) -> bool {
             false
         }
     }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// What a test must not leave behind.
@@ -214,14 +208,6 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     let left: Vec<_> = std::fs::read_dir(env.state.scratch()).unwrap().collect();
     assert!(left.is_empty(), "{tier}: scratch not empty: {left:?}");
     isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
-}
-
-fn metric(r: &AgentReport, name: &str) -> f64 {
-    r.metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("metric {name} missing in {:?}", r.metrics))
-        .value
 }
 
 fn positive(o: &Outcome, names: &[&str], label: &str) {

@@ -7,11 +7,15 @@
 //! `SKIPPED <test>: <why>`; `ISOBENCH_REQUIRE_VM=1` (emulated) and `ISOBENCH_REQUIRE_KVM=1`
 //! (microvm) make it fail instead.
 
+mod common;
+
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use common::skip;
+use common::tiers::metric;
 use isobench::backend::registry;
 use isobench::backend::vm::kernel::{self, GuestKernel, KernelError};
 use isobench::backend::vm::tap;
@@ -22,7 +26,7 @@ use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::model::facts::KvmKind;
 use isobench::model::tier::Tier;
-use isobench::protocol::{AgentReport, Task};
+use isobench::protocol::Task;
 use isobench::state::ledger::{Resource, StateDir};
 use isobench::workload::{
     DataPath, FsParams, IdleParams, MemoryParams, NetParams, NetPath, Workload,
@@ -30,14 +34,6 @@ use isobench::workload::{
 
 /// VM boots take a core each: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn skip(test: &str, why: &str, require_env: &str) {
-    println!("SKIPPED {test}: {why}");
-    assert!(
-        std::env::var(require_env).as_deref() != Ok("1"),
-        "{test}: {why}, and {require_env}=1 is set"
-    );
-}
 
 /// The cached guest kernel, fetched when missing (root only).
 fn guest_kernel(test: &str, require_env: &str) -> Option<GuestKernel> {
@@ -381,14 +377,6 @@ fn emulated_ready(test: &str) -> bool {
         return false;
     }
     guest_kernel(test, "ISOBENCH_REQUIRE_VM").is_some()
-}
-
-fn metric(r: &AgentReport, name: &str) -> f64 {
-    r.metrics
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("metric {name} missing: {:?}", r.metrics))
-        .value
 }
 
 /// The fs workload on the emulated tier runs on the virtio-blk disk (an ext4 image on the

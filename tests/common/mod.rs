@@ -1,6 +1,7 @@
 //! Shared helpers of the black-box privileged tests: the privileged-skip pattern, a leak census
 //! of everything isobench can leave on a host, and a guard that kills and reaps every process a
-//! test starts (even when an assertion fails).
+//! test starts (even when an assertion fails). `tiers` holds what the tests that drive backends
+//! in-process share (budget, `RunEnv`, a census of one test's temp directory).
 //!
 //! The census is global (it must not assume a clean host): tests take one before and compare the
 //! one after with [`assert_census_settles`], which waits a few seconds for stragglers to go.
@@ -8,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod tiers;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,16 @@ pub fn privileged(test: &str) -> bool {
         "{test} needs root and ISOBENCH_REQUIRE_PRIVILEGED=1 is set"
     );
     false
+}
+
+/// Say that `test` cannot run here and why (`SKIPPED <test>: <why>`); fail instead when the
+/// environment variable `require_env` is 1 (`ISOBENCH_REQUIRE_PRIVILEGED`, `ISOBENCH_REQUIRE_VM`).
+pub fn skip(test: &str, why: &str, require_env: &str) {
+    println!("SKIPPED {test}: {why}");
+    assert!(
+        std::env::var(require_env).as_deref() != Ok("1"),
+        "{test}: {why}, and {require_env}=1 is set"
+    );
 }
 
 /// Everything isobench could leave behind, as sorted sets of lines.
