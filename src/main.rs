@@ -230,6 +230,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         agent: runner::locate_agent()?,
         options,
         quiet: args.quiet,
+        seed: args.seed,
     };
 
     let interrupt = install_interrupt(&cfg.state_root)?;
@@ -492,6 +493,7 @@ fn ab_cmd(a: AbArgs) -> anyhow::Result<ExitCode> {
         cache_dir: base.cache_dir.clone(),
         agent: runner::locate_agent()?,
         quiet: a.quiet,
+        seed: a.seed,
     };
     let interrupt = install_interrupt(&cfg.state_root)?;
     let (ra, rb) = isobench::ab::run(&cfg, interrupt.cancel.clone(), host)?;

@@ -57,6 +57,7 @@ impl Builder {
                 cpus: vec![0, 1],
                 memory_mib: 512,
             },
+            order: None,
             tiers: vec![],
             summaries: vec![],
             samples: vec![],
@@ -112,6 +113,8 @@ impl Builder {
                 better,
                 round,
                 value,
+                position: None,
+                previous_tier: None,
             });
         }
         self

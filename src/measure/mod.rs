@@ -1,0 +1,3 @@
+//! Measurement: the schedule of a run (plan).
+
+pub mod plan;
