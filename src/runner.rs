@@ -608,7 +608,7 @@ fn interleave(
     }
     let mut round = 0;
     let mut last_save = Instant::now();
-    while let Some(step) = schedule.next() {
+    while let Some(step) = schedule.next_step() {
         // A round completed: save it, at most once a second. A write ends with fsync, whose
         // journal commit would otherwise land in the next launch of fast tiers. The run also
         // saves at its end and on Ctrl-C, so at most one second of launches is lost to SIGKILL.

@@ -282,7 +282,7 @@ impl Schedule {
 
     /// The next launch, or None when no arm has work left. Call [`Schedule::record`] with its
     /// outcome before asking again: whether an arm has work depends on what it has done.
-    pub fn next(&mut self) -> Option<Step> {
+    pub fn next_step(&mut self) -> Option<Step> {
         loop {
             if self.finished {
                 return None;
@@ -466,7 +466,7 @@ mod tests {
     /// Run a schedule to the end with every launch ending as `ended(step)` and taking `dt`.
     fn drive(s: &mut Schedule, mut ended: impl FnMut(&Step) -> Ended, dt: Duration) -> Vec<Step> {
         let mut steps = vec![];
-        while let Some(st) = s.next() {
+        while let Some(st) = s.next_step() {
             let e = ended(&st);
             s.record(&st, e, dt);
             steps.push(st);
@@ -550,7 +550,7 @@ mod tests {
         let mut s = Schedule::new(arms, 2, 5);
         let mut drops = 0;
         let mut steps = vec![];
-        while let Some(st) = s.next() {
+        while let Some(st) = s.next_step() {
             let e = match (st.arm, st.workload) {
                 (0, _) => Ended::Failed,
                 (1, 1) => Ended::Unsupported,
@@ -579,8 +579,8 @@ mod tests {
 
     #[test]
     fn nothing_to_do_ends_at_once() {
-        assert_eq!(Schedule::new(vec![], 1, 0).next(), None);
+        assert_eq!(Schedule::new(vec![], 1, 0).next_step(), None);
         let arms = vec![Progress::new(plan(0, 0, None, 0), vec![false])];
-        assert_eq!(Schedule::new(arms, 1, 0).next(), None);
+        assert_eq!(Schedule::new(arms, 1, 0).next_step(), None);
     }
 }

@@ -260,6 +260,34 @@ pub fn p_text(p: f64) -> String {
     }
 }
 
+/// How the launch order was drawn, in one line for the report (None for results without it).
+pub fn order_line(r: &Results) -> Option<String> {
+    r.order.as_ref().map(|o| {
+        format!(
+            "Launch order within rounds: {} design, seed {} ({}); `--seed {}` repeats it.",
+            o.design,
+            o.seed,
+            match o.seed_from.as_str() {
+                "cli" => "given with --seed",
+                "scenario" => "from the scenario",
+                _ => "drawn at random",
+            },
+            o.seed
+        )
+    })
+}
+
+/// True when no analysed sample carries its launch order (results before schema version 2).
+pub fn unrecorded(c: &[CarryOver]) -> bool {
+    c.iter().all(|x| x.finding == Finding::NotRecorded)
+}
+
+/// What the carry-over section says when there is nothing to test.
+pub const UNRECORDED_TEXT: &str = "This run did not record the launch order (results written before schema version 2): no carry-over analysis.";
+
+/// How to read the section.
+pub const EXPLANATION: &str = "Each tier's noop launches grouped by the tier launched just before them; a Kruskal-Wallis test asks whether the groups differ (p < 0.05: carry-over detected), and eta-squared says what share of the tier's variance the previous tier explains. Groups under 3 launches are left out.";
+
 /// The analysis for every tier with noop startup samples, per metric in [`METRICS`].
 pub fn analyse(r: &Results) -> Vec<CarryOver> {
     let mut out = vec![];
