@@ -1,34 +1,29 @@
 //! Same-host A/B: two variants of one tier (each a set of backend settings: a VMM or runtime
-//! binary, a guest kernel, a VM option, a memory size) prepared side by side and launched
-//! interleaved in the same session, so that drift of the machine hits both alike. The order
-//! within a round alternates (A B, then B A) so neither variant always goes first. Each variant's
-//! samples become a `Results` of its own (`<out>/a`, `<out>/b`), compared with `compare`.
+//! binary, a guest kernel, a VM option, a memory size) run as two arms of the one runner
+//! (src/runner.rs), prepared side by side and launched interleaved in the same seeded order, so
+//! that drift of the machine hits both alike and neither variant always goes first. Each
+//! variant's samples become a `Results` of its own (`<out>/a`, `<out>/b`), compared with
+//! `compare`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-use crate::backend::registry;
-use crate::backend::{Backend, BackendError, BackendOptions, RunEnv};
-use crate::measure::runner;
-use crate::model::budget::Budget;
+use crate::backend::{registry, BackendOptions};
+use crate::measure::runner::{self, Arm, ArmsConfig};
+use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
-use crate::model::results::{Failure, Results, TierRecord, TierStatus, SCHEMA_VERSION};
+use crate::model::results::Results;
 use crate::model::scenario::Scenario;
 use crate::model::tier::Tier;
-use crate::protocol::Task;
-use crate::state::ledger::{RunState, StateDir};
-
-/// Consecutive failed launches of one variant that end the A/B run.
-const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
 /// One side of the A/B.
 #[derive(Debug, Clone)]
 pub struct Variant {
-    /// "a" or "b": the folder and the run id suffix.
+    /// "a" or "b": the folder and the arm's label.
     pub name: String,
     /// What the user gave (`kernel=./vmlinuz-a ...`), recorded in the tier's settings.
     pub spec: Vec<String>,
@@ -48,6 +43,8 @@ pub struct AbConfig {
     pub cache_dir: PathBuf,
     pub agent: PathBuf,
     pub quiet: bool,
+    /// `--seed`: the launch order's seed (wins over the scenario's).
+    pub seed: Option<u64>,
 }
 
 /// Parse `key=value` settings onto `base`: `kernel=` is the guest kernel, anything else a
@@ -76,12 +73,37 @@ pub fn variant(name: &str, spec: &[String], base: &BackendOptions) -> anyhow::Re
     })
 }
 
-struct Side<'a> {
-    v: &'a Variant,
-    backend: Box<dyn Backend>,
-    state: Arc<RunState>,
-    results: Results,
-    consecutive_failures: u32,
+/// The runner's configuration for an A/B: two arms of one tier, an output each, strict (a side
+/// that cannot run ends the A/B with an error).
+pub fn arms_config(cfg: &AbConfig) -> ArmsConfig {
+    let arms = [&cfg.a, &cfg.b]
+        .into_iter()
+        .enumerate()
+        .map(|(output, v)| Arm {
+            label: v.name.clone(),
+            tier: cfg.tier,
+            options: v.options.clone(),
+            extra_settings: BTreeMap::from([(
+                "ab_variant".to_string(),
+                format!("{}: {}", v.name, v.spec.join(" ")),
+            )]),
+            output,
+        })
+        .collect();
+    ArmsConfig {
+        scenario: cfg.scenario.clone(),
+        arms,
+        outputs: vec![cfg.out_dir.join(&cfg.a.name), cfg.out_dir.join(&cfg.b.name)],
+        runs_override: cfg.runs_override,
+        link_latest: false,
+        state_root: cfg.state_root.clone(),
+        cache_dir: cfg.cache_dir.clone(),
+        agent: cfg.agent.clone(),
+        quiet: cfg.quiet,
+        seed: cfg.seed,
+        strict: true,
+        label: cfg.out_dir.display().to_string(),
+    }
 }
 
 /// Run both variants interleaved; returns (A, B). Results are written after every round.
@@ -90,202 +112,58 @@ pub fn run(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
 ) -> anyhow::Result<(Results, Results)> {
-    let budget = Budget {
-        cpus: runner::budget_cpus(cfg.scenario.budget.cpus)?,
-        memory_mib: cfg.scenario.budget.memory_mib,
-    };
+    // Before anything is created: both sides must be able to run.
     for v in [&cfg.a, &cfg.b] {
-        if let crate::model::availability::Availability::Unavailable { reason, fix } =
+        if let Availability::Unavailable { reason, fix } =
             registry::availability(cfg.tier, &host, &v.options)
         {
             bail!("variant {} of {}: {reason} (fix: {fix})", v.name, cfg.tier);
         }
     }
-    let state_dir = StateDir::open(&cfg.state_root).with_context(|| {
-        format!(
-            "creating the state directory {}: run as root or set ISOBENCH_STATE_DIR",
-            cfg.state_root.display()
-        )
-    })?;
-    let mut sides = vec![];
-    let mut res = Ok(());
-    for v in [&cfg.a, &cfg.b] {
-        let state = Arc::new(
-            state_dir
-                .begin_run(v.name.as_str())
-                .context("starting the run's ledger")?,
-        );
-        // Each side's results carry its own unique run id (the ledger's), never the --out name.
-        let run_id = state.id.clone();
-        let env = RunEnv {
-            agent: cfg.agent.clone(),
-            state: state.clone(),
-            cache_dir: cfg.cache_dir.clone(),
-            budget: budget.clone(),
-            options: v.options.clone(),
-            host: host.clone(),
-            cancel: cancel.clone(),
-        };
-        let mut backend = registry::make(cfg.tier);
-        if !cfg.quiet {
-            eprintln!(
-                "preparing {} variant {} ({}) ...",
-                cfg.tier,
-                v.name,
-                v.spec.join(" ")
-            );
-        }
-        let prepared = backend.prepare(&env);
-        let results = empty_results(cfg, v, &run_id, &host, &budget, backend.as_ref());
-        sides.push(Side {
-            v,
-            backend,
-            state,
-            results,
-            consecutive_failures: 0,
-        });
-        if let Err(e) = prepared {
-            res = Err(anyhow::anyhow!(
-                "preparing {} variant {}: {e}",
-                cfg.tier,
-                v.name
-            ));
-            break;
-        }
-    }
-    if res.is_ok() {
-        res = interleave(cfg, &mut sides, &cancel);
-    }
-    let mut out = vec![];
-    for mut s in sides {
-        if let Err(e) = s.backend.finish() {
-            if res.is_ok() {
-                res = Err(anyhow::anyhow!(
-                    "tearing down {} variant {}: {e}",
-                    cfg.tier,
-                    s.v.name
-                ));
-            }
-        }
-        let teardown = runner::finish_run(&s.state);
-        if res.is_ok() {
-            res = teardown;
-        }
-        s.results.interrupted = cancel.load(Ordering::Relaxed);
-        s.results.finished_at = Some(runner::now_string());
-        s.results.summarize();
-        s.results.write(&cfg.out_dir.join(&s.v.name))?;
-        out.push(s.results);
-    }
-    res?;
-    let b = out.pop().expect("two sides");
-    let a = out.pop().expect("two sides");
+    let mut out = runner::run_arms(&arms_config(cfg), cancel, host)?;
+    let b = out.pop().expect("two outputs");
+    let a = out.pop().expect("two outputs");
     Ok((a, b))
 }
 
-fn empty_results(
-    cfg: &AbConfig,
-    v: &Variant,
-    run_id: &str,
-    host: &HostFacts,
-    budget: &Budget,
-    b: &dyn Backend,
-) -> Results {
-    let mut settings = b.settings();
-    settings.insert(
-        "ab_variant".into(),
-        format!("{}: {}", v.name, v.spec.join(" ")),
-    );
-    let plan = cfg.scenario.plan(cfg.tier, cfg.runs_override);
-    let mut versions = BTreeMap::from([
-        (
-            "isobench".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        ("host_kernel".into(), host.kernel.clone()),
-    ]);
-    for (k, val) in b.versions() {
-        versions.insert(format!("{}.{k}", cfg.tier), val);
-    }
-    Results {
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id.into(),
-        started_at: runner::now_string(),
-        finished_at: None,
-        interrupted: false,
-        host: host.clone(),
-        versions,
-        scenario: cfg.scenario.clone(),
-        budget: budget.clone(),
-        tiers: vec![TierRecord {
-            tier: cfg.tier,
-            availability: registry::availability(cfg.tier, host, &v.options),
-            status: TierStatus::Ran,
-            plan: Some(plan),
-            settings,
-            versions: b.versions(),
-            failures: vec![],
-            launches: BTreeMap::new(),
-            note: None,
-            isolation: None,
-        }],
-        summaries: vec![],
-        samples: vec![],
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Warmups, then measured rounds; within a round A B on even rounds, B A on odd ones.
-fn interleave(cfg: &AbConfig, sides: &mut [Side], cancel: &AtomicBool) -> anyhow::Result<()> {
-    let plan = cfg.scenario.plan(cfg.tier, cfg.runs_override);
-    let total = u64::from(plan.warmup + plan.runs) * cfg.scenario.workloads.len() as u64 * 2;
-    let pb = crate::output::progress(total, cfg.quiet);
-    for round in 0..plan.warmup + plan.runs {
-        let measured = round >= plan.warmup;
-        let mround = round.saturating_sub(plan.warmup);
-        for workload in &cfg.scenario.workloads {
-            for k in 0..2 {
-                let s = &mut sides[(k + round as usize) % 2];
-                if cancel.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                pb.set_message(format!("{} {} {}", s.v.name, cfg.tier, workload.name()));
-                let out = s.backend.run_once(&Task::new(workload.clone()));
-                pb.inc(1);
-                let rec = &mut s.results.tiers[0];
-                match out {
-                    Ok(o) => {
-                        s.consecutive_failures = 0;
-                        if measured {
-                            *rec.launches.entry(workload.name().to_string()).or_default() += 1;
-                            s.results.samples.extend(runner::samples_of(
-                                cfg.tier,
-                                workload.name(),
-                                mround,
-                                &o,
-                            ));
-                        }
-                    }
-                    Err(BackendError::Interrupted) => return Ok(()),
-                    Err(e) => {
-                        rec.failures.push(Failure {
-                            workload: workload.name().into(),
-                            round: mround,
-                            message: e.to_string(),
-                        });
-                        s.consecutive_failures += 1;
-                        if s.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
-                            rec.status = TierStatus::Failed;
-                            bail!("variant {} failed {MAX_CONSECUTIVE_FAILURES} launches in a row: {e}", s.v.name);
-                        }
-                    }
-                }
-            }
-        }
-        for s in sides.iter_mut() {
-            s.results.summarize();
-            s.results.write(&cfg.out_dir.join(&s.v.name))?;
-        }
+    #[test]
+    fn an_ab_is_two_arms_of_one_tier_with_an_output_each() {
+        let base = BackendOptions::default();
+        let cfg = AbConfig {
+            scenario: Scenario::parse("name='x'\n[[workload]]\nkind='noop'\n", "x").unwrap(),
+            tier: Tier::Bare,
+            a: variant("a", &["x=1".into()], &base).unwrap(),
+            b: variant("b", &["x=2".into()], &base).unwrap(),
+            runs_override: Some(4),
+            out_dir: PathBuf::from("/tmp/ab-out"),
+            state_root: PathBuf::from("/tmp/state"),
+            cache_dir: PathBuf::from("/tmp/cache"),
+            agent: PathBuf::from("/bin/true"),
+            quiet: true,
+            seed: Some(3),
+        };
+        let ac = arms_config(&cfg);
+        assert!(ac.strict);
+        assert_eq!(ac.seed, Some(3));
+        assert_eq!(
+            ac.outputs,
+            vec![
+                PathBuf::from("/tmp/ab-out/a"),
+                PathBuf::from("/tmp/ab-out/b")
+            ]
+        );
+        assert_eq!(ac.arms.len(), 2);
+        assert!(ac.arms.iter().all(|a| a.tier == Tier::Bare));
+        assert_eq!(ac.arms[1].output, 1);
+        assert_eq!(ac.arms[1].options.settings.get("x").unwrap(), "2");
+        assert_eq!(
+            ac.arms[1].extra_settings.get("ab_variant").unwrap(),
+            "b: x=2"
+        );
+        assert!(variant("a", &["nokey".into()], &base).is_err());
     }
-    pb.finish_and_clear();
-    Ok(())
 }

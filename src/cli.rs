@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// `[settings]` are; --set wins over the scenario.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
+    /// Seed of the launch order within rounds (a balanced random order; same seed, same order)
+    /// [default: the scenario's `seed`, else a random one; recorded in results.json].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// No progress bar or table; only errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -183,6 +187,10 @@ pub struct AbArgs {
     /// Thresholds and alpha (TOML, see docs/compare.md).
     #[arg(long, value_name = "FILE")]
     pub thresholds: Option<PathBuf>,
+    /// Seed of the launch order within rounds (a balanced random order; same seed, same order)
+    /// [default: the scenario's `seed`, else a random one; recorded in results.json].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// No progress bar; only the comparison and errors.
     #[arg(short, long)]
     pub quiet: bool,

@@ -60,6 +60,7 @@ impl Builder {
                 cpus: vec![0, 1],
                 memory_mib: 512,
             },
+            order: None,
             tiers: vec![],
             summaries: vec![],
             samples: vec![],
@@ -106,6 +107,8 @@ impl Builder {
         better: Better,
         values: Vec<f64>,
     ) -> Self {
+        // A launch order that cycles through three previous tiers.
+        const PREVIOUS: [Tier; 3] = [Tier::Bare, Tier::Chroot, Tier::Container];
         for (round, value) in (0u32..).zip(values) {
             self.r.samples.push(Sample {
                 tier,
@@ -115,6 +118,26 @@ impl Builder {
                 better,
                 round,
                 value,
+                position: Some(round % 3),
+                previous_tier: Some(PREVIOUS[round as usize % 3]),
+            });
+        }
+        self
+    }
+
+    /// noop launch_to_exit_ms samples of `tier`, each launched after the tier given with it.
+    fn after(mut self, tier: Tier, launches: &[(Option<Tier>, f64)]) -> Self {
+        for (round, &(previous_tier, value)) in (0u32..).zip(launches) {
+            self.r.samples.push(Sample {
+                tier,
+                workload: "noop".into(),
+                metric: "launch_to_exit_ms".into(),
+                unit: "ms".into(),
+                better: Better::Lower,
+                round,
+                value,
+                position: Some(0),
+                previous_tier,
             });
         }
         self
@@ -737,4 +760,77 @@ fn report_renders_in_chromium() {
     if let Ok(keep) = std::env::var("ISOBENCH_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
+}
+
+/// The summary and the page say, per tier, whether the previous tier explains its variance.
+#[test]
+fn report_says_whether_the_previous_tier_explains_the_variance() {
+    let b = Builder::new()
+        .tier(Tier::Bare, TierStatus::Ran, None)
+        .tier(Tier::Chroot, TierStatus::Ran, None)
+        .tier(Tier::Container, TierStatus::Ran, None);
+    // container: 2 ms after bare, 1 ms after chroot (a planted carry-over); chroot: the same
+    // after either; bare: two launches after each tier only (too few).
+    let jitter = |i: u32| f64::from(i % 5) * 0.01;
+    let planted: Vec<(Option<Tier>, f64)> = (0..16)
+        .map(|i| {
+            if i % 2 == 0 {
+                (Some(Tier::Bare), 2.0 + jitter(i))
+            } else {
+                (Some(Tier::Chroot), 1.0 + jitter(i))
+            }
+        })
+        .collect();
+    let flat: Vec<(Option<Tier>, f64)> = (0..16)
+        .map(|i| {
+            let prev = if i % 2 == 0 {
+                Tier::Bare
+            } else {
+                Tier::Container
+            };
+            (Some(prev), 1.0 + f64::from((i * 7) % 16) * 0.01)
+        })
+        .collect();
+    let few = [
+        (None, 1.0),
+        (Some(Tier::Chroot), 1.1),
+        (Some(Tier::Chroot), 1.2),
+        (Some(Tier::Container), 1.0),
+        (Some(Tier::Container), 1.3),
+    ];
+    let r = b
+        .after(Tier::Container, &planted)
+        .after(Tier::Chroot, &flat)
+        .after(Tier::Bare, &few)
+        .done();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_report(dir.path(), &r).unwrap();
+    let md = std::fs::read_to_string(&files.summary_md).unwrap();
+    let html = std::fs::read_to_string(&files.index_html).unwrap();
+    for text in [&md, &html] {
+        assert!(
+            text.contains("previous tier explains")
+                && text.contains("of container&#39;s launch→exit variance")
+                || text.contains("of container's launch→exit variance"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chroot launch→exit: no detectable carry-over"),
+            "{text}"
+        );
+        assert!(text.contains("bare launch→exit: too few samples"), "{text}");
+    }
+    assert!(html.contains("id=\"carry-over\""));
+
+    // Results from before the launch order was recorded say so, and nothing more.
+    let mut old = r.clone();
+    old.order = None;
+    for s in &mut old.samples {
+        s.position = None;
+        s.previous_tier = None;
+    }
+    write_report(dir.path(), &old).unwrap();
+    let md = std::fs::read_to_string(&files.summary_md).unwrap();
+    assert!(md.contains("did not record the launch order"), "{md}");
+    assert!(!md.contains("no detectable carry-over"), "{md}");
 }

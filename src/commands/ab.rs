@@ -65,6 +65,7 @@ pub fn run(a: AbArgs) -> anyhow::Result<ExitCode> {
         cache_dir: base.cache_dir.clone(),
         agent: runner::locate_agent()?,
         quiet: a.quiet,
+        seed: a.seed,
     };
     let interrupt = install_interrupt(&cfg.state_root)?;
     let (ra, rb) = crate::ab::run(&cfg, interrupt.cancel.clone(), host)?;

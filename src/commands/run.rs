@@ -81,6 +81,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         agent: runner::locate_agent()?,
         options,
         quiet: args.quiet,
+        seed: args.seed,
     };
 
     let interrupt = install_interrupt(&cfg.state_root)?;

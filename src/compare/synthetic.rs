@@ -36,6 +36,7 @@ pub fn results(hostname: &str, samples: Vec<Sample>) -> Results {
             cpus: vec![0],
             memory_mib: 512,
         },
+        order: None,
         tiers: vec![],
         summaries: vec![],
         samples,
@@ -87,6 +88,8 @@ pub fn draw(seed: u64, metrics: usize, n: usize, slow: Option<(usize, f64)>) -> 
                 better,
                 round: u32::try_from(round).unwrap_or(u32::MAX),
                 value: v,
+                position: None,
+                previous_tier: None,
             });
         }
     }

@@ -331,6 +331,8 @@ impl History {
                     better,
                     round,
                     value,
+                    position: None,
+                    previous_tier: None,
                 })
             })
             .collect()

@@ -1,4 +1,6 @@
-//! Measurement: the runner (rounds, budgets, results after every round) and density.
+//! Measurement: the schedule of a run (plan), the runner (rounds, budgets, results after every
+//! round) and density.
 
 pub mod density;
+pub mod plan;
 pub mod runner;

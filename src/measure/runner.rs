@@ -1,6 +1,8 @@
-//! The measuring loop: prepare every available tier, run warmups and measured launches with the
-//! tiers interleaved in rounds (so drift hits every tier alike), keep per-tier time budgets,
-//! write the results after every round, and tear everything down on success, failure or Ctrl-C.
+//! The measuring loop: prepare every arm (a tier with its backend settings), run warmups and
+//! measured launches with the arms interleaved in rounds (so drift hits every arm alike) in a
+//! seeded, balanced order (src/measure/plan.rs), keep per-arm time budgets, write the results
+//! after every round, and tear everything down on success, failure or Ctrl-C. `isobench run` is
+//! one arm per tier; `isobench ab` two arms of one tier, each writing its own results.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,11 +14,14 @@ use anyhow::{bail, Context};
 
 use crate::backend::registry;
 use crate::backend::{Backend, BackendError, BackendOptions, Outcome, RunEnv};
+use crate::measure::plan::{self, Ended, Phase, Progress, Schedule, MAX_CONSECUTIVE_FAILURES};
 use crate::model::availability::Availability;
 use crate::model::budget::Budget;
 use crate::model::facts::HostFacts;
-use crate::model::results::{Failure, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION};
-use crate::model::scenario::{ResolvedPlan, Scenario};
+use crate::model::results::{
+    Failure, OrderRecord, Results, Sample, TierRecord, TierStatus, SCHEMA_VERSION,
+};
+use crate::model::scenario::Scenario;
 use crate::model::tier::Tier;
 use crate::protocol::{Better, Task};
 use crate::state::ledger::{Ledger, RunState, StateDir};
@@ -24,9 +29,6 @@ use crate::workload::Workload;
 
 /// Completed rounds are saved at most this often (and always at the end).
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A tier that fails this many launches in a row is dropped from the run.
-const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
@@ -43,6 +45,44 @@ pub struct RunConfig {
     pub agent: PathBuf,
     pub options: BackendOptions,
     pub quiet: bool,
+    /// `--seed`: the launch order's seed (wins over the scenario's).
+    pub seed: Option<u64>,
+}
+
+/// One arm of a run: a tier with its backend settings, under a label.
+#[derive(Debug, Clone)]
+pub struct Arm {
+    /// The tier's name for `isobench run`, the variant's ("a", "b") for `isobench ab`.
+    pub label: String,
+    pub tier: Tier,
+    pub options: BackendOptions,
+    /// Recorded in the tier record's settings beside the backend's own (A/B: `ab_variant`).
+    pub extra_settings: BTreeMap<String, String>,
+    /// Index into [`ArmsConfig::outputs`]: where this arm's tier record and samples go.
+    pub output: usize,
+}
+
+/// A run of arms, validated. Each output directory gets a results.json and samples.csv of the
+/// arms that name it; the arms of all outputs are interleaved in one schedule.
+#[derive(Debug, Clone)]
+pub struct ArmsConfig {
+    pub scenario: Scenario,
+    pub arms: Vec<Arm>,
+    pub outputs: Vec<PathBuf>,
+    pub runs_override: Option<u32>,
+    /// Point `<parent>/latest` at the first output.
+    pub link_latest: bool,
+    pub state_root: PathBuf,
+    pub cache_dir: PathBuf,
+    pub agent: PathBuf,
+    pub quiet: bool,
+    /// The launch order's seed from the command line (wins over the scenario's).
+    pub seed: Option<u64>,
+    /// Every arm must run: an unavailable, unprepared or dropped arm ends the run with an error
+    /// (an A/B with one side compares nothing). Otherwise such an arm is recorded and skipped.
+    pub strict: bool,
+    /// Names the run in the state directory's log.
+    pub label: String,
 }
 
 /// How a run ended.
@@ -90,52 +130,6 @@ pub fn budget_cpus(n: usize) -> anyhow::Result<Vec<usize>> {
     Ok(allowed[allowed.len() - n..].to_vec())
 }
 
-struct TierRun {
-    tier: Tier,
-    backend: Box<dyn Backend>,
-    plan: ResolvedPlan,
-    warm: Vec<u32>,
-    done: Vec<u32>,
-    attempts: Vec<u32>,
-    spent: Vec<Duration>,
-    consecutive_failures: u32,
-    dropped: Option<String>,
-    /// Workloads this tier cannot run (skipped with a note).
-    unsupported: Vec<bool>,
-    /// Workloads that take no warmup (density: a warm host is not what it measures).
-    no_warmup: Vec<bool>,
-    record_idx: usize,
-}
-
-enum Phase {
-    Warmup,
-    Measure,
-}
-
-impl TierRun {
-    fn next_phase(&self, wi: usize) -> Option<Phase> {
-        if self.dropped.is_some() || self.unsupported[wi] {
-            return None;
-        }
-        let p = &self.plan;
-        if self.attempts[wi] >= p.warmup + p.runs + MAX_CONSECUTIVE_FAILURES {
-            return None;
-        }
-        if self.warm[wi] < p.warmup && !self.no_warmup[wi] {
-            return Some(Phase::Warmup);
-        }
-        if self.done[wi] >= p.runs {
-            return None;
-        }
-        if let Some(b) = p.time_budget_s {
-            if self.spent[wi].as_secs_f64() >= b && self.done[wi] >= p.min_runs {
-                return None;
-            }
-        }
-        Some(Phase::Measure)
-    }
-}
-
 /// Create the run's host marker file (inside the run's scratch, removed with it) and return
 /// its path; None when it cannot be made (the probe then reports no visibility check).
 fn host_marker(env: &RunEnv) -> Option<String> {
@@ -166,6 +160,8 @@ fn launch_samples(
                 better: m.better,
                 round,
                 value: m.value,
+                position: None,
+                previous_tier: None,
             })
             .collect()),
         w => backend
@@ -201,6 +197,8 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
         better,
         round,
         value,
+        position: None,
+        previous_tier: None,
     })
     .collect::<Vec<_>>();
     for m in &o.report.metrics {
@@ -212,6 +210,8 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             better: m.better,
             round,
             value: m.value,
+            position: None,
+            previous_tier: None,
         });
     }
     if let Some(kib) = o.report.peak_rss_kib {
@@ -223,6 +223,8 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             better: Better::Lower,
             round,
             value: kib as f64,
+            position: None,
+            previous_tier: None,
         });
     }
     v
@@ -239,10 +241,62 @@ pub fn run(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
 ) -> anyhow::Result<RunOutcome> {
+    let arms = cfg
+        .tiers
+        .iter()
+        .map(|&tier| Arm {
+            label: tier.to_string(),
+            tier,
+            options: cfg.options.clone(),
+            extra_settings: BTreeMap::new(),
+            output: 0,
+        })
+        .collect();
+    let arms_cfg = ArmsConfig {
+        scenario: cfg.scenario.clone(),
+        arms,
+        outputs: vec![cfg.out_dir.clone()],
+        runs_override: cfg.runs_override,
+        link_latest: cfg.link_latest,
+        state_root: cfg.state_root.clone(),
+        cache_dir: cfg.cache_dir.clone(),
+        agent: cfg.agent.clone(),
+        quiet: cfg.quiet,
+        seed: cfg.seed,
+        strict: false,
+        label: cfg.out_dir.display().to_string(),
+    };
+    let mut results = run_arms(&arms_cfg, cancel, host)?;
+    Ok(RunOutcome {
+        results: results.pop().expect("one output"),
+        out_dir: cfg.out_dir.clone(),
+    })
+}
+
+/// Run the arms interleaved; returns one `Results` per output, in order. Results are written
+/// after every round; on Ctrl-C the completed rounds are kept and marked `interrupted`.
+pub fn run_arms(
+    cfg: &ArmsConfig,
+    cancel: Arc<AtomicBool>,
+    host: HostFacts,
+) -> anyhow::Result<Vec<Results>> {
+    assert!(
+        cfg.arms.iter().all(|a| a.output < cfg.outputs.len()),
+        "every arm names an output"
+    );
     let budget = Budget {
         cpus: budget_cpus(cfg.scenario.budget.cpus)?,
         memory_mib: cfg.scenario.budget.memory_mib,
     };
+    if cfg.strict {
+        for a in &cfg.arms {
+            if let Availability::Unavailable { reason, fix } =
+                registry::availability(a.tier, &host, &a.options)
+            {
+                bail!("{} of {}: {reason} (fix: {fix})", a.label, a.tier);
+            }
+        }
+    }
     // The harness runs on the budget's CPUs too: a launch then costs no cross-CPU wakeup, as
     // when `taskset -c <cpus> hyperfine -N` times the agent (docs/architecture.md). The harness
     // sleeps in poll while a sandbox runs, so it takes nothing from the budget.
@@ -264,7 +318,7 @@ pub fn run(
     })?;
     let run_state = Arc::new(
         state_dir
-            .begin_run(&cfg.out_dir.display().to_string())
+            .begin_run(&cfg.label)
             .context("starting the run's ledger")?,
     );
     note_stale_runs(&state_dir, &run_state, cfg.quiet);
@@ -275,43 +329,62 @@ pub fn run(
     Ok(outcome)
 }
 
-/// The part of [`run`] that happens while the run owns its state directory.
+/// Where the order's seed comes from: `--seed`, else the scenario, else a fresh random one.
+fn order_record(cfg: &ArmsConfig) -> OrderRecord {
+    let (seed, from) = match (cfg.seed, cfg.scenario.seed) {
+        (Some(s), _) => (s, "cli"),
+        (None, Some(s)) => (s, "scenario"),
+        (None, None) => (plan::random_seed(), "random"),
+    };
+    OrderRecord {
+        design: "williams".into(),
+        seed,
+        seed_from: from.into(),
+    }
+}
+
+/// The part of [`run_arms`] that happens while the run owns its state directory.
 fn run_owned(
-    cfg: &RunConfig,
+    cfg: &ArmsConfig,
     cancel: Arc<AtomicBool>,
     host: HostFacts,
     budget: Budget,
     run_state: &Arc<RunState>,
-) -> anyhow::Result<RunOutcome> {
-    let run_id = run_state.id.clone();
-    let mut results = Results {
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id.clone(),
-        started_at: now_string(),
-        finished_at: None,
-        interrupted: false,
-        host: host.clone(),
-        versions: BTreeMap::from([(
-            "isobench".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]),
-        scenario: cfg.scenario.clone(),
-        budget: budget.clone(),
-        tiers: vec![],
-        summaries: vec![],
-        samples: vec![],
-    };
+) -> anyhow::Result<Vec<Results>> {
+    let mut versions = BTreeMap::from([(
+        "isobench".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    )]);
     if let Some(q) = &host.qemu_version {
-        results.versions.insert("qemu".into(), q.clone());
+        versions.insert("qemu".into(), q.clone());
     }
-    results
-        .versions
-        .insert("host_kernel".into(), host.kernel.clone());
+    versions.insert("host_kernel".into(), host.kernel.clone());
+    let order = order_record(cfg);
+    let started_at = now_string();
+    let mut outs: Vec<Results> = cfg
+        .outputs
+        .iter()
+        .map(|_| Results {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_state.id.clone(),
+            started_at: started_at.clone(),
+            finished_at: None,
+            interrupted: false,
+            host: host.clone(),
+            versions: versions.clone(),
+            scenario: cfg.scenario.clone(),
+            budget: budget.clone(),
+            order: Some(order.clone()),
+            tiers: vec![],
+            summaries: vec![],
+            samples: vec![],
+        })
+        .collect();
 
-    // Availability first: skipped tiers are recorded with their reason, never dropped silently.
+    // Availability first: skipped arms are recorded with their reason, never dropped silently.
     let mut available = vec![];
-    for &tier in &cfg.tiers {
-        let a = registry::availability(tier, &host, &cfg.options);
+    for (i, arm) in cfg.arms.iter().enumerate() {
+        let a = registry::availability(arm.tier, &host, &arm.options);
         let status = if a.is_available() {
             TierStatus::Ran
         } else {
@@ -319,17 +392,18 @@ fn run_owned(
         };
         if let Availability::Unavailable { reason, fix } = &a {
             if !cfg.quiet {
-                eprintln!("skipping {tier}: {reason} (fix: {fix})");
+                eprintln!("skipping {}: {reason} (fix: {fix})", arm.label);
             }
         } else {
-            available.push(tier);
+            available.push(i);
         }
-        results.tiers.push(TierRecord {
-            tier,
+        let rec = &mut outs[arm.output].tiers;
+        rec.push(TierRecord {
+            tier: arm.tier,
             availability: a,
             status,
             plan: None,
-            settings: BTreeMap::new(),
+            settings: arm.extra_settings.clone(),
             versions: BTreeMap::new(),
             failures: vec![],
             launches: BTreeMap::new(),
@@ -337,94 +411,126 @@ fn run_owned(
             isolation: None,
         });
     }
-    results.write(&cfg.out_dir)?;
+    write_all(cfg, &outs)?;
     if cfg.link_latest {
-        link_latest(&cfg.out_dir);
+        if let Some(first) = cfg.outputs.first() {
+            link_latest(first);
+        }
     }
 
-    let env = RunEnv {
-        agent: cfg.agent.clone(),
-        state: run_state.clone(),
-        cache_dir: cfg.cache_dir.clone(),
-        budget: budget.clone(),
-        options: cfg.options.clone(),
-        host: host.clone(),
-        cancel: cancel.clone(),
-    };
+    let envs: Vec<RunEnv> = cfg
+        .arms
+        .iter()
+        .map(|arm| RunEnv {
+            agent: cfg.agent.clone(),
+            state: run_state.clone(),
+            cache_dir: cfg.cache_dir.clone(),
+            budget: budget.clone(),
+            options: arm.options.clone(),
+            host: host.clone(),
+            cancel: cancel.clone(),
+        })
+        .collect();
 
-    let outcome = measure(cfg, &env, &available, &mut results, &cancel);
-    results.interrupted = cancel.load(Ordering::Relaxed);
-    results.finished_at = Some(now_string());
-    results.summarize();
-    let write = results.write(&cfg.out_dir);
+    let outcome = measure(cfg, &envs, &available, &mut outs, order.seed, &cancel);
+    for r in &mut outs {
+        r.interrupted = cancel.load(Ordering::Relaxed);
+        r.finished_at = Some(now_string());
+        r.summarize();
+    }
+    let write = write_all(cfg, &outs);
     outcome?;
     write?;
-    Ok(RunOutcome {
-        results,
-        out_dir: cfg.out_dir.clone(),
-    })
+    Ok(outs)
+}
+
+/// Write every output's result files.
+fn write_all(cfg: &ArmsConfig, outs: &[Results]) -> anyhow::Result<()> {
+    for (r, dir) in outs.iter().zip(&cfg.outputs) {
+        r.write(dir)?;
+    }
+    Ok(())
+}
+
+/// A prepared arm.
+struct ArmRun {
+    label: String,
+    tier: Tier,
+    backend: Box<dyn Backend>,
+    /// Output index and tier-record index within it.
+    out: usize,
+    rec: usize,
+}
+
+/// The tier record of arm `i`: its output's records hold the arms of that output, in order.
+fn record_index(cfg: &ArmsConfig, i: usize) -> usize {
+    let out = cfg.arms[i].output;
+    cfg.arms[..i].iter().filter(|a| a.output == out).count()
 }
 
 /// Prepare, interleave, measure; backends are always finished, whatever happens.
 fn measure(
-    cfg: &RunConfig,
-    env: &RunEnv,
-    available: &[Tier],
-    results: &mut Results,
+    cfg: &ArmsConfig,
+    envs: &[RunEnv],
+    available: &[usize],
+    outs: &mut [Results],
+    seed: u64,
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let nw = cfg.scenario.workloads.len();
-    let mut runs: Vec<TierRun> = vec![];
+    let mut runs: Vec<ArmRun> = vec![];
+    let mut progress: Vec<Progress> = vec![];
     let mut res = Ok(());
-    for &tier in available {
-        let idx = results
-            .tiers
-            .iter()
-            .position(|r| r.tier == tier)
-            .expect("tier recorded");
-        let plan = cfg.scenario.plan(tier, cfg.runs_override);
-        results.tiers[idx].plan = Some(plan);
-        let mut backend = registry::make(tier);
+    let no_warmup: Vec<bool> = cfg
+        .scenario
+        .workloads
+        .iter()
+        .map(|w| matches!(w, Workload::Density(_)))
+        .collect();
+    for &i in available {
+        let arm = &cfg.arms[i];
+        let (out, rec) = (arm.output, record_index(cfg, i));
+        let plan = cfg.scenario.plan(arm.tier, cfg.runs_override);
+        let record = &mut outs[out].tiers[rec];
+        record.plan = Some(plan);
+        let mut backend = registry::make(arm.tier);
         if !cfg.quiet {
-            eprintln!("preparing {tier} ...");
+            eprintln!("preparing {} ...", arm_name(arm));
         }
-        match backend.prepare(env) {
+        match backend.prepare(&envs[i]) {
             Ok(()) => {
-                results.tiers[idx].settings = backend.settings();
-                results.tiers[idx].versions = backend.versions();
+                let mut settings = backend.settings();
+                settings.extend(arm.extra_settings.clone());
+                record.settings = settings;
+                record.versions = backend.versions();
                 for (k, v) in backend.versions() {
-                    results.versions.entry(format!("{tier}.{k}")).or_insert(v);
+                    outs[out]
+                        .versions
+                        .entry(format!("{}.{k}", arm.tier))
+                        .or_insert(v);
                 }
-                runs.push(TierRun {
-                    tier,
+                runs.push(ArmRun {
+                    label: arm.label.clone(),
+                    tier: arm.tier,
                     backend,
-                    plan,
-                    warm: vec![0; nw],
-                    done: vec![0; nw],
-                    attempts: vec![0; nw],
-                    spent: vec![Duration::ZERO; nw],
-                    consecutive_failures: 0,
-                    dropped: None,
-                    unsupported: vec![false; nw],
-                    no_warmup: cfg
-                        .scenario
-                        .workloads
-                        .iter()
-                        .map(|w| matches!(w, Workload::Density(_)))
-                        .collect(),
-                    record_idx: idx,
+                    out,
+                    rec,
                 });
+                progress.push(Progress::new(plan, no_warmup.clone()));
             }
             Err(e) => {
                 let _ = backend.finish();
-                results.tiers[idx].status = TierStatus::Failed;
-                results.tiers[idx].failures.push(Failure {
+                record.status = TierStatus::Failed;
+                record.failures.push(Failure {
                     workload: "prepare".into(),
                     round: 0,
                     message: e.to_string(),
                 });
                 if !cfg.quiet {
-                    eprintln!("{tier} could not be prepared: {e}");
+                    eprintln!("{} could not be prepared: {e}", arm_name(arm));
+                }
+                if cfg.strict {
+                    res = Err(anyhow::anyhow!("preparing {}: {e}", arm_name(arm)));
+                    break;
                 }
             }
         }
@@ -432,143 +538,158 @@ fn measure(
             break;
         }
     }
-    if !cancel.load(Ordering::Relaxed) {
-        res = interleave(cfg, env, &mut runs, results, cancel);
+    if res.is_ok() && !cancel.load(Ordering::Relaxed) {
+        let mut schedule = Schedule::new(progress, cfg.scenario.workloads.len(), seed);
+        res = interleave(cfg, envs, &mut runs, &mut schedule, outs, cancel);
     }
     // Interrupted: keep what completed, marked so, before the teardown (a second signal may end
     // the process before the teardown does).
     if cancel.load(Ordering::Relaxed) {
-        results.interrupted = true;
-        results.summarize();
-        if let Err(e) = results.write(&cfg.out_dir) {
+        for r in outs.iter_mut() {
+            r.interrupted = true;
+            r.summarize();
+        }
+        if let Err(e) = write_all(cfg, outs) {
             tracing::warn!(error = %e, "saving the interrupted results before teardown");
         }
     }
     for r in &mut runs {
         if let Err(e) = r.backend.finish() {
-            let rec = &mut results.tiers[r.record_idx];
-            rec.failures.push(Failure {
+            outs[r.out].tiers[r.rec].failures.push(Failure {
                 workload: "teardown".into(),
                 round: 0,
                 message: e.to_string(),
             });
             if res.is_ok() {
-                res = Err(anyhow::anyhow!("tearing down {}: {e}", r.tier));
+                res = Err(anyhow::anyhow!("tearing down {}: {e}", r.label));
             }
         }
     }
     res
 }
 
+/// "container", or "emulated variant a" when the label is not the tier's name.
+fn arm_name(a: &Arm) -> String {
+    if a.label == a.tier.as_str() {
+        a.label.clone()
+    } else {
+        format!("{} variant {}", a.tier, a.label)
+    }
+}
+
 fn interleave(
-    cfg: &RunConfig,
-    env: &RunEnv,
-    runs: &mut [TierRun],
-    results: &mut Results,
+    cfg: &ArmsConfig,
+    envs: &[RunEnv],
+    runs: &mut [ArmRun],
+    schedule: &mut Schedule,
+    outs: &mut [Results],
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let total: u64 = runs
-        .iter()
-        .map(|r| u64::from(r.plan.warmup + r.plan.runs) * cfg.scenario.workloads.len() as u64)
-        .sum();
-    let pb = crate::output::progress(total, cfg.quiet);
-    // One unrecorded probe launch per tier: the isolation view, seen from inside.
+    let pb = crate::output::progress(schedule.planned_launches(), cfg.quiet);
+    // The tier launched last, whatever the launch was (probe, warmup, measured, failed): what it
+    // left behind is paid by the next launch, whose samples record it.
+    let mut previous: Option<Tier> = None;
+    // One unrecorded probe launch per arm: the isolation view, seen from inside.
     for r in runs.iter_mut() {
         let mut task = Task::new(crate::workload::Workload::Noop);
         task.probe = true;
         // A file on the host, outside every rootfs: visible to bare, invisible to a jail.
-        task.probe_paths = host_marker(env).into_iter().collect();
-        match r.backend.run_once(&task) {
-            Ok(o) => results.tiers[r.record_idx].isolation = o.report.isolation,
+        // Any arm's environment will do: the marker lives in the run's scratch.
+        task.probe_paths = envs.first().and_then(host_marker).into_iter().collect();
+        let out = r.backend.run_once(&task);
+        previous = Some(r.tier);
+        let rec = &mut outs[r.out].tiers[r.rec];
+        match out {
+            Ok(o) => rec.isolation = o.report.isolation,
             Err(BackendError::Interrupted) => return Ok(()),
-            Err(e) => results.tiers[r.record_idx].failures.push(Failure {
+            Err(e) => rec.failures.push(Failure {
                 workload: "probe".into(),
                 round: 0,
                 message: e.to_string(),
             }),
         }
     }
-    let mut round: u32 = 0;
+    let mut round = 0;
     let mut last_save = Instant::now();
-    'rounds: loop {
-        let mut did_work = false;
-        for (wi, workload) in cfg.scenario.workloads.iter().enumerate() {
-            let n = runs.len();
-            for k in 0..n {
-                // Rotate the order every round so each tier takes each position in turn.
-                let r = &mut runs[(k + round as usize) % n];
-                let Some(phase) = r.next_phase(wi) else {
-                    continue;
-                };
-                if cancel.load(Ordering::Relaxed) {
-                    break 'rounds;
+    while let Some(step) = schedule.next_step() {
+        // A round completed: save it, at most once a second. A write ends with fsync, whose
+        // journal commit would otherwise land in the next launch of fast tiers. The run also
+        // saves at its end and on Ctrl-C, so at most one second of launches is lost to SIGKILL.
+        if step.round != round {
+            round = step.round;
+            if last_save.elapsed() >= SAVE_INTERVAL {
+                for r in outs.iter_mut() {
+                    r.summarize();
                 }
-                did_work = true;
-                pb.set_message(format!("{} {}", r.tier, workload.name()));
-                let start = Instant::now();
-                let out = launch_samples(r.backend.as_mut(), r.tier, workload, round);
-                r.spent[wi] += start.elapsed();
-                r.attempts[wi] += 1;
-                pb.inc(1);
-                let rec = &mut results.tiers[r.record_idx];
-                match (out, phase) {
-                    (Ok(samples), Phase::Measure) => {
-                        r.consecutive_failures = 0;
-                        r.done[wi] += 1;
-                        *rec.launches.entry(workload.name().to_string()).or_default() += 1;
-                        results.samples.extend(samples);
-                    }
-                    (Ok(_), Phase::Warmup) => {
-                        r.consecutive_failures = 0;
-                        r.warm[wi] += 1;
-                    }
-                    (Err(BackendError::Interrupted), _) => break 'rounds,
-                    (Err(BackendError::Unsupported(why)), _) => {
-                        // Not a failed launch: this tier cannot run this workload at all.
-                        r.unsupported[wi] = true;
-                        let note = format!("{}: {why}", workload.name());
-                        rec.note = Some(match rec.note.take() {
-                            Some(n) => format!("{n}; {note}"),
-                            None => note,
-                        });
-                    }
-                    (Err(e), phase) => {
-                        if matches!(phase, Phase::Warmup) {
-                            r.warm[wi] += 1;
-                        }
-                        r.consecutive_failures += 1;
-                        tracing::warn!(tier = %r.tier, error = %e, "launch failed");
-                        rec.failures.push(Failure {
-                            workload: workload.name().into(),
-                            round,
-                            message: e.to_string(),
-                        });
-                        if r.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
-                            let why = format!("dropped after {MAX_CONSECUTIVE_FAILURES} failed launches in a row: {e}");
-                            pb.println(format!("{}: {why}", r.tier));
-                            rec.note = Some(why.clone());
-                            r.dropped = Some(why);
-                        }
-                    }
-                }
+                write_all(cfg, outs)?;
+                last_save = Instant::now();
             }
         }
-        // Save completed rounds, at most once a second: a write ends with fsync, whose journal
-        // commit would otherwise land in the next launch of fast tiers. The run also saves at
-        // its end and on Ctrl-C, so at most one second of launches is lost to a SIGKILL.
-        if !did_work || last_save.elapsed() >= SAVE_INTERVAL {
-            results.summarize();
-            results.write(&cfg.out_dir)?;
-            last_save = Instant::now();
-        }
-        if !did_work {
+        if cancel.load(Ordering::Relaxed) {
             break;
         }
-        round += 1;
+        let r = &mut runs[step.arm];
+        let workload = &cfg.scenario.workloads[step.workload];
+        pb.set_message(format!("{} {}", r.label, workload.name()));
+        let start = Instant::now();
+        let out = launch_samples(r.backend.as_mut(), r.tier, workload, step.round);
+        let elapsed = start.elapsed();
+        pb.inc(1);
+        let rec = &mut outs[r.out].tiers[r.rec];
+        let mut error = None;
+        let ended = match out {
+            Ok(mut samples) => {
+                if step.phase == Phase::Measure {
+                    for s in &mut samples {
+                        s.position = Some(step.position);
+                        s.previous_tier = previous;
+                    }
+                    *rec.launches.entry(workload.name().to_string()).or_default() += 1;
+                    outs[r.out].samples.extend(samples);
+                }
+                previous = Some(r.tier);
+                Ended::Ok
+            }
+            Err(BackendError::Interrupted) => break,
+            Err(BackendError::Unsupported(why)) => {
+                // Not a failed launch: this tier cannot run this workload at all.
+                let note = format!("{}: {why}", workload.name());
+                rec.note = Some(match rec.note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+                Ended::Unsupported
+            }
+            Err(e) => {
+                previous = Some(r.tier);
+                tracing::warn!(arm = %r.label, error = %e, "launch failed");
+                rec.failures.push(Failure {
+                    workload: workload.name().into(),
+                    round: step.round,
+                    message: e.to_string(),
+                });
+                error = Some(e.to_string());
+                Ended::Failed
+            }
+        };
+        if schedule.record(&step, ended, elapsed) {
+            let why = format!(
+                "dropped after {MAX_CONSECUTIVE_FAILURES} failed launches in a row: {}",
+                error.unwrap_or_default()
+            );
+            pb.println(format!("{}: {why}", r.label));
+            let rec = &mut outs[r.out].tiers[r.rec];
+            rec.note = Some(why.clone());
+            if cfg.strict {
+                rec.status = TierStatus::Failed;
+                pb.finish_and_clear();
+                bail!("{}: {why}", r.label);
+            }
+        }
     }
     pb.finish_and_clear();
-    for r in runs.iter() {
-        let rec = &mut results.tiers[r.record_idx];
+    for (r, p) in runs.iter().zip(schedule.arms()) {
+        let rec = &mut outs[r.out].tiers[r.rec];
         if rec.launches.values().all(|&n| n == 0) {
             rec.status = TierStatus::Failed;
         }
@@ -577,16 +698,14 @@ fn interleave(
             .workloads
             .iter()
             .enumerate()
-            .filter(|(wi, _)| {
-                r.done[*wi] < r.plan.runs && r.dropped.is_none() && !r.unsupported[*wi]
-            })
+            .filter(|(wi, _)| p.done[*wi] < p.plan.runs && !p.dropped && !p.unsupported[*wi])
             .map(|(wi, w)| {
                 format!(
                     "{}: {} of {} launches in the {:.0} s budget",
                     w.name(),
-                    r.done[wi],
-                    r.plan.runs,
-                    r.spent[wi].as_secs_f64()
+                    p.done[wi],
+                    p.plan.runs,
+                    p.spent[wi].as_secs_f64()
                 )
             })
             .collect();

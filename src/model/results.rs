@@ -16,8 +16,11 @@ use crate::model::tier::Tier;
 use crate::protocol::Better;
 use crate::stats::{self, Ratio};
 
-/// Bumped on every incompatible change of [`Results`]; documented in docs/results.md.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped on every change of [`Results`]; documented in docs/results.md.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Oldest schema version this isobench still reads (fields added since are optional).
+pub const OLDEST_READABLE: u32 = 1;
 
 /// One measured value of one launch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +33,25 @@ pub struct Sample {
     /// Round of the interleaved schedule this launch ran in (0-based).
     pub round: u32,
     pub value: f64,
+    /// 0-based position of this launch among the launches of its round and workload (None in
+    /// results written before schema version 2).
+    #[serde(default)]
+    pub position: Option<u32>,
+    /// The tier launched immediately before this launch (warmups, probes and other workloads
+    /// included); None for the run's first launch and in results before schema version 2.
+    #[serde(default)]
+    pub previous_tier: Option<Tier>,
+}
+
+/// How the order of the arms within each round was drawn (docs/results.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    /// `williams`: rows of a Williams design in a seeded random order (src/measure/plan.rs).
+    pub design: String,
+    /// Same seed, same order: give it back with `--seed` (or `seed =` in the scenario).
+    pub seed: u64,
+    /// Where the seed came from: `cli`, `scenario` or `random`.
+    pub seed_from: String,
 }
 
 /// Per (tier, workload, metric): the summary and the ratio to `bare`.
@@ -103,6 +125,9 @@ pub struct Results {
     pub versions: BTreeMap<String, String>,
     pub scenario: Scenario,
     pub budget: Budget,
+    /// The order design and its seed (None in results before schema version 2).
+    #[serde(default)]
+    pub order: Option<OrderRecord>,
     pub tiers: Vec<TierRecord>,
     pub summaries: Vec<MetricSummary>,
     pub samples: Vec<Sample>,
@@ -117,7 +142,7 @@ pub enum ResultsError {
     },
     #[error("{path} is not a valid isobench results file: {message} (was the run interrupted while writing, or the file edited by hand?)")]
     Parse { path: PathBuf, message: String },
-    #[error("{path} has schema version {found}, this isobench reads version {SCHEMA_VERSION}: re-run the benchmark or use a matching isobench")]
+    #[error("{path} has schema version {found}, this isobench reads versions {OLDEST_READABLE} to {SCHEMA_VERSION}: re-run the benchmark or use a matching isobench")]
     Version { path: PathBuf, found: u32 },
     #[error("writing {path}: {source}")]
     Write {
@@ -182,7 +207,7 @@ impl Results {
             .get("schema_version")
             .and_then(|x| x.as_u64())
             .unwrap_or(0);
-        if found != u64::from(SCHEMA_VERSION) {
+        if !(u64::from(OLDEST_READABLE)..=u64::from(SCHEMA_VERSION)).contains(&found) {
             return Err(ResultsError::Version {
                 path: file,
                 found: u32::try_from(found).unwrap_or(u32::MAX),
@@ -246,6 +271,8 @@ mod tests {
             better: Better::Lower,
             round: 0,
             value: v,
+            position: Some(1),
+            previous_tier: Some(Tier::Bare),
         }
     }
 
@@ -271,11 +298,52 @@ mod tests {
         let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
         assert_eq!(
             text.lines().next().unwrap(),
-            "tier,workload,metric,unit,better,round,value"
+            "tier,workload,metric,unit,better,round,value,position,previous_tier"
         );
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5"
+            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,bare"
         );
+        let mut first = sample(Tier::Chroot, 1.5);
+        first.previous_tier = None;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(first).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,"
+        );
+    }
+
+    /// A results.json of schema version 1 (no order, no position, no previous_tier) still
+    /// loads, with those fields absent.
+    #[test]
+    fn schema_1_files_still_load() {
+        let mut r = crate::compare::synthetic::results("old", vec![sample(Tier::Bare, 2.0)]);
+        r.order = Some(OrderRecord {
+            design: "williams".into(),
+            seed: 5,
+            seed_from: "cli".into(),
+        });
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["schema_version"] = 1.into();
+        v.as_object_mut().unwrap().remove("order");
+        let s0 = v["samples"][0].as_object_mut().unwrap();
+        s0.remove("position");
+        s0.remove("previous_tier");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let back = Results::load(&path).unwrap();
+        assert_eq!(back.schema_version, 1);
+        assert_eq!(back.order, None);
+        assert_eq!(back.samples[0].position, None);
+        assert_eq!(back.samples[0].previous_tier, None);
+        v["schema_version"] = 99.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(
+            Results::load(&path),
+            Err(ResultsError::Version { found: 99, .. })
+        ));
     }
 }

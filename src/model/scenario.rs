@@ -83,6 +83,10 @@ pub struct Scenario {
     pub tier: BTreeMap<Tier, RepeatPlan>,
     #[serde(default)]
     pub budget: BudgetSpec,
+    /// Seed of the launch order within rounds (same seed, same order); `--seed` wins, and
+    /// without either a run draws one and records it in results.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     #[serde(rename = "workload")]
     pub workloads: Vec<Workload>,
     /// Backend settings, as `--set key=value` gives them (the command line wins): checked

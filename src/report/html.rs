@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use super::carryover::{self, Finding};
 use super::charts::{tier_hex, tiers_present, Chart};
 use super::claims::{ClaimVerdict, Verdict};
 use super::isolation;
@@ -239,6 +240,65 @@ fn cell(s: &MetricSummary) -> String {
     )
 }
 
+/// Carry-over: per tier and startup metric, does the previous tier explain the variance?
+fn carry_over(r: &Results, out: &mut String) {
+    section(
+        out,
+        "carry-over",
+        "Carry-over: does the previous tier explain a tier's variance?",
+    );
+    let rows = carryover::analyse(r);
+    if rows.is_empty() {
+        out.push_str(
+            "<p class=\"muted\">No noop launches in this run: nothing to analyse.</p></section>\n",
+        );
+        return;
+    }
+    if carryover::unrecorded(&rows) {
+        let _ = writeln!(
+            out,
+            "<p class=\"muted\">{}</p></section>",
+            esc(carryover::UNRECORDED_TEXT)
+        );
+        return;
+    }
+    if let Some(line) = carryover::order_line(r) {
+        let _ = writeln!(out, "<p>{}</p>", esc(&line));
+    }
+    out.push_str("<div class=\"scroll\"><table id=\"carry-over-table\"><tr><th>tier</th><th>metric</th><th>n</th><th>median (ms) by previous tier</th><th>H (df)</th><th>p</th><th>η²</th><th>spread of medians</th><th>finding</th></tr>\n");
+    for c in &rows {
+        let (h, p, eta, spread) = match &c.finding {
+            Finding::Tested {
+                kw, median_spread, ..
+            } => (
+                format!("{:.2} ({})", kw.h, kw.df),
+                carryover::p_text(kw.p),
+                format!("{:.2}", kw.eta_squared),
+                format!("{:.1}%", median_spread * 100.0),
+            ),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            chip(c.tier),
+            esc(c.metric),
+            c.n,
+            esc(&c.groups_text()),
+            esc(&h),
+            esc(&p),
+            esc(&eta),
+            esc(&spread),
+            esc(&c.sentence())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "</table></div><p class=\"muted\">{} Spread of medians: largest minus smallest group median, over the tier's median.</p></section>",
+        esc(carryover::EXPLANATION)
+    );
+}
+
 fn claims_table(v: &[ClaimVerdict], out: &mut String) {
     section(out, "claims", "The guide's claims, judged");
     out.push_str("<p class=\"muted\">Each claim is mapped to metrics by the rule shown (docs/claims.md). A claim is contradicted when any check is, supported when every check is, inconclusive otherwise.</p>\n");
@@ -397,6 +457,7 @@ pub fn page(
         .chain(fam_ids.iter().cloned())
         .chain(
             [
+                ("carry-over", "Carry-over"),
                 ("claims", "Claims"),
                 ("felter", "Felter 2015"),
                 ("firecracker", "Firecracker"),
@@ -443,6 +504,7 @@ pub fn page(
         family_table(r, f, &mut out);
         out.push_str("</section>\n");
     }
+    carry_over(r, &mut out);
     claims_table(claims, &mut out);
     felter(published, &mut out);
     firecracker(published, &mut out);

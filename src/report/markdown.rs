@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use super::carryover;
 use super::charts::tiers_present;
 use super::claims::ClaimVerdict;
 use super::honesty_warnings;
@@ -78,6 +79,7 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
             "| {t} | {ready} | {ready_ratio} | {exit} | {exit_ratio} | {n} |"
         );
     }
+    carry_over(r, &mut o);
     let _ = writeln!(o, "\n### Claims\n");
     let _ = writeln!(o, "| # | claim | verdict | evidence |");
     let _ = writeln!(o, "|---|---|---|---|");
@@ -100,4 +102,39 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
     }
     let _ = writeln!(o, "\nFull report: `index.html` (charts, every metric, Felter 2015 and Firecracker comparisons, isolation matrix); rules in docs/claims.md.");
     o
+}
+
+/// The carry-over section: one row per tier and startup metric.
+fn carry_over(r: &Results, o: &mut String) {
+    let rows = carryover::analyse(r);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n### Carry-over (noop workload): does the previous tier explain a tier's variance?\n"
+    );
+    if carryover::unrecorded(&rows) {
+        let _ = writeln!(o, "{}", carryover::UNRECORDED_TEXT);
+        return;
+    }
+    if let Some(line) = carryover::order_line(r) {
+        let _ = writeln!(o, "{line}\n");
+    }
+    let _ = writeln!(
+        o,
+        "| tier | metric | finding | median (ms) by previous tier |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|");
+    for c in &rows {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            c.tier,
+            c.metric,
+            cell(&c.sentence()),
+            cell(&c.groups_text())
+        );
+    }
+    let _ = writeln!(o, "\n{}", carryover::EXPLANATION);
 }
