@@ -38,8 +38,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
-use crate::backend::bare::{cpuset, loopback_peer};
+use super::{
+    check_run_id, fnv1a_hex, run_checked, spawn_cli, stderr_tail, version_line, with_stderr,
+    CliSpec,
+};
+use crate::backend::bare::{cpuset, loopback_peer, PROCESS_DEADLINE};
 use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
 use crate::cleanup::safe_remove_tree;
 use crate::netpeer::NetPeer;
@@ -101,6 +104,8 @@ pub fn availability(docker: &Path) -> Availability {
 
 struct Prepared {
     state: Arc<RunState>,
+    /// The docker CLI (absolute path).
+    docker: PathBuf,
     budget: Budget,
     cancel: Arc<AtomicBool>,
     base: PathBuf,
@@ -116,6 +121,10 @@ struct Prepared {
 pub struct Docker {
     prepared: Option<Prepared>,
     launches: u64,
+    /// The name attempt of the launch being planned (a name in use is retried under another).
+    attempt: u32,
+    /// The CLI's stderr of the last attempt, when it said anything.
+    last_stderr: String,
 }
 
 /// The image name for a rootfs: `isobench/agent:<digest of its files' paths and bytes>`.
@@ -628,8 +637,13 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let docker = crate::host::which("docker").ok_or_else(|| BackendError::Unavailable {
+        tier: Tier::Docker,
+        reason: "docker vanished from PATH: apt-get install docker.io".into(),
+    })?;
     Ok(Prepared {
         state: env.state.clone(),
+        docker,
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
@@ -691,85 +705,148 @@ pub fn run_args(
     a
 }
 
-/// One attempt at launch `n` under the name of `attempt`. Ok(None) when docker refused the
-/// name because another container has it (nothing was created; the caller tries the next
-/// name). The name, stderr log and cidfile are recorded before `docker run`; the timed
-/// teardown removes the container by the id its own `docker run` wrote to the cidfile.
-fn launch(
-    p: &Prepared,
-    task: &Task,
-    n: u64,
-    attempt: u32,
-) -> Result<Option<Outcome>, BackendError> {
-    let run_id = p.state.id.as_str();
-    let name = container_name(run_id, n, attempt);
-    let res = Resource::DockerContainer {
-        name: name.clone(),
-        id: None,
-    };
-    let log = p.base.join(format!("launch-{n}-{attempt}.stderr"));
-    let cid = p.base.join(format!("launch-{n}-{attempt}.cid"));
-    let files = [
-        Resource::File { path: log.clone() },
-        Resource::File { path: cid.clone() },
-    ];
-    p.state
-        .record_all(&[res.clone(), files[0].clone(), files[1].clone()])
-        .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
-    let mut cmd = Command::new("docker");
-    cmd.args(run_args(
-        &name,
-        run_id,
-        &p.budget,
-        &p.image.id,
-        task,
-        &p.volume,
-        &cid,
-    ));
-    let teardown = || -> Result<(), BackendError> {
-        match read_cidfile(&cid) {
+/// One attempt at a launch, planned: the container's name, its directory (cidfile and the
+/// CLI's stderr), the `docker run` command, and what the ledger holds for it.
+pub struct DockerPlan {
+    name: String,
+    dir: PathBuf,
+    spec: CliSpec,
+    /// The container's name (its id once known) and the directory, recorded in `plan`.
+    resources: Vec<Resource>,
+}
+
+impl DockerPlan {
+    fn cid(&self) -> PathBuf {
+        self.dir.join("cid")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("docker.stderr")
+    }
+}
+
+impl super::Launch for Docker {
+    type Plan = DockerPlan;
+
+    /// Off the clock: launch `launches` under the name of attempt `attempt`, its directory and
+    /// name recorded before `docker run`.
+    fn plan(&mut self, task: &Task) -> Result<DockerPlan, BackendError> {
+        let (n, attempt) = (self.launches, self.attempt);
+        let p = self.prepared()?;
+        let task = task_for(p, task)?;
+        let run_id = p.state.id.as_str();
+        let name = container_name(run_id, n, attempt);
+        let dir = p.base.join(format!("launch-{n}-{attempt}"));
+        crate::backend::container::refuse_existing(&dir)?;
+        let args = run_args(
+            &name,
+            run_id,
+            &p.budget,
+            &p.image.id,
+            &task,
+            &p.volume,
+            &dir.join("cid"),
+        );
+        let resources = vec![
+            Resource::DockerContainer {
+                name: name.clone(),
+                id: None,
+            },
+            Resource::Dir { path: dir.clone() },
+        ];
+        p.state
+            .record_all(&resources)
+            .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
+        Ok(DockerPlan {
+            name,
+            dir,
+            spec: CliSpec::new(
+                &p.docker,
+                args.into_iter().map(Into::into).collect(),
+                &p.budget.cpus,
+            )
+            .with_task(&task),
+            resources,
+        })
+    }
+
+    /// On the clock: the launch's directory, then `docker run` (create + start + attach).
+    fn start(&mut self, plan: &mut DockerPlan) -> Result<super::Started, BackendError> {
+        std::fs::create_dir(&plan.dir)
+            .map_err(|e| BackendError::io(format!("creating {}", plan.dir.display()), e))?;
+        let log = plan.log();
+        let stderr = std::fs::File::create(&log)
+            .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
+        spawn_cli(&plan.spec, stderr)
+    }
+
+    /// On the clock, after the CLI exited: `docker rm --force <id>` of the id its own `docker
+    /// run` wrote (what a user who does not pass `--rm` pays), then the launch's directory.
+    fn teardown(&mut self, plan: DockerPlan) -> Result<Vec<Resource>, BackendError> {
+        let p = self.prepared()?;
+        let run_id = p.state.id.clone();
+        let state = p.state.clone();
+        self.last_stderr = stderr_tail(&plan.log(), 600);
+        match read_cidfile(&plan.cid()) {
             // The id our own `docker run` wrote: this run created that container.
             Some(id) => {
                 if let Err(e) = remove_by_id(&id) {
                     // Still there: keep its id in the ledger for `isobench cleanup`.
                     let known = Resource::DockerContainer {
-                        name: name.clone(),
+                        name: plan.name.clone(),
                         id: Some(id.clone()),
                     };
-                    let _ = p.state.record(known).and_then(|()| p.state.release(&res));
+                    let _ = state
+                        .record(known)
+                        .and_then(|()| state.release(&plan.resources[0]));
                     return Err(BackendError::Other(e));
                 }
             }
             // No id: docker refused the name (someone else's container keeps it), or the CLI
             // died before writing the id; only a container carrying this run's label goes.
             None => {
-                remove_recorded_container(&name, None, run_id).map_err(BackendError::Other)?;
+                remove_recorded_container(&plan.name, None, &run_id)
+                    .map_err(BackendError::Other)?;
             }
         }
-        p.state
-            .release(&res)
-            .map_err(|e| BackendError::io("updating the run ledger", e))
-    };
-    let out = measure_cli(cmd, task, &p.budget.cpus, &p.cancel, &log, teardown);
-    let conflict =
-        out.is_err() && std::fs::read_to_string(&log).is_ok_and(|s| is_name_conflict(&s));
-    if out.is_ok() || conflict {
-        let mut removed = vec![];
-        for (f, path) in files.iter().zip([&log, &cid]) {
-            if !path.exists() || safe_remove_tree(path).is_ok() {
-                removed.push(f.clone());
+        safe_remove_tree(&plan.dir)
+            .map_err(|e| BackendError::io(format!("removing {}", plan.dir.display()), e))?;
+        Ok(plan.resources)
+    }
+}
+
+/// The task as a docker container sees it: its data paths and the peer of its network path.
+fn task_for(p: &Prepared, task: &Task) -> Result<Task, BackendError> {
+    let mut task = task.clone();
+    match &mut task.workload {
+        Workload::Fs(f) => {
+            f.dir = match f.path {
+                DataPath::Rootfs => "/data".into(),
+                DataPath::Volume => "/volume".into(),
             }
         }
-        let _ = p.state.release_all(&removed);
+        Workload::Net(net) => {
+            let peer = match net.path {
+                NetPath::Direct => &p.direct_peer,
+                NetPath::Nat => p.nat_peer.as_ref().ok_or_else(|| {
+                    BackendError::Other(format!(
+                        "the bridge (NAT) peer is not running: {}",
+                        p.nat_error.as_deref().unwrap_or("unknown reason")
+                    ))
+                })?,
+            };
+            net.peer = peer.local_addr().to_string();
+        }
+        _ => {}
     }
-    if conflict {
-        tracing::warn!(
-            container = %name,
-            "docker says the name is in use by another container; leaving it alone and trying another name"
-        );
-        return Ok(None);
+    Ok(task)
+}
+
+impl Docker {
+    fn prepared(&self) -> Result<&Prepared, BackendError> {
+        self.prepared.as_ref().ok_or_else(|| {
+            BackendError::Other("docker backend used before prepare(): call prepare first".into())
+        })
     }
-    out.map(Some)
 }
 
 impl Backend for Docker {
@@ -798,43 +875,28 @@ impl Backend for Docker {
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
         self.launches += 1;
         let n = self.launches;
-        let p = self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other("docker backend used before prepare(): call prepare first".into())
-        })?;
-        let mut task = task.clone();
-        match &mut task.workload {
-            Workload::Fs(f) => {
-                f.dir = match f.path {
-                    DataPath::Rootfs => "/data".into(),
-                    DataPath::Volume => "/volume".into(),
-                }
-            }
-            Workload::Net(net) => {
-                let peer = match net.path {
-                    NetPath::Direct => &p.direct_peer,
-                    NetPath::Nat => p.nat_peer.as_ref().ok_or_else(|| {
-                        BackendError::Other(format!(
-                            "the bridge (NAT) peer is not running: {}",
-                            p.nat_error.as_deref().unwrap_or("unknown reason")
-                        ))
-                    })?,
-                };
-                net.peer = peer.local_addr().to_string();
-            }
-            _ => {}
-        }
+        let p = self.prepared()?;
+        let (state, cancel) = (p.state.clone(), p.cancel.clone());
         for attempt in 0..NAME_ATTEMPTS {
-            match launch(p, &task, n, attempt)? {
-                Some(out) => return Ok(out),
-                None => continue,
+            self.attempt = attempt;
+            self.last_stderr.clear();
+            match super::measure(self, task, PROCESS_DEADLINE, &cancel, &state) {
+                Ok(o) => return Ok(o),
+                Err(_) if is_name_conflict(&self.last_stderr) => {
+                    tracing::warn!(
+                        container = %container_name(&state.id, n, attempt),
+                        "docker says the name is in use by another container; leaving it alone and trying another name"
+                    );
+                }
+                Err(e) => return Err(with_stderr(e, "docker", &self.last_stderr)),
             }
         }
         Err(BackendError::Other(format!(
             "docker said the names {} to {} were all in use by other containers: those are \
              not this run's and are left alone; remove or rename them, or rerun (a new run id \
              gives new names)",
-            container_name(&p.state.id, n, 0),
-            container_name(&p.state.id, n, NAME_ATTEMPTS - 1)
+            container_name(&state.id, n, 0),
+            container_name(&state.id, n, NAME_ATTEMPTS - 1)
         )))
     }
 

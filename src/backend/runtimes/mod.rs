@@ -17,21 +17,23 @@ pub mod gvisor;
 pub mod lxc;
 pub mod oci;
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::bare::{child_common, cpuset, PROCESS_DEADLINE};
+use super::bare::{child_common, cpuset};
 use super::child::{into_report, read_agent, Waiter};
 use crate::backend::{Availability, Backend, BackendError, BackendOptions, Outcome, Timings};
 use crate::host::{which, HostFacts, KvmKind};
 use crate::protocol::{Task, TASK_ENV};
+use crate::state::{Resource, RunState};
 use crate::tier::Tier;
 
 /// The binary each runtime tier drives, and the Debian package that has it.
@@ -199,82 +201,162 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     }
 }
 
-/// Spawn a runtime CLI (stdout piped, stderr to `stderr_log`), read the agent's lines from it,
-/// wait for the CLI to exit, then run the timed `teardown`. The same measurement as the process
-/// tiers' `measure_command`, keeping the runtime's stderr so a failure says why.
-/// The CLI dies with the harness and runs on the budget's CPUs.
-pub fn measure_cli(
-    mut cmd: Command,
-    task: &Task,
-    cpus: &[usize],
-    cancel: &AtomicBool,
-    stderr_log: &Path,
-    teardown: impl FnOnce() -> Result<(), BackendError>,
-) -> Result<Outcome, BackendError> {
-    let set = cpuset(cpus)?;
-    let log = File::create(stderr_log)
-        .map_err(|e| BackendError::io(format!("creating {}", stderr_log.display()), e))?;
-    cmd.env(
-        TASK_ENV,
-        serde_json::to_string(task).expect("task serialises"),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(log));
-    // SAFETY: the closure only calls prctl and sched_setaffinity (async-signal-safe).
-    unsafe {
-        cmd.pre_exec(move || child_common(&set));
-    }
-    let launch = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = teardown();
-            return Err(BackendError::io("starting the runtime CLI", e));
+/// A process a launch starts (runtime CLI or VMM), described off the clock. Transitional: the
+/// fields of the core's process spec, so the switch to it is a change of one call.
+pub struct CliSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// The whole environment of the process.
+    pub env: Vec<(OsString, OsString)>,
+    /// The budget's CPUs (sched_setaffinity in the child).
+    pub cpus: Vec<usize>,
+    /// Own session (a terminal's Ctrl-C reaches the harness only, which tears down).
+    pub new_session: bool,
+    /// Pipe stdin (idle instances end when it closes) instead of /dev/null.
+    pub stdin_pipe: bool,
+}
+
+impl CliSpec {
+    /// `program args...` with the harness's environment, on `cpus`.
+    pub fn new(program: &Path, args: Vec<OsString>, cpus: &[usize]) -> Self {
+        CliSpec {
+            program: program.to_path_buf(),
+            args,
+            env: std::env::vars_os().filter(|(k, _)| k != TASK_ENV).collect(),
+            cpus: cpus.to_vec(),
+            new_session: false,
+            stdin_pipe: false,
         }
-    };
+    }
+
+    /// The task in the environment (`ISOBENCH_TASK`), as the runtimes pass it on.
+    pub fn with_task(mut self, task: &Task) -> Self {
+        self.env.push((
+            TASK_ENV.into(),
+            serde_json::to_string(task).expect("task serialises").into(),
+        ));
+        self
+    }
+
+    /// One more environment variable.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A started process: waited on through a pidfd, its stdout is where the agent's lines arrive.
+pub struct Started {
+    pub waiter: Waiter,
+    pub stream: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+}
+
+/// Start `spec` with stderr to `stderr` (a file in the launch's directory). The process dies
+/// with the harness and runs on the budget's CPUs.
+pub fn spawn_cli(spec: &CliSpec, stderr: File) -> Result<Started, BackendError> {
+    let set = cpuset(&spec.cpus)?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin_pipe {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr));
+    let session = spec.new_session;
+    // SAFETY: the closure only calls setsid, prctl and sched_setaffinity (async-signal-safe)
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            child_common(&set)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| BackendError::io(format!("starting {}", spec.program.display()), e))?;
     let stdout = child.stdout.take().expect("stdout was piped");
+    let stdin = child.stdin.take();
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
     let waiter = match Waiter::new(pid) {
         Ok(w) => w,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = teardown();
             return Err(e);
         }
     };
-    let deadline = launch + PROCESS_DEADLINE;
-    let stream = match read_agent(stdout.as_fd(), deadline, cancel) {
+    Ok(Started {
+        waiter,
+        stream: stdout.into(),
+        stdin: stdin.map(Into::into),
+    })
+}
+
+/// One launch of a runtime or VM tier, split so that the timer owns the clock: `plan` off the
+/// clock (names, ledger records), `start` on it (per-launch resources and the process),
+/// `teardown` on it after exit (every per-launch resource released). Transitional: the shape
+/// of the core's launch trait, which replaces it and [`measure`].
+pub trait Launch {
+    type Plan;
+    fn plan(&mut self, task: &Task) -> Result<Self::Plan, BackendError>;
+    /// On error, what was made stays named by the plan and `teardown` removes it.
+    fn start(&mut self, plan: &mut Self::Plan) -> Result<Started, BackendError>;
+    /// Returns the ledger entries to release: written after the released instant, so that no
+    /// ledger fsync is on the clock.
+    fn teardown(&mut self, plan: Self::Plan) -> Result<Vec<Resource>, BackendError>;
+}
+
+/// Plan, start, read the agent's lines, wait for exit, tear down (timed), then release the
+/// ledger entries. One error path: whatever fails after `plan`, the process is killed and
+/// reaped, teardown runs and its entries are released once it succeeded.
+pub fn measure<L: Launch + ?Sized>(
+    l: &mut L,
+    task: &Task,
+    within: Duration,
+    cancel: &AtomicBool,
+    state: &RunState,
+) -> Result<Outcome, BackendError> {
+    let mut plan = l.plan(task)?;
+    let launch = Instant::now();
+    let deadline = launch + within;
+    let started = match l.start(&mut plan) {
         Ok(s) => s,
-        Err(e) => {
-            waiter.kill_and_reap();
-            let _ = teardown();
-            return Err(e);
+        Err(e) => return Err(end_failed(e, l.teardown(plan), state)),
+    };
+    let read = read_agent(started.stream.as_fd(), deadline, cancel);
+    let waited = match &read {
+        Ok(_) => started.waiter.wait(deadline, cancel),
+        Err(_) => {
+            started.waiter.kill_and_reap();
+            Err(BackendError::Other("not waited".into()))
         }
     };
-    let (exited, code) = match waiter.wait(deadline, cancel) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = teardown();
-            return Err(e);
-        }
-    };
-    drop(stdout);
-    teardown()?;
+    drop(started);
+    let torn = l.teardown(plan);
     let released = Instant::now();
-    let report = into_report(&stream, code).map_err(|e| {
-        BackendError::Agent(format!(
-            "{e}; runtime stderr: {}",
-            log_tail(stderr_log, 600)
+    let (stream, (exited, code)) = match (read, waited) {
+        (Ok(s), Ok(w)) => (s, w),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(end_failed(e, torn, state)),
+    };
+    let gone = torn.map_err(|t| {
+        BackendError::Other(format!(
+            "tearing the launch down failed: {t} (run `isobench cleanup`)"
         ))
     })?;
-    let ready = stream.ready_at.ok_or_else(|| {
-        BackendError::Agent(format!(
-            "the agent never signalled ready; runtime stderr: {}",
-            log_tail(stderr_log, 600)
-        ))
-    })?;
+    state
+        .release_all(&gone)
+        .map_err(|e| BackendError::io("updating the run ledger", e))?;
+    let report = into_report(&stream, code)?;
+    let ready = stream
+        .ready_at
+        .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
     Ok(Outcome {
         timings: Timings {
             launch_to_ready: ready - launch,
@@ -284,6 +366,46 @@ pub fn measure_cli(
         report,
         exit_code: Some(code),
     })
+}
+
+fn end_failed(
+    e: BackendError,
+    torn: Result<Vec<Resource>, BackendError>,
+    state: &RunState,
+) -> BackendError {
+    match torn {
+        Ok(gone) => {
+            let _ = state.release_all(&gone);
+            e
+        }
+        Err(t) => BackendError::Other(format!(
+            "{e}; tearing the launch down also failed: {t} (run `isobench cleanup`)"
+        )),
+    }
+}
+
+/// The last `n` characters of a launch's stderr file, read only if it holds anything (kept
+/// by teardown for the error message, before the launch's directory goes).
+pub fn stderr_tail(log: &Path, n: usize) -> String {
+    match std::fs::metadata(log) {
+        Ok(m) if m.len() > 0 => log_tail(log, n),
+        _ => String::new(),
+    }
+}
+
+/// Append a runtime's stderr to an error.
+pub fn with_stderr(e: BackendError, what: &str, tail: &str) -> BackendError {
+    if tail.is_empty() {
+        return e;
+    }
+    match e {
+        BackendError::Agent(m) => BackendError::Agent(format!("{m}; {what} stderr: {tail}")),
+        BackendError::Timeout(d, m) => {
+            BackendError::Timeout(d, format!("{m}; {what} stderr: {tail}"))
+        }
+        BackendError::Other(m) => BackendError::Other(format!("{m}; {what} stderr: {tail}")),
+        e => e,
+    }
 }
 
 /// A 64-bit FNV-1a digest, as hex: the content key of the cached Docker image (not a security

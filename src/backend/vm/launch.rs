@@ -1,15 +1,13 @@
-//! One QEMU process and its per-launch directory, shared by measured launches and idle
-//! instances.
+//! One idle instance's QEMU process and its directory (measured launches are the backend's
+//! `plan`/`start`/`teardown`).
 //!
-//! QEMU runs in its own process group (a terminal's Ctrl-C reaches the harness, which tears
+//! QEMU runs in its own session and process group (a terminal's Ctrl-C reaches the harness, which tears
 //! down), with PR_SET_PDEATHSIG and the budget's CPU affinity. The launch directory (QEMU's
 //! stderr) is recorded before it is made and the process right after spawn, by (pid, start
 //! time); both are released once QEMU is reaped. A [`Launch`] dropped without [`Launch::exited`]
 //! or [`Launch::stop`] is killed and cleaned up, so no error path leaves QEMU behind.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdout, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,14 +15,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use super::qemu::{LaunchSpec, Qemu, Vmm};
 use super::{record, release, remove_dir};
-use crate::backend::bare::{child_common, cpuset};
 use crate::backend::child::Waiter;
+use crate::backend::runtimes::{spawn_cli, CliSpec};
 use crate::backend::BackendError;
 use crate::state::{process_start_time, Resource, RunState};
 
-/// A running (or exited, not yet released) QEMU.
+/// A running (or exited, not yet released) QEMU of an idle instance.
 pub struct Launch {
     state: Arc<RunState>,
     dir: PathBuf,
@@ -33,23 +30,19 @@ pub struct Launch {
     proc_res: Resource,
     waiter: Waiter,
     /// The guest's serial console.
-    pub stdout: Option<ChildStdout>,
-    /// The instant just before spawn.
-    pub at: Instant,
+    pub stdout: Option<std::fs::File>,
     released: bool,
 }
 
 impl Launch {
-    /// Record and make `dir`, spawn QEMU for `spec`, record the process. On any error,
+    /// Record and make `dir`, spawn QEMU for `spec`, record the process (untimed: idle
+    /// instances live long, so they are also findable by pid and start time). On any error,
     /// everything done so far is undone.
     pub fn start(
         state: &Arc<RunState>,
-        qemu: &Qemu,
-        spec: &LaunchSpec,
-        cpus: &[usize],
+        spec: &CliSpec,
         dir: PathBuf,
     ) -> Result<Launch, BackendError> {
-        let set = cpuset(cpus)?;
         record(state, &Resource::Dir { path: dir.clone() })?;
         let undo_dir = |e: BackendError| {
             let _ = remove_dir(state, &dir);
@@ -60,62 +53,29 @@ impl Launch {
         let log = dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&log)
             .map_err(|e| undo_dir(BackendError::io(format!("creating {}", log.display()), e)))?;
-        let mut cmd = qemu.command(spec);
-        // The ownership mark `isobench cleanup` checks before it kills a recorded process.
-        cmd.env(crate::cleanup::validate::RUN_ID_ENV, &state.id);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        // SAFETY: the closure calls only setpgid, prctl and sched_setaffinity
-        // (async-signal-safe) and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
-                    .map_err(std::io::Error::from)?;
-                child_common(&set)
-            });
-        }
-        let at = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
-            undo_dir(BackendError::io(
-                format!(
-                    "starting {} (is it executable? --set qemu=PATH)",
-                    qemu.binary.display()
-                ),
-                e,
-            ))
+        let started = spawn_cli(spec, stderr).map_err(|e| {
+            undo_dir(BackendError::Other(format!(
+                "{e} (is it executable? --set qemu=PATH)"
+            )))
         })?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        let pid = started.waiter.pid();
         let proc_res = Resource::Process {
             pid: pid.as_raw(),
             start_time: process_start_time(pid.as_raw()).unwrap_or(0),
         };
-        let stdout = child.stdout.take();
-        let kill_now = || {
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-        };
         if let Err(e) = record(state, &proc_res) {
-            kill_now();
+            let _ = killpg(pid, Signal::SIGKILL);
+            started.waiter.kill_and_reap();
             return Err(undo_dir(e));
         }
-        let waiter = match Waiter::new(pid) {
-            Ok(w) => w,
-            Err(e) => {
-                kill_now();
-                let _ = release(state, &proc_res);
-                return Err(undo_dir(e));
-            }
-        };
         Ok(Launch {
             state: state.clone(),
             dir,
             log,
             pid,
             proc_res,
-            waiter,
-            stdout,
-            at,
+            waiter: started.waiter,
+            stdout: Some(std::fs::File::from(started.stream)),
             released: false,
         })
     }
