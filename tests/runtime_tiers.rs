@@ -19,7 +19,7 @@ use isobench::backend::{self, Availability, Backend, BackendOptions, Budget, Out
 use isobench::cleanup;
 use isobench::host::HostFacts;
 use isobench::protocol::{AgentReport, Task};
-use isobench::state::{Ledger, StateDir};
+use isobench::state::{Ledger, Resource, StateDir};
 use isobench::tier::Tier;
 use isobench::workload::{
     CpuParams, DataPath, FsParams, MemoryParams, NetParams, NetPath, Workload,
@@ -160,7 +160,7 @@ fn budget() -> Budget {
 
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
-fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
+fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
     let mut b = backend::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -180,7 +180,7 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
     let res = catch_unwind(AssertUnwindSafe(|| {
         b.prepare(&env).unwrap();
         assert!(!b.versions().is_empty(), "{tier}: versions() is empty");
-        body(&mut *b);
+        body(&mut *b, &env);
     }));
     let fin = b.finish();
     if res.is_err() || fin.is_err() {
@@ -277,10 +277,59 @@ fn host_hostname() -> String {
         .into_owned()
 }
 
+/// Once `run_once` has returned, nothing of the launch is left: no per-launch ledger entry, no
+/// launch directory, no runtime state, no container cgroup, no docker container ("released"
+/// means every resource gone, whatever the runtime did before its CLI exited).
+fn assert_released(tier: Tier, env: &RunEnv) {
+    let run = &env.state.id;
+    for r in env.state.resources() {
+        let per_launch = match &r {
+            Resource::OciContainer { .. }
+            | Resource::LxcContainer { .. }
+            | Resource::DockerContainer { .. }
+            | Resource::Process { .. } => true,
+            Resource::Dir { path } | Resource::File { path } => path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("launch-")),
+            _ => false,
+        };
+        assert!(!per_launch, "{tier}: the ledger still lists {r:?}");
+    }
+    let base = env.state.scratch().join(tier.as_str());
+    for e in std::fs::read_dir(&base).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(!n.starts_with("launch-"), "{tier}: {n} left in {}", base.display());
+    }
+    if let Ok(rd) = std::fs::read_dir(base.join("state")) {
+        let left: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{tier}: runtime state left: {left:?}");
+    }
+    let parent = format!("isobench-{tier}-{run}");
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let Ok(rd) = std::fs::read_dir(h.path().join(&parent)) else {
+            continue;
+        };
+        let leaves: Vec<_> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(leaves.is_empty(), "{tier}: container cgroups left: {leaves:?}");
+    }
+    if tier == Tier::Docker {
+        let left = sh(
+            "docker",
+            &["ps", "-a", "-q", "--filter", &format!("label=org.isobench.run={run}")],
+        );
+        assert!(left.trim().is_empty(), "docker containers left: {left}");
+    }
+}
+
 /// Startup, every workload family and the probe on one tier.
 fn exercise(tier: Tier, nets: &[NetPath]) {
-    with_backend(tier, |b| {
+    with_backend(tier, |b, env| {
         let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+        assert_released(tier, env);
         assert_eq!(o.exit_code, Some(0));
         assert!(
             o.timings.launch_to_ready < o.timings.launch_to_exit,
@@ -333,6 +382,7 @@ fn exercise(tier: Tier, nets: &[NetPath]) {
             let o = b.run_once(&net(path)).unwrap();
             positive(&o, &["stream_gbit_per_s"], &format!("{tier} net {path:?}"));
         }
+        assert_released(tier, env);
     });
 }
 
@@ -370,7 +420,7 @@ fn runc_and_gvisor_density() {
         if !usable(name, tier) {
             continue;
         }
-        with_backend(tier, |b| {
+        with_backend(tier, |b, _| {
             let p = isobench::workload::DensityParams {
                 instances: 2,
                 settle_ms: 100,

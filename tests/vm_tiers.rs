@@ -168,6 +168,8 @@ fn with_vm_mem(
 fn boot(tier: Tier, k: &GuestKernel, runs: usize) {
     with_vm(tier, &[], |b, env| {
         println!("{tier} settings: {:?}", b.settings());
+        let accel = if tier == Tier::Emulated { "tcg" } else { "kvm" };
+        assert_eq!(b.settings()["accel"], accel, "{tier} never runs under another accelerator");
         println!("{tier} versions: {:?}", b.versions());
         for i in 0..runs {
             let mut task = Task::new(Workload::Noop);
@@ -184,6 +186,15 @@ fn boot(tier: Tier, k: &GuestKernel, runs: usize) {
             );
             assert_ne!(view.kernel_release, env.host.kernel, "not the host kernel");
             assert_eq!(view.pid, 1, "the agent is the guest's /init");
+            // The agent's own peak, measured in the guest: a few MiB, never QEMU's size.
+            let kib = o
+                .report
+                .peak_rss_kib
+                .expect("the guest agent reports agent_peak_rss_kib");
+            assert!(
+                (256..=32 * 1024).contains(&kib),
+                "{tier}: agent_peak_rss_kib {kib} is not the agent's (a few MiB)"
+            );
             assert!(o.timings.launch_to_ready <= o.timings.launch_to_exit);
             assert!(
                 qemu_children().is_empty(),

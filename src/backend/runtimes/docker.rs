@@ -11,7 +11,7 @@
 //! the cached images only when no live run may use them.
 //!
 //! Per launch: `docker run --name isobench-<run>-<n> --label org.isobench.run=<run>
-//! --cidfile <scratch>/docker/launch-<n>-<k>.cid --pull=never` with the budget
+//! --cidfile <scratch>/docker/launch-<n>-<k>/cid --pull=never` with the budget
 //! (`--cpuset-cpus`, `--cpus`, `--memory`), the task in `-e ISOBENCH_TASK`, the agent's stdout
 //! attached to the CLI's. The name is recorded in the ledger before `docker run`; docker takes
 //! it atomically, and when it is in use ("Conflict. The container name ... is already in use")
@@ -26,10 +26,11 @@
 //! run's label and name prefix; `isobench cleanup` ([`remove_recorded_container`]) removes a
 //! ledger's container only after `docker container inspect` shows the run's label.
 //!
-//! Timings: launch = before `docker run` (create + start + attach, as before); ready = READY
-//! read; exit = the CLI exits; teardown = `docker rm --force <id>` of the exited container
-//! (what a user who does not pass `--rm` pays); reading the cidfile is on the clock too (one
-//! small file read).
+//! Timings: plan (off the clock) = the name and the launch's directory recorded; launch = the
+//! directory made and `docker run` spawned (create + start + attach); ready = READY read; exit =
+//! the CLI exits; teardown = `docker rm --force <id>` of the exited container (what a user who
+//! does not pass `--rm` pays; the daemon answers once the container, its layer and its cgroup
+//! are gone) and the launch's directory removed; reading the cidfile is on the clock too.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;

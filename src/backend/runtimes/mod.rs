@@ -1,9 +1,13 @@
 //! The runtimes people use, as tiers: runc, crun, Docker, LXC, gVisor; and the alternate VMMs
 //! of the microVM tier (Firecracker, Cloud Hypervisor). Each runs the same agent from the same
 //! rootfs isobench builds ([`crate::rootfs::build`]), with the same budget, and is measured the
-//! same way: launch = just before the runtime's CLI is spawned, ready = the agent's READY line
-//! read from the CLI's stdout, exit = the CLI process exits, teardown = exit until the
-//! container, its bundle and the runtime's state for it are gone.
+//! same way as every tier: `plan` off the clock (names, ledger records), launch = `start`
+//! creates the launch's directory and spawns the runtime's CLI, ready = the agent's READY line
+//! read from the CLI's stdout, exit = the CLI process exits, released = teardown is done: the
+//! container, its cgroup, the runtime's state for it and the launch's directory are gone
+//! (ledger releases are written after that instant, as for every tier). `runc run` deletes its
+//! container before the CLI exits and `docker run` does not, so launch -> exit differs in what
+//! it holds; launch -> released is the comparable figure.
 //!
 //! - [`oci`]: an OCI bundle (config.json written by isobench) run by `runc run`, `crun run` or
 //!   `runsc run` ([`gvisor`] holds runsc's flags), and LXC through `lxc-execute` ([`lxc`]).

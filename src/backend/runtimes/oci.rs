@@ -18,9 +18,13 @@
 //! so both net paths share the host's network namespace (no network namespace in config.json;
 //! runsc `--network=host`; LXC `none`) and talk to a peer on 127.0.0.1, as `bare` does.
 //!
-//! Timings: launch = before the CLI is spawned; ready = READY read from its stdout; exit = the
-//! CLI exits (`run` deletes the container on exit); teardown = until the runtime's state for the
-//! container (deleted with `delete --force` if the CLI left it) and the bundle are gone.
+//! Timings: plan (off the clock) = the container's name, the bundle's bytes, the bundle and the
+//! container recorded; launch = the bundle directory and its config are written and the CLI is
+//! spawned; ready = READY read from its stdout; exit = the CLI exits (`run` deletes the
+//! container on exit); teardown = until the runtime's state for the container (deleted with
+//! `delete --force` if the CLI left any), the container's cgroup in every hierarchy (LXC 5
+//! leaves `<name>/lxc.pivot`; an empty cgroup also proves no process is left) and the bundle
+//! are gone.
 //!
 //! Not protected against: as with `container`, the agent is root on the host (no user
 //! namespace); with a shared network namespace it reaches every host address.

@@ -8,11 +8,17 @@
 //! kernel command line (`ISOBENCH_TASK=hex:...`, which the kernel hands to /init's environment);
 //! the agent's READY and RESULT lines come back on the serial console (QEMU's stdout).
 //!
-//! Per launch: the launch instant is taken just before spawning QEMU, ready when READY appears
-//! on the console, exit when QEMU exits (pidfd), teardown = exit -> the launch's files removed.
-//! QEMU runs in its own process group with PR_SET_PDEATHSIG, is recorded in the ledger by
-//! (pid, start time) right after spawn and released after it is reaped, and is killed on the
-//! deadline or on cancel (see [`launch`]).
+//! Per launch: `plan` (off the clock) fits the workload, makes the run's disk or tap on first
+//! need and records the launch's directory; launch = the directory made and QEMU spawned, ready
+//! when READY appears on the console, exit when QEMU exits (pidfd), teardown = exit -> the
+//! launch's directory removed; ledger releases are written after that, as for every tier. A
+//! measured QEMU runs in its own session, dies with the harness (PR_SET_PDEATHSIG) and is
+//! killed on the deadline or on cancel; like every tier's measured process it is not recorded
+//! by pid (that would put a ledger fsync between launch and ready). Idle instances, which live
+//! long, are recorded by (pid, start time) after spawn (see [`launch`]).
+//!
+//! The agent's peak memory (`agent_peak_rss_kib`) is what the guest agent reports from its own
+//! address space; the host passes it through and never fills it from QEMU's process.
 //!
 //! Data paths, made on first need and kept for the run: the fs workload (`fs` and `fs_volume`
 //! alike) runs on a virtio-blk disk backed by a raw ext4 image in the run's scratch ([`disk`]);
