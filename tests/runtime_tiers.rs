@@ -161,7 +161,6 @@ fn budget() -> Budget {
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
-    let mut b = backend::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
@@ -177,12 +176,13 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(backend::make(tier, &env).unwrap());
         assert!(!b.versions().is_empty(), "{tier}: versions() is empty");
-        body(&mut *b);
+        body(&mut **b);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() || fin.is_err() {
         let ledger = Ledger {
             run_id: env.state.id.clone(),
@@ -473,8 +473,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
         std::fs::create_dir(&foreign).unwrap();
-        let mut b = backend::make(tier);
-        let res = b.prepare(&env);
+        let res = backend::make(tier, &env);
         let foreign_left = foreign.is_dir();
         let others: Vec<&PathBuf> = parents
             .iter()
@@ -482,7 +481,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
             .collect();
         let _ = std::fs::remove_dir(&foreign);
         let msg = match res {
-            Ok(()) => {
+            Ok(mut b) => {
                 let _ = b.finish();
                 panic!("{tier}: an existing cgroup parent was adopted");
             }

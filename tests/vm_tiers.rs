@@ -135,12 +135,12 @@ fn with_vm_mem(
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let links_before = isb_links();
-    let mut b = backend::make(tier);
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(backend::make(tier, &env).unwrap());
         body(b.as_mut(), &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     assert!(
         qemu_children().is_empty(),
         "qemu left running: {:?}",
@@ -325,15 +325,13 @@ fn microvm_is_refused_without_hardware_kvm() {
             host,
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        let mut b = backend::make(Tier::Microvm);
-        match b.prepare(&env) {
+        match backend::make(Tier::Microvm, &env).map(drop) {
             Err(BackendError::Unavailable { tier, reason }) => {
                 assert_eq!(tier, Tier::Microvm);
                 assert!(reason.contains("/dev/kvm"), "{reason}");
             }
             other => panic!("prepare must refuse: {:?}", other.err()),
         }
-        b.finish().unwrap();
         assert!(state.resources().is_empty());
         assert!(tree(&state.scratch()).is_empty());
     }

@@ -280,6 +280,7 @@ pub fn measure_cli(
             launch_to_ready: ready - launch,
             launch_to_exit: exited - launch,
             teardown: released - exited,
+            launch_to_released: released - launch,
         },
         report,
         exit_code: Some(code),

@@ -480,6 +480,7 @@ impl Prepared {
                 launch_to_ready: ready - at,
                 launch_to_exit: exited - at,
                 teardown: released - exited,
+                launch_to_released: released - at,
             },
             report,
             exit_code: Some(code),
