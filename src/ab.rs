@@ -124,7 +124,6 @@ pub fn run(
             host: host.clone(),
             cancel: cancel.clone(),
         };
-        let mut backend = backend::make(cfg.tier);
         if !cfg.quiet {
             eprintln!(
                 "preparing {} variant {} ({}) ...",
@@ -133,7 +132,18 @@ pub fn run(
                 v.spec.join(" ")
             );
         }
-        let prepared = backend.prepare(&env);
+        let backend = match backend::make(cfg.tier, &env) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = runner::finish_run(&state);
+                res = Err(anyhow::anyhow!(
+                    "preparing {} variant {}: {e}",
+                    cfg.tier,
+                    v.name
+                ));
+                break;
+            }
+        };
         let results = empty_results(cfg, v, &run_id, &host, &budget, backend.as_ref());
         sides.push(Side {
             v,
@@ -142,14 +152,6 @@ pub fn run(
             results,
             consecutive_failures: 0,
         });
-        if let Err(e) = prepared {
-            res = Err(anyhow::anyhow!(
-                "preparing {} variant {}: {e}",
-                cfg.tier,
-                v.name
-            ));
-            break;
-        }
     }
     if res.is_ok() {
         res = interleave(cfg, &mut sides, &cancel);

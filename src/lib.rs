@@ -14,6 +14,7 @@ pub mod exit_codes;
 pub mod history;
 pub mod host;
 pub mod interrupt;
+pub mod measure;
 pub mod netpeer;
 pub mod outdir;
 pub mod output;

@@ -188,6 +188,12 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             Better::Lower,
         ),
         ("teardown_ms", "ms", ms(o.timings.teardown), Better::Lower),
+        (
+            "launch_to_released_ms",
+            "ms",
+            ms(o.timings.launch_to_released),
+            Better::Lower,
+        ),
     ]
     .into_iter()
     .map(|(m, u, value, better)| Sample {
@@ -381,12 +387,11 @@ fn measure(
             .expect("tier recorded");
         let plan = cfg.scenario.plan(tier, cfg.runs_override);
         results.tiers[idx].plan = Some(plan);
-        let mut backend = backend::make(tier);
         if !cfg.quiet {
             eprintln!("preparing {tier} ...");
         }
-        match backend.prepare(env) {
-            Ok(()) => {
+        match backend::make(tier, env) {
+            Ok(backend) => {
                 results.tiers[idx].settings = backend.settings();
                 results.tiers[idx].versions = backend.versions();
                 for (k, v) in backend.versions() {
@@ -413,7 +418,6 @@ fn measure(
                 });
             }
             Err(e) => {
-                let _ = backend.finish();
                 results.tiers[idx].status = TierStatus::Failed;
                 results.tiers[idx].failures.push(Failure {
                     workload: "prepare".into(),

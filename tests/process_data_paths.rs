@@ -136,7 +136,6 @@ fn budget() -> Budget {
 /// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
 /// leaked: ledger empty, census unchanged, scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
-    let mut b = backend::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let before = census(tmp.path());
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -152,11 +151,12 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
-        body(&mut *b, &env);
+        let b = made.insert(backend::make(tier, &env).unwrap());
+        body(&mut **b, &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() {
         // Safety net so a failed test does not leave the host dirty.
         let ledger = Ledger {
@@ -398,8 +398,7 @@ fn cleanup_undoes_a_killed_nat_run() {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let mut b = backend::make(Tier::Container);
-    b.prepare(&env).unwrap();
+    let mut b = backend::make(Tier::Container, &env).unwrap();
     let run = catch_unwind(AssertUnwindSafe(|| {
         check_net(
             &b.run_once(&tiny_net(NetPath::Nat)).unwrap(),

@@ -161,7 +161,6 @@ fn budget() -> Budget {
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
-    let mut b = backend::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
@@ -177,12 +176,13 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(backend::make(tier, &env).unwrap());
         assert!(!b.versions().is_empty(), "{tier}: versions() is empty");
-        body(&mut *b, &env);
+        body(&mut **b, &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() || fin.is_err() {
         let ledger = Ledger {
             run_id: env.state.id.clone(),
@@ -298,7 +298,11 @@ fn assert_released(tier: Tier, env: &RunEnv) {
     let base = env.state.scratch().join(tier.as_str());
     for e in std::fs::read_dir(&base).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        assert!(!n.starts_with("launch-"), "{tier}: {n} left in {}", base.display());
+        assert!(
+            !n.starts_with("launch-"),
+            "{tier}: {n} left in {}",
+            base.display()
+        );
     }
     if let Ok(rd) = std::fs::read_dir(base.join("state")) {
         let left: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
@@ -314,12 +318,21 @@ fn assert_released(tier: Tier, env: &RunEnv) {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())
             .collect();
-        assert!(leaves.is_empty(), "{tier}: container cgroups left: {leaves:?}");
+        assert!(
+            leaves.is_empty(),
+            "{tier}: container cgroups left: {leaves:?}"
+        );
     }
     if tier == Tier::Docker {
         let left = sh(
             "docker",
-            &["ps", "-a", "-q", "--filter", &format!("label=org.isobench.run={run}")],
+            &[
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                &format!("label=org.isobench.run={run}"),
+            ],
         );
         assert!(left.trim().is_empty(), "docker containers left: {left}");
     }
@@ -523,8 +536,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
         std::fs::create_dir(&foreign).unwrap();
-        let mut b = backend::make(tier);
-        let res = b.prepare(&env);
+        let res = backend::make(tier, &env);
         let foreign_left = foreign.is_dir();
         let others: Vec<&PathBuf> = parents
             .iter()
@@ -532,7 +544,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
             .collect();
         let _ = std::fs::remove_dir(&foreign);
         let msg = match res {
-            Ok(()) => {
+            Ok(mut b) => {
                 let _ = b.finish();
                 panic!("{tier}: an existing cgroup parent was adopted");
             }

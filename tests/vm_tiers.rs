@@ -135,12 +135,12 @@ fn with_vm_mem(
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let links_before = isb_links();
-    let mut b = backend::make(tier);
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(backend::make(tier, &env).unwrap());
         body(b.as_mut(), &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     assert!(
         qemu_children().is_empty(),
         "qemu left running: {:?}",
@@ -169,7 +169,11 @@ fn boot(tier: Tier, k: &GuestKernel, runs: usize) {
     with_vm(tier, &[], |b, env| {
         println!("{tier} settings: {:?}", b.settings());
         let accel = if tier == Tier::Emulated { "tcg" } else { "kvm" };
-        assert_eq!(b.settings()["accel"], accel, "{tier} never runs under another accelerator");
+        assert_eq!(
+            b.settings()["accel"],
+            accel,
+            "{tier} never runs under another accelerator"
+        );
         println!("{tier} versions: {:?}", b.versions());
         for i in 0..runs {
             let mut task = Task::new(Workload::Noop);
@@ -336,15 +340,13 @@ fn microvm_is_refused_without_hardware_kvm() {
             host,
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        let mut b = backend::make(Tier::Microvm);
-        match b.prepare(&env) {
+        match backend::make(Tier::Microvm, &env).map(drop) {
             Err(BackendError::Unavailable { tier, reason }) => {
                 assert_eq!(tier, Tier::Microvm);
                 assert!(reason.contains("/dev/kvm"), "{reason}");
             }
             other => panic!("prepare must refuse: {:?}", other.err()),
         }
-        b.finish().unwrap();
         assert!(state.resources().is_empty());
         assert!(tree(&state.scratch()).is_empty());
     }

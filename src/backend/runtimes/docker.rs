@@ -38,14 +38,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{
-    check_run_id, fnv1a_hex, run_checked, spawn_cli, stderr_tail, version_line, with_stderr,
-    CliSpec,
+    check_run_id, cli_spec, fnv1a_hex, put_task, run_checked, start_cli, stderr_tail, version_line,
+    with_stderr,
 };
 use crate::backend::bare::{cpuset, loopback_peer, PROCESS_DEADLINE};
+use crate::backend::process::Spec;
 use crate::backend::{Availability, Backend, BackendError, Budget, Outcome, RunEnv};
 use crate::cleanup::safe_remove_tree;
+use crate::measure::launch::{self, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::rootfs::{self, AGENT_IN_ROOTFS};
@@ -711,7 +714,7 @@ pub fn run_args(
 pub struct DockerPlan {
     name: String,
     dir: PathBuf,
-    spec: CliSpec,
+    spec: Spec,
     /// The container's name (its id once known) and the directory, recorded in `plan`.
     resources: Vec<Resource>,
 }
@@ -725,8 +728,9 @@ impl DockerPlan {
     }
 }
 
-impl super::Launch for Docker {
+impl Launch for Docker {
     type Plan = DockerPlan;
+    type Running = ();
 
     /// Off the clock: launch `launches` under the name of attempt `attempt`, its directory and
     /// name recorded before `docker run`.
@@ -757,32 +761,31 @@ impl super::Launch for Docker {
         p.state
             .record_all(&resources)
             .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
+        let mut spec = cli_spec(
+            &p.docker,
+            args.into_iter().map(Into::into).collect(),
+            &p.budget.cpus,
+        );
+        put_task(&mut spec, &task);
         Ok(DockerPlan {
             name,
             dir,
-            spec: CliSpec::new(
-                &p.docker,
-                args.into_iter().map(Into::into).collect(),
-                &p.budget.cpus,
-            )
-            .with_task(&task),
+            spec,
             resources,
         })
     }
 
     /// On the clock: the launch's directory, then `docker run` (create + start + attach).
-    fn start(&mut self, plan: &mut DockerPlan) -> Result<super::Started, BackendError> {
+    fn start(&mut self, plan: &mut DockerPlan) -> Result<Started<()>, BackendError> {
         std::fs::create_dir(&plan.dir)
             .map_err(|e| BackendError::io(format!("creating {}", plan.dir.display()), e))?;
         let log = plan.log();
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
-        spawn_cli(&plan.spec, stderr)
+        start_cli(&mut plan.spec, &log)
     }
 
     /// On the clock, after the CLI exited: `docker rm --force <id>` of the id its own `docker
     /// run` wrote (what a user who does not pass `--rm` pays), then the launch's directory.
-    fn teardown(&mut self, plan: DockerPlan) -> Result<Vec<Resource>, BackendError> {
+    fn teardown(&mut self, plan: DockerPlan, _running: Option<()>) -> Result<(), BackendError> {
         let p = self.prepared()?;
         let run_id = p.state.id.clone();
         let state = p.state.clone();
@@ -811,7 +814,10 @@ impl super::Launch for Docker {
         }
         safe_remove_tree(&plan.dir)
             .map_err(|e| BackendError::io(format!("removing {}", plan.dir.display()), e))?;
-        Ok(plan.resources)
+        // Deferred by the core until after the released instant.
+        state
+            .release_all(&plan.resources)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
     }
 }
 
@@ -881,7 +887,8 @@ impl Backend for Docker {
         for attempt in 0..NAME_ATTEMPTS {
             self.attempt = attempt;
             self.last_stderr.clear();
-            match super::measure(self, task, PROCESS_DEADLINE, &cancel, &state) {
+            let deadline = Instant::now() + PROCESS_DEADLINE;
+            match launch::measure(self, task, deadline, &cancel, &state) {
                 Ok(o) => return Ok(o),
                 Err(_) if is_name_conflict(&self.last_stderr) => {
                     tracing::warn!(

@@ -23,21 +23,14 @@ pub mod oci;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
-
-use super::bare::{child_common, cpuset};
-use super::child::{into_report, read_agent, Waiter};
-use crate::backend::{Availability, Backend, BackendError, BackendOptions, Outcome, Timings};
+use super::process::{self, Spec};
+use crate::backend::{Availability, Backend, BackendError, BackendOptions, Outcome};
 use crate::host::{which, HostFacts, KvmKind};
+use crate::measure::launch::Started;
 use crate::protocol::{Task, TASK_ENV};
-use crate::state::{Resource, RunState};
 use crate::tier::Tier;
 
 /// The binary each runtime tier drives, and the Debian package that has it.
@@ -205,187 +198,42 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     }
 }
 
-/// A process a launch starts (runtime CLI or VMM), described off the clock. Transitional: the
-/// fields of the core's process spec, so the switch to it is a change of one call.
-pub struct CliSpec {
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
-    /// The whole environment of the process.
-    pub env: Vec<(OsString, OsString)>,
-    /// The budget's CPUs (sched_setaffinity in the child).
-    pub cpus: Vec<usize>,
-    /// Own session (a terminal's Ctrl-C reaches the harness only, which tears down).
-    pub new_session: bool,
-    /// Pipe stdin (idle instances end when it closes) instead of /dev/null.
-    pub stdin_pipe: bool,
+/// The spec of a process a launch starts (runtime CLI or VMM), built off the clock:
+/// `program args...` with the harness's environment, stdout piped (the agent's lines arrive
+/// there), on `cpus`, dying with the harness.
+pub fn cli_spec(program: &Path, args: Vec<OsString>, cpus: &[usize]) -> Spec {
+    let mut s = Spec::new(program);
+    s.args = args;
+    s.env = std::env::vars_os().filter(|(k, _)| k != TASK_ENV).collect();
+    s.stdout = process::Stdio::Pipe;
+    s.cpus = Some(cpus.to_vec());
+    s.die_with_parent = true;
+    s
 }
 
-impl CliSpec {
-    /// `program args...` with the harness's environment, on `cpus`.
-    pub fn new(program: &Path, args: Vec<OsString>, cpus: &[usize]) -> Self {
-        CliSpec {
-            program: program.to_path_buf(),
-            args,
-            env: std::env::vars_os().filter(|(k, _)| k != TASK_ENV).collect(),
-            cpus: cpus.to_vec(),
-            new_session: false,
-            stdin_pipe: false,
-        }
-    }
-
-    /// The task in the environment (`ISOBENCH_TASK`), as the runtimes pass it on.
-    pub fn with_task(mut self, task: &Task) -> Self {
-        self.env.push((
-            TASK_ENV.into(),
-            serde_json::to_string(task).expect("task serialises").into(),
-        ));
-        self
-    }
-
-    /// One more environment variable.
-    pub fn with_env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
+/// Put the task in a spec's environment (`ISOBENCH_TASK`), as the runtimes pass it on.
+pub fn put_task(spec: &mut Spec, task: &Task) {
+    spec.env.push((
+        TASK_ENV.into(),
+        serde_json::to_string(task).expect("task serialises").into(),
+    ));
 }
 
-/// A started process: waited on through a pidfd, its stdout is where the agent's lines arrive.
-pub struct Started {
-    pub waiter: Waiter,
-    pub stream: OwnedFd,
-    pub stdin: Option<OwnedFd>,
-}
-
-/// Start `spec` with stderr to `stderr` (a file in the launch's directory). The process dies
-/// with the harness and runs on the budget's CPUs.
-pub fn spawn_cli(spec: &CliSpec, stderr: File) -> Result<Started, BackendError> {
-    let set = cpuset(&spec.cpus)?;
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin_pipe {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr));
-    let session = spec.new_session;
-    // SAFETY: the closure only calls setsid, prctl and sched_setaffinity (async-signal-safe)
-    // and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if session {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-            }
-            child_common(&set)
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BackendError::io(format!("starting {}", spec.program.display()), e))?;
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let stdin = child.stdin.take();
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-    let waiter = match Waiter::new(pid) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+/// On the clock: open `log` for the process's stderr (kept for error messages) and spawn it.
+pub fn start_cli(spec: &mut Spec, log: &Path) -> Result<Started<()>, BackendError> {
+    let stderr = File::create(log)
+        .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
+    spec.stderr = process::Stdio::Fd(stderr.into());
+    let spawned = process::spawn(spec);
+    // The log's fd is the child's now (or nobody's): close the harness's copy.
+    spec.stderr = process::Stdio::Null;
+    let mut process = spawned?;
+    let stream = process.stdout.take().expect("stdout is piped");
     Ok(Started {
-        waiter,
-        stream: stdout.into(),
-        stdin: stdin.map(Into::into),
+        process,
+        stream,
+        running: (),
     })
-}
-
-/// One launch of a runtime or VM tier, split so that the timer owns the clock: `plan` off the
-/// clock (names, ledger records), `start` on it (per-launch resources and the process),
-/// `teardown` on it after exit (every per-launch resource released). Transitional: the shape
-/// of the core's launch trait, which replaces it and [`measure`].
-pub trait Launch {
-    type Plan;
-    fn plan(&mut self, task: &Task) -> Result<Self::Plan, BackendError>;
-    /// On error, what was made stays named by the plan and `teardown` removes it.
-    fn start(&mut self, plan: &mut Self::Plan) -> Result<Started, BackendError>;
-    /// Returns the ledger entries to release: written after the released instant, so that no
-    /// ledger fsync is on the clock.
-    fn teardown(&mut self, plan: Self::Plan) -> Result<Vec<Resource>, BackendError>;
-}
-
-/// Plan, start, read the agent's lines, wait for exit, tear down (timed), then release the
-/// ledger entries. One error path: whatever fails after `plan`, the process is killed and
-/// reaped, teardown runs and its entries are released once it succeeded.
-pub fn measure<L: Launch + ?Sized>(
-    l: &mut L,
-    task: &Task,
-    within: Duration,
-    cancel: &AtomicBool,
-    state: &RunState,
-) -> Result<Outcome, BackendError> {
-    let mut plan = l.plan(task)?;
-    let launch = Instant::now();
-    let deadline = launch + within;
-    let started = match l.start(&mut plan) {
-        Ok(s) => s,
-        Err(e) => return Err(end_failed(e, l.teardown(plan), state)),
-    };
-    let read = read_agent(started.stream.as_fd(), deadline, cancel);
-    let waited = match &read {
-        Ok(_) => started.waiter.wait(deadline, cancel),
-        Err(_) => {
-            started.waiter.kill_and_reap();
-            Err(BackendError::Other("not waited".into()))
-        }
-    };
-    drop(started);
-    let torn = l.teardown(plan);
-    let released = Instant::now();
-    let (stream, (exited, code)) = match (read, waited) {
-        (Ok(s), Ok(w)) => (s, w),
-        (Err(e), _) | (Ok(_), Err(e)) => return Err(end_failed(e, torn, state)),
-    };
-    let gone = torn.map_err(|t| {
-        BackendError::Other(format!(
-            "tearing the launch down failed: {t} (run `isobench cleanup`)"
-        ))
-    })?;
-    state
-        .release_all(&gone)
-        .map_err(|e| BackendError::io("updating the run ledger", e))?;
-    let report = into_report(&stream, code)?;
-    let ready = stream
-        .ready_at
-        .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
-    Ok(Outcome {
-        timings: Timings {
-            launch_to_ready: ready - launch,
-            launch_to_exit: exited - launch,
-            teardown: released - exited,
-        },
-        report,
-        exit_code: Some(code),
-    })
-}
-
-fn end_failed(
-    e: BackendError,
-    torn: Result<Vec<Resource>, BackendError>,
-    state: &RunState,
-) -> BackendError {
-    match torn {
-        Ok(gone) => {
-            let _ = state.release_all(&gone);
-            e
-        }
-        Err(t) => BackendError::Other(format!(
-            "{e}; tearing the launch down also failed: {t} (run `isobench cleanup`)"
-        )),
-    }
 }
 
 /// The last `n` characters of a launch's stderr file, read only if it holds anything (kept

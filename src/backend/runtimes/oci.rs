@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -40,12 +40,13 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::{
-    check_run_id, gvisor, lxc, spawn_cli, stderr_tail, version_line, with_stderr, CliSpec, Launch,
+    check_run_id, cli_spec, gvisor, lxc, put_task, start_cli, stderr_tail, version_line,
+    with_stderr,
 };
 use crate::backend::bare::{
-    check_idle, cpuset, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
+    check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
 };
-use crate::backend::child::wait_ready;
+use crate::backend::process::{self, cpuset, Process, Spec};
 use crate::backend::{Availability, Backend, BackendError, Budget, IdleInstance, Outcome, RunEnv};
 use crate::cgroup::{
     budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
@@ -53,6 +54,7 @@ use crate::cgroup::{
 };
 use crate::cleanup::{remove_lxc_container, remove_oci_container, safe_remove_tree};
 use crate::host::{CgroupLayout, HostFacts};
+use crate::measure::launch::{self, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::rootfs::{self, AGENT_IN_ROOTFS};
@@ -421,7 +423,8 @@ impl Backend for Bundled {
         let state = self.prepared()?.ctx.state.clone();
         let cancel = self.prepared()?.cancel.clone();
         self.last_stderr.clear();
-        super::measure(self, task, PROCESS_DEADLINE, &cancel, &state).map_err(|e| {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        launch::measure(self, task, deadline, &cancel, &state).map_err(|e| {
             let what = self.tier.to_string();
             with_stderr(e, &what, &self.last_stderr)
         })
@@ -429,23 +432,21 @@ impl Backend for Bundled {
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         check_idle(task)?;
-        let mut plan = self.plan(task)?;
-        plan.spec.stdin_pipe = true;
         let p = self.prepared()?;
         let ctx = p.ctx.clone();
         let cancel = p.cancel.clone();
-        let started = match start_launch(&plan) {
-            Ok(s) => s,
-            Err(e) => return Err(idle_failed(&ctx, plan, e)),
-        };
-        let deadline = Instant::now() + IDLE_READY_DEADLINE;
-        if let Err(e) = wait_ready(started.stream.as_fd(), deadline, &cancel) {
-            started.waiter.kill_and_reap();
-            drop(started);
-            return Err(idle_failed(&ctx, plan, e));
-        }
+        self.last_stderr.clear();
+        let (plan, started) = launch::start_idle(self, task, IDLE_READY_DEADLINE, &cancel)
+            .map_err(|e| with_stderr(e, &ctx.tier.to_string(), &self.last_stderr))?;
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
         Ok(Box::new(RuntimeIdle {
-            started: Some(started),
+            stdin: process.stdin.take(),
+            process: Some(process),
+            _stream: stream,
             ctx,
             plan: Some(plan),
         }))
@@ -567,7 +568,7 @@ pub struct OciPlan {
     /// `<base>/launch-<n>/`: config.json (or lxc.conf) and the runtime's stderr.
     bundle: PathBuf,
     files: Vec<(PathBuf, Vec<u8>)>,
-    spec: CliSpec,
+    spec: Spec,
     /// The bundle directory and the container, recorded in `plan`.
     resources: Vec<Resource>,
 }
@@ -588,8 +589,9 @@ struct Ctx {
     state: Arc<RunState>,
 }
 
-impl super::Launch for Bundled {
+impl Launch for Bundled {
     type Plan = OciPlan;
+    type Running = ();
 
     /// Off the clock: the container's name, the bundle's contents, the command; the bundle
     /// directory and the container recorded in the ledger (durably) before either exists.
@@ -672,40 +674,43 @@ impl super::Launch for Bundled {
             .state
             .record_all(&resources)
             .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
+        let mut spec = cli_spec(&p.bin, args, &p.budget.cpus);
+        put_task(&mut spec, &task);
+        if matches!(task.workload, Workload::Idle(_)) {
+            // The idle agent ends when its stdin closes (the runtimes pass stdin through).
+            spec.stdin = process::Stdio::Pipe;
+        }
         Ok(OciPlan {
             id,
             bundle,
             files,
-            spec: CliSpec::new(&p.bin, args, &p.budget.cpus).with_task(&task),
+            spec,
             resources,
         })
     }
 
     /// On the clock: the bundle directory and its files, then the runtime's CLI.
-    fn start(&mut self, plan: &mut OciPlan) -> Result<super::Started, BackendError> {
-        start_launch(plan)
+    fn start(&mut self, plan: &mut OciPlan) -> Result<Started<()>, BackendError> {
+        std::fs::create_dir(&plan.bundle)
+            .map_err(|e| BackendError::io(format!("creating {}", plan.bundle.display()), e))?;
+        for (path, bytes) in &plan.files {
+            std::fs::write(path, bytes)
+                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
+        }
+        let log = plan.log();
+        start_cli(&mut plan.spec, &log)
     }
 
-    /// On the clock, after the CLI exited: every resource of the launch released.
-    fn teardown(&mut self, plan: OciPlan) -> Result<Vec<Resource>, BackendError> {
+    /// On the clock, after the CLI exited: every resource of the launch released (the ledger
+    /// releases are deferred by the core until after the released instant).
+    fn teardown(&mut self, plan: OciPlan, _running: Option<()>) -> Result<(), BackendError> {
         let ctx = self.prepared()?.ctx.clone();
         let (gone, said) = teardown_launch(&ctx, plan);
         self.last_stderr = said;
-        gone
+        ctx.state
+            .release_all(&gone?)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
     }
-}
-
-fn start_launch(plan: &OciPlan) -> Result<super::Started, BackendError> {
-    std::fs::create_dir(&plan.bundle)
-        .map_err(|e| BackendError::io(format!("creating {}", plan.bundle.display()), e))?;
-    for (path, bytes) in &plan.files {
-        std::fs::write(path, bytes)
-            .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
-    }
-    let log = plan.log();
-    let stderr = std::fs::File::create(&log)
-        .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
-    spawn_cli(&plan.spec, stderr)
 }
 
 /// Does the runtime still hold state for container `id` under `root` (an entry named `id`, or
@@ -764,50 +769,31 @@ fn teardown_launch(ctx: &Ctx, plan: OciPlan) -> (Result<Vec<Resource>, BackendEr
     (res, said)
 }
 
-/// An idle launch that failed: tear it down (untimed) and release its ledger entries.
-fn idle_failed(ctx: &Ctx, plan: OciPlan, e: BackendError) -> BackendError {
-    let what = ctx.tier.to_string();
-    match teardown_launch(ctx, plan) {
-        (Ok(gone), said) => {
-            let _ = ctx.state.release_all(&gone);
-            with_stderr(e, &what, &said)
-        }
-        (Err(t), said) => BackendError::Other(format!(
-            "{}; tearing it down also failed: {t} (run `isobench cleanup`)",
-            with_stderr(e, &what, &said)
-        )),
-    }
-}
-
 /// An idle container of a runtime tier: the runtime CLI in the foreground with the agent
 /// beneath it. Its host processes are the CLI and every descendant (runc's container init, or
 /// gVisor's sandbox and gofer), for PSS accounting.
 struct RuntimeIdle {
-    started: Option<super::Started>,
+    process: Option<Process>,
+    stdin: Option<OwnedFd>,
+    _stream: OwnedFd,
     ctx: Ctx,
     plan: Option<OciPlan>,
 }
 
 impl IdleInstance for RuntimeIdle {
     fn host_pids(&self) -> Vec<nix::unistd::Pid> {
-        match &self.started {
-            Some(s) => crate::density::descendants(s.waiter.pid()),
+        match &self.process {
+            Some(p) => crate::density::descendants(p.pid),
             None => vec![],
         }
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
-        if let Some(mut s) = self.started.take() {
-            // End of file on stdin ends the idle workload; a stuck one is killed at the
-            // deadline (wait kills and reaps it then).
-            drop(s.stdin.take());
-            let never = AtomicBool::new(false);
-            if let Err(BackendError::Timeout(..)) | Ok(_) =
-                s.waiter.wait(Instant::now() + IDLE_STOP_DEADLINE, &never)
-            {
-            } else {
-                s.waiter.kill_and_reap();
-            }
+        // End of file on stdin ends the idle workload; a stuck one is killed at the deadline
+        // (wait kills and reaps it then; dropping a process kills and reaps it too).
+        drop(self.stdin.take());
+        if let Some(mut p) = self.process.take() {
+            let _ = p.wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false));
         }
         let Some(plan) = self.plan.take() else {
             return Ok(());

@@ -16,9 +16,10 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::{record, release, remove_dir};
-use crate::backend::child::Waiter;
-use crate::backend::runtimes::{spawn_cli, CliSpec};
+use crate::backend::process::{Process, Spec};
+use crate::backend::runtimes::start_cli;
 use crate::backend::BackendError;
+use crate::measure::launch::Started;
 use crate::state::{process_start_time, Resource, RunState};
 
 /// A running (or exited, not yet released) QEMU of an idle instance.
@@ -28,7 +29,7 @@ pub struct Launch {
     log: PathBuf,
     pid: Pid,
     proc_res: Resource,
-    waiter: Waiter,
+    process: Process,
     /// The guest's serial console.
     pub stdout: Option<std::fs::File>,
     released: bool,
@@ -40,7 +41,7 @@ impl Launch {
     /// everything done so far is undone.
     pub fn start(
         state: &Arc<RunState>,
-        spec: &CliSpec,
+        spec: &mut Spec,
         dir: PathBuf,
     ) -> Result<Launch, BackendError> {
         record(state, &Resource::Dir { path: dir.clone() })?;
@@ -51,21 +52,24 @@ impl Launch {
         std::fs::create_dir(&dir)
             .map_err(|e| undo_dir(BackendError::io(format!("creating {}", dir.display()), e)))?;
         let log = dir.join("qemu.stderr");
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| undo_dir(BackendError::io(format!("creating {}", log.display()), e)))?;
-        let started = spawn_cli(spec, stderr).map_err(|e| {
+        let started = start_cli(spec, &log).map_err(|e| {
             undo_dir(BackendError::Other(format!(
                 "{e} (is it executable? --set qemu=PATH)"
             )))
         })?;
-        let pid = started.waiter.pid();
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
+        let pid = process.pid;
         let proc_res = Resource::Process {
             pid: pid.as_raw(),
             start_time: process_start_time(pid.as_raw()).unwrap_or(0),
         };
         if let Err(e) = record(state, &proc_res) {
             let _ = killpg(pid, Signal::SIGKILL);
-            started.waiter.kill_and_reap();
+            process.kill_and_reap();
             return Err(undo_dir(e));
         }
         Ok(Launch {
@@ -74,18 +78,14 @@ impl Launch {
             log,
             pid,
             proc_res,
-            waiter: started.waiter,
-            stdout: Some(std::fs::File::from(started.stream)),
+            process,
+            stdout: Some(std::fs::File::from(stream)),
             released: false,
         })
     }
 
     pub fn pid(&self) -> Pid {
         self.pid
-    }
-
-    pub fn waiter(&self) -> &Waiter {
-        &self.waiter
     }
 
     /// QEMU's own error output so far, formatted to append to an error ("" when silent).
@@ -128,19 +128,11 @@ impl Launch {
     }
 
     /// Only while the process is ours and unreaped: a reaped pid may be reused at any time.
-    fn kill_and_reap(&self) {
-        if self.alive() {
+    fn kill_and_reap(&mut self) {
+        if !self.process.is_reaped() && self.alive() {
             let _ = killpg(self.pid, Signal::SIGKILL);
-            self.waiter.kill_and_reap();
+            self.process.kill_and_reap();
         }
-    }
-
-    /// QEMU has exited and been reaped (through [`Launch::waiter`]): release everything.
-    /// Returns what QEMU said.
-    pub fn exited(mut self) -> Result<String, BackendError> {
-        let said = self.said();
-        self.release_all()?;
-        Ok(said)
     }
 
     /// Stop a running QEMU: SIGTERM (QEMU exits cleanly on it), up to `grace` for it to go,
@@ -151,7 +143,7 @@ impl Launch {
             let never = AtomicBool::new(false);
             // Past the grace period wait() SIGKILLs and reaps, and says so with an error that
             // changes nothing here.
-            let _ = self.waiter.wait(Instant::now() + grace, &never);
+            let _ = self.process.wait(Instant::now() + grace, &never);
             self.kill_and_reap();
         }
         self.release_all()

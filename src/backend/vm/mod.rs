@@ -53,10 +53,12 @@ use self::kernel::{GuestKernel, KernelError};
 use self::launch::{qemu_said, Launch as Launch_};
 use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
 use self::scale::Fit;
-use super::runtimes::{measure, spawn_cli, CliSpec, Launch, Started};
+use super::process::Spec;
+use super::runtimes::{cli_spec, start_cli};
 use super::{Availability, Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv};
 use crate::backend::container::subnet;
 use crate::host::{HostFacts, KvmKind};
+use crate::measure::launch::{measure, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::{Resource, RunState};
@@ -445,10 +447,13 @@ impl Prepared {
 
     /// The QEMU process of a launch of `spec`: its own session, on the budget's CPUs, marked
     /// with the run id (what `isobench cleanup` checks before it kills a recorded process).
-    fn process(&self, spec: &LaunchSpec) -> CliSpec {
+    fn process(&self, spec: &LaunchSpec) -> Spec {
         let args = Qemu::args(spec).into_iter().map(Into::into).collect();
-        let mut p = CliSpec::new(&self.qemu.binary, args, &self.cpus)
-            .with_env(crate::cleanup::validate::RUN_ID_ENV, &self.state.id);
+        let mut p = cli_spec(&self.qemu.binary, args, &self.cpus);
+        p.env.push((
+            crate::cleanup::validate::RUN_ID_ENV.into(),
+            self.state.id.clone().into(),
+        ));
         p.new_session = true;
         p
     }
@@ -457,7 +462,7 @@ impl Prepared {
 /// One measured launch, planned: its directory (QEMU's stderr) and the QEMU command.
 pub struct VmPlan {
     dir: PathBuf,
-    process: CliSpec,
+    process: Spec,
     /// The launch uses the run's disk image (marked dirty if the launch fails).
     disk: bool,
 }
@@ -470,6 +475,7 @@ impl VmPlan {
 
 impl Launch for Vm {
     type Plan = VmPlan;
+    type Running = ();
 
     /// Off the clock: the workload fitted to the guest, the run's disk or tap made on first
     /// need, the command line, and the launch's directory recorded in the ledger.
@@ -537,26 +543,29 @@ impl Launch for Vm {
     }
 
     /// On the clock: the launch's directory, then QEMU.
-    fn start(&mut self, plan: &mut VmPlan) -> Result<Started, BackendError> {
+    fn start(&mut self, plan: &mut VmPlan) -> Result<Started<()>, BackendError> {
         std::fs::create_dir(&plan.dir)
             .map_err(|e| BackendError::io(format!("creating {}", plan.dir.display()), e))?;
         let log = plan.log();
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
-        spawn_cli(&plan.process, stderr)
+        start_cli(&mut plan.process, &log)
             .map_err(|e| BackendError::Other(format!("{e} (is it executable? --set qemu=PATH)")))
     }
 
     /// On the clock, after QEMU exited: the launch's directory (QEMU's stderr, kept in memory
     /// for an error message). The run's disk image and tap stay for the run, as the runtimes'
     /// bridge and image do.
-    fn teardown(&mut self, plan: VmPlan) -> Result<Vec<Resource>, BackendError> {
+    fn teardown(&mut self, plan: VmPlan, _running: Option<()>) -> Result<(), BackendError> {
         self.last_said = qemu_said(&plan.log());
         self.last_disk = plan.disk;
         if plan.dir.exists() {
             kernel::remove_plain_tree(&plan.dir).map_err(other)?;
         }
-        Ok(vec![Resource::Dir { path: plan.dir }])
+        let p = self
+            .prep
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("teardown before prepare".into()))?;
+        // Deferred by the core until after the released instant.
+        release(&p.state, &Resource::Dir { path: plan.dir })
     }
 }
 
@@ -722,7 +731,8 @@ impl Backend for Vm {
         self.last_said.clear();
         self.last_disk = false;
         let accel = self.accel;
-        let out = measure(self, task, deadline, &cancel, &state).map_err(|e| match e {
+        let until = Instant::now() + deadline;
+        let out = measure(self, task, until, &cancel, &state).map_err(|e| match e {
             BackendError::Timeout(_, tail) => BackendError::Timeout(
                 deadline,
                 format!(
@@ -764,11 +774,8 @@ impl Backend for Vm {
         // No disk and no tap: idle needs neither, and K instances must not share them.
         let spec = p.spec(self.accel, &task)?;
         let ready_by = Instant::now() + p.deadline;
-        let launch = Launch_::start(
-            &p.state,
-            &p.process(&spec),
-            p.work.join(format!("idle-{n}")),
-        )?;
+        let mut process = p.process(&spec);
+        let launch = Launch_::start(&p.state, &mut process, p.work.join(format!("idle-{n}")))?;
         let ready = match &launch.stdout {
             Some(out) => wait_ready(out.as_fd(), ready_by, &p.cancel),
             None => Err(BackendError::Other(

@@ -1,0 +1,3 @@
+//! Measurement: the one launch timer ([`launch`]).
+
+pub mod launch;
