@@ -55,8 +55,7 @@ fn launch(c: &mut Criterion) {
             eprintln!("skipping {tier}: {reason}");
             continue;
         }
-        let mut b = registry::make(tier);
-        b.prepare(&env).unwrap();
+        let mut b = registry::make(tier, &env).unwrap();
         let task = Task::new(Workload::Noop);
         g.bench_function(tier.as_str(), |bench| {
             bench.iter(|| b.run_once(&task).unwrap())

@@ -158,8 +158,7 @@ fn docker_name_in_use_is_left_alone_and_another_name_taken() {
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let mut foreign = Foreign::default();
-    let mut b = registry::make(Tier::Docker);
-    b.prepare(&env).unwrap();
+    let mut b = registry::make(Tier::Docker, &env).unwrap();
     let image_id = b.settings()["image_id"].clone();
     assert!(docker::valid_image_id(&image_id), "{image_id}");
     // The names the next two launches would use, held by someone else: one with another

@@ -30,7 +30,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Prepare the backend of `tier`, run `body`, finish (even on panic), then check that nothing
 /// leaked: ledger empty, census unchanged, scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
-    let mut b = registry::make(tier);
     let tmp = tempfile::tempdir().unwrap();
     let before = local_census(tmp.path(), true);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -40,11 +39,12 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
         tmp.path(),
         budget(2, 512),
     );
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
-        body(&mut *b, &env);
+        let b = made.insert(registry::make(tier, &env).unwrap());
+        body(&mut **b, &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() {
         // Safety net so a failed test does not leave the host dirty.
         let ledger = Ledger {
@@ -278,8 +278,7 @@ fn cleanup_undoes_a_killed_nat_run() {
         tmp.path(),
         budget(2, 512),
     );
-    let mut b = registry::make(Tier::Container);
-    b.prepare(&env).unwrap();
+    let mut b = registry::make(Tier::Container, &env).unwrap();
     let run = catch_unwind(AssertUnwindSafe(|| {
         check_net(
             &b.run_once(&tiny_net(NetPath::Nat)).unwrap(),

@@ -30,8 +30,13 @@ use isobench::workload::Workload;
 /// Privileged tests share host-global state (cgroup roots, the census): one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Prepare `backend`, run `body`, finish (even on panic), then check that nothing leaked.
-fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&mut B, &RunEnv)) {
+/// Prepare a backend with `prepare`, run `body`, finish (even on panic), then check that
+/// nothing leaked.
+fn with_backend<B: Backend + ?Sized>(
+    tier: Tier,
+    prepare: impl FnOnce(&RunEnv) -> Box<B>,
+    body: impl FnOnce(&mut B, &RunEnv),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let before = local_census(tmp.path(), false);
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
@@ -41,11 +46,12 @@ fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&m
         tmp.path(),
         budget(2, 512),
     );
+    let mut made: Option<Box<B>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(prepare(&env));
         body(b, &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() {
         // Safety net so a failed test does not leave the host dirty.
         let ledger = Ledger {
@@ -73,6 +79,14 @@ fn with_backend<B: Backend + ?Sized>(tier: Tier, b: &mut B, body: impl FnOnce(&m
     isobench::host::fs::safe_remove_tree(&env.state.dir).expect("run dir removable");
 }
 
+fn container(env: &RunEnv) -> Box<Container> {
+    Box::new(Container::prepare(env).unwrap())
+}
+
+fn make(tier: Tier, env: &RunEnv) -> Box<dyn Backend> {
+    registry::make(tier, env).unwrap()
+}
+
 fn host_ns(kind: &str) -> String {
     std::fs::read_link(format!("/proc/self/ns/{kind}"))
         .unwrap()
@@ -94,7 +108,7 @@ fn container_isolation_seen_from_inside() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    with_backend(Tier::Container, &mut Container::default(), |b, env| {
+    with_backend(Tier::Container, container, |b, env| {
         let out = b
             .run_once(&probe_task(vec![
                 "/bin/isobench-agent".into(),
@@ -142,7 +156,7 @@ fn container_exit_code_passes_through_and_launches_repeat() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    with_backend(Tier::Container, &mut Container::default(), |b, _env| {
+    with_backend(Tier::Container, container, |b, _env| {
         for code in [7, 0, 42] {
             let t = Task {
                 exit_code: Some(code),
@@ -166,7 +180,7 @@ fn container_sigterm_to_pid1_gives_143() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    with_backend(Tier::Container, &mut Container::default(), |b, _env| {
+    with_backend(Tier::Container, container, |b, _env| {
         // About 100 KiB of task (under the 128 KiB limit of one environment string) makes a
         // result line well beyond the 64 KiB pipe buffer.
         let paths: Vec<String> = (0..1800)
@@ -207,7 +221,6 @@ fn chroot_hides_the_host() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut chroot = registry::make(Tier::Chroot);
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("host-marker");
     std::fs::write(&marker, b"host").unwrap();
@@ -219,34 +232,38 @@ fn chroot_hides_the_host() {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .unwrap();
-    with_backend(Tier::Chroot, &mut *chroot, |b, env| {
-        let m = marker.to_string_lossy().into_owned();
-        let out = b
-            .run_once(&probe_task(vec![m.clone(), "/bin/isobench-agent".into()]))
-            .unwrap();
-        let v = out.report.isolation.unwrap();
-        assert_eq!(
-            v.visible_paths,
-            vec![(m, false), ("/bin/isobench-agent".to_string(), true)]
-        );
-        let mut jail: Vec<String> = std::fs::read_dir(env.state.scratch().join("rootfs"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        jail.sort();
-        assert_eq!(v.root_entries, jail);
-        assert!(v.extra_fds.is_empty(), "leaked fds: {:?}", v.extra_fds);
-        assert_eq!(v.cwd, "/");
-        // /proc is an empty directory in the jail: no process and no mount table is visible.
-        assert_eq!(v.visible_processes.unwrap_or(0), 0);
-        assert_eq!(v.mounts, None);
-        let t = Task {
-            exit_code: Some(7),
-            ..Task::new(Workload::Noop)
-        };
-        assert_eq!(b.run_once(&t).unwrap().exit_code, Some(7));
-    });
+    with_backend(
+        Tier::Chroot,
+        |e| make(Tier::Chroot, e),
+        |b, env| {
+            let m = marker.to_string_lossy().into_owned();
+            let out = b
+                .run_once(&probe_task(vec![m.clone(), "/bin/isobench-agent".into()]))
+                .unwrap();
+            let v = out.report.isolation.unwrap();
+            assert_eq!(
+                v.visible_paths,
+                vec![(m, false), ("/bin/isobench-agent".to_string(), true)]
+            );
+            let mut jail: Vec<String> = std::fs::read_dir(env.state.scratch().join("rootfs"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            jail.sort();
+            assert_eq!(v.root_entries, jail);
+            assert!(v.extra_fds.is_empty(), "leaked fds: {:?}", v.extra_fds);
+            assert_eq!(v.cwd, "/");
+            // /proc is an empty directory in the jail: no process and no mount table is visible.
+            assert_eq!(v.visible_processes.unwrap_or(0), 0);
+            assert_eq!(v.mounts, None);
+            let t = Task {
+                exit_code: Some(7),
+                ..Task::new(Workload::Noop)
+            };
+            assert_eq!(b.run_once(&t).unwrap().exit_code, Some(7));
+        },
+    );
     drop(leaky);
 }
 
@@ -394,10 +411,9 @@ fn container_never_adopts_an_existing_run_cgroup() {
     // The foreign one is the last hierarchy's, so prepare makes the others first.
     let foreign = planned.dirs().last().unwrap().to_path_buf();
     std::fs::create_dir(&foreign).unwrap();
-    let mut c = Container::default();
-    let err = c
-        .prepare(&env)
-        .expect_err("an existing run cgroup must be refused");
+    let err = Container::prepare(&env)
+        .err()
+        .expect("an existing run cgroup must be refused");
     let msg = err.to_string();
     let foreign_left = foreign.is_dir();
     let others_left: Vec<PathBuf> = planned
@@ -433,8 +449,7 @@ fn container_cgroup_has_pids_max() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Container::default();
-    with_backend(Tier::Container, &mut c, |c, env| {
+    with_backend(Tier::Container, container, |c, env| {
         let hier = Hierarchies::detect();
         let layout = env.host.cgroup_layout;
         let run = CgroupManager::at(
@@ -478,23 +493,27 @@ fn launch_timings_median() {
         v[v.len() / 2]
     }
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
-        with_backend(tier, &mut *registry::make(tier), |b, _| {
-            let t = Task::new(Workload::Noop);
-            b.run_once(&t).unwrap(); // warm-up
-            let (mut ready, mut exit, mut td) = (vec![], vec![], vec![]);
-            for _ in 0..50 {
-                let o = b.run_once(&t).unwrap();
-                ready.push(o.timings.launch_to_ready);
-                exit.push(o.timings.launch_to_exit);
-                td.push(o.timings.teardown);
-            }
-            println!(
+        with_backend(
+            tier,
+            |e| make(tier, e),
+            |b, _| {
+                let t = Task::new(Workload::Noop);
+                b.run_once(&t).unwrap(); // warm-up
+                let (mut ready, mut exit, mut td) = (vec![], vec![], vec![]);
+                for _ in 0..50 {
+                    let o = b.run_once(&t).unwrap();
+                    ready.push(o.timings.launch_to_ready);
+                    exit.push(o.timings.launch_to_exit);
+                    td.push(o.timings.teardown);
+                }
+                println!(
                 "TIMING {tier:<10} median launch->ready {:>10.3?}  launch->exit {:>10.3?}  teardown {:>10.3?}",
                 median(ready),
                 median(exit),
                 median(td)
             );
-        });
+            },
+        );
     }
 }
 
@@ -512,19 +531,22 @@ fn agent_peak_rss_is_the_agents_own() {
     let ballast = std::hint::black_box(vec![1u8; 64 << 20]);
     let mut peaks = vec![];
     for tier in [Tier::Bare, Tier::Chroot, Tier::Container] {
-        let mut b = registry::make(tier);
-        with_backend(tier, &mut *b, |b, _| {
-            // The median of a few launches: one launch varies by a few percent (page faults
-            // around the binary's pages).
-            let mut kib = vec![];
-            for _ in 0..5 {
-                let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
-                assert_eq!(o.exit_code, Some(0), "{tier}: {:?}", o.report.error);
-                kib.push(o.report.peak_rss_kib);
-            }
-            kib.sort_unstable();
-            peaks.push((tier, kib[2]));
-        });
+        with_backend(
+            tier,
+            |env| make(tier, env),
+            |b, _| {
+                // The median of a few launches: one launch varies by a few percent (page faults
+                // around the binary's pages).
+                let mut kib = vec![];
+                for _ in 0..5 {
+                    let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+                    assert_eq!(o.exit_code, Some(0), "{tier}: {:?}", o.report.error);
+                    kib.push(o.report.peak_rss_kib);
+                }
+                kib.sort_unstable();
+                peaks.push((tier, kib[2]));
+            },
+        );
     }
     drop(ballast);
     println!("agent_peak_rss_kib per tier: {peaks:?}");

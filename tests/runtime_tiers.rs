@@ -17,15 +17,14 @@ use std::sync::{Arc, Mutex};
 
 use common::sh;
 use common::tiers::metric;
-use isobench::backend::registry;
-use isobench::backend::{Backend, BackendOptions, Outcome, RunEnv};
+use isobench::backend::{registry, Backend, BackendOptions, Outcome, RunEnv};
 use isobench::model::availability::Availability;
 use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
 use isobench::state::cleanup;
-use isobench::state::ledger::{Ledger, StateDir};
+use isobench::state::ledger::{Ledger, Resource, StateDir};
 use isobench::workload::{
     CpuParams, DataPath, FsParams, MemoryParams, NetParams, NetPath, Workload,
 };
@@ -157,8 +156,7 @@ fn budget() -> Budget {
 
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
-fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
-    let mut b = registry::make(tier);
+fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
@@ -174,12 +172,13 @@ fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend)) {
         host: HostFacts::detect(),
         cancel: Arc::new(AtomicBool::new(false)),
     };
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(registry::make(tier, &env).unwrap());
         assert!(!b.versions().is_empty(), "{tier}: versions() is empty");
-        body(&mut *b);
+        body(&mut **b, &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     if res.is_err() || fin.is_err() {
         let ledger = Ledger {
             run_id: env.state.id.clone(),
@@ -266,10 +265,72 @@ fn host_hostname() -> String {
         .into_owned()
 }
 
+/// Once `run_once` has returned, nothing of the launch is left: no per-launch ledger entry, no
+/// launch directory, no runtime state, no container cgroup, no docker container ("released"
+/// means every resource gone, whatever the runtime did before its CLI exited).
+fn assert_released(tier: Tier, env: &RunEnv) {
+    let run = &env.state.id;
+    for r in env.state.resources() {
+        let per_launch = match &r {
+            Resource::OciContainer { .. }
+            | Resource::LxcContainer { .. }
+            | Resource::DockerContainer { .. }
+            | Resource::Process { .. } => true,
+            Resource::Dir { path } | Resource::File { path } => path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("launch-")),
+            _ => false,
+        };
+        assert!(!per_launch, "{tier}: the ledger still lists {r:?}");
+    }
+    let base = env.state.scratch().join(tier.as_str());
+    for e in std::fs::read_dir(&base).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.starts_with("launch-"),
+            "{tier}: {n} left in {}",
+            base.display()
+        );
+    }
+    if let Ok(rd) = std::fs::read_dir(base.join("state")) {
+        let left: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{tier}: runtime state left: {left:?}");
+    }
+    let parent = format!("isobench-{tier}-{run}");
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let Ok(rd) = std::fs::read_dir(h.path().join(&parent)) else {
+            continue;
+        };
+        let leaves: Vec<_> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            leaves.is_empty(),
+            "{tier}: container cgroups left: {leaves:?}"
+        );
+    }
+    if tier == Tier::Docker {
+        let left = sh(
+            "docker",
+            &[
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                &format!("label=org.isobench.run={run}"),
+            ],
+        );
+        assert!(left.trim().is_empty(), "docker containers left: {left}");
+    }
+}
+
 /// Startup, every workload family and the probe on one tier.
 fn exercise(tier: Tier, nets: &[NetPath]) {
-    with_backend(tier, |b| {
+    with_backend(tier, |b, env| {
         let o = b.run_once(&Task::new(Workload::Noop)).unwrap();
+        assert_released(tier, env);
         assert_eq!(o.exit_code, Some(0));
         assert!(
             o.timings.launch_to_ready < o.timings.launch_to_exit,
@@ -322,6 +383,7 @@ fn exercise(tier: Tier, nets: &[NetPath]) {
             let o = b.run_once(&net(path)).unwrap();
             positive(&o, &["stream_gbit_per_s"], &format!("{tier} net {path:?}"));
         }
+        assert_released(tier, env);
     });
 }
 
@@ -359,7 +421,7 @@ fn runc_and_gvisor_density() {
         if !usable(name, tier) {
             continue;
         }
-        with_backend(tier, |b| {
+        with_backend(tier, |b, _| {
             let p = isobench::workload::DensityParams {
                 instances: 2,
                 settle_ms: 100,
@@ -462,8 +524,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
         assert!(!parents.is_empty());
         let foreign = parents.last().unwrap().clone();
         std::fs::create_dir(&foreign).unwrap();
-        let mut b = registry::make(tier);
-        let res = b.prepare(&env);
+        let res = registry::make(tier, &env);
         let foreign_left = foreign.is_dir();
         let others: Vec<&PathBuf> = parents
             .iter()
@@ -471,7 +532,7 @@ fn runtime_cgroup_parents_are_never_adopted() {
             .collect();
         let _ = std::fs::remove_dir(&foreign);
         let msg = match res {
-            Ok(()) => {
+            Ok(mut b) => {
                 let _ = b.finish();
                 panic!("{tier}: an existing cgroup parent was adopted");
             }

@@ -133,12 +133,12 @@ fn with_vm_mem(
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let links_before = isb_links();
-    let mut b = registry::make(tier);
+    let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
-        b.prepare(&env).unwrap();
+        let b = made.insert(registry::make(tier, &env).unwrap());
         body(b.as_mut(), &env);
     }));
-    let fin = b.finish();
+    let fin = made.as_mut().map_or(Ok(()), |b| b.finish());
     assert!(
         qemu_children().is_empty(),
         "qemu left running: {:?}",
@@ -166,6 +166,12 @@ fn with_vm_mem(
 fn boot(tier: Tier, k: &GuestKernel, runs: usize) {
     with_vm(tier, &[], |b, env| {
         println!("{tier} settings: {:?}", b.settings());
+        let accel = if tier == Tier::Emulated { "tcg" } else { "kvm" };
+        assert_eq!(
+            b.settings()["accel"],
+            accel,
+            "{tier} never runs under another accelerator"
+        );
         println!("{tier} versions: {:?}", b.versions());
         for i in 0..runs {
             let mut task = Task::new(Workload::Noop);
@@ -182,6 +188,15 @@ fn boot(tier: Tier, k: &GuestKernel, runs: usize) {
             );
             assert_ne!(view.kernel_release, env.host.kernel, "not the host kernel");
             assert_eq!(view.pid, 1, "the agent is the guest's /init");
+            // The agent's own peak, measured in the guest: a few MiB, never QEMU's size.
+            let kib = o
+                .report
+                .peak_rss_kib
+                .expect("the guest agent reports agent_peak_rss_kib");
+            assert!(
+                (256..=32 * 1024).contains(&kib),
+                "{tier}: agent_peak_rss_kib {kib} is not the agent's (a few MiB)"
+            );
             assert!(o.timings.launch_to_ready <= o.timings.launch_to_exit);
             assert!(
                 qemu_children().is_empty(),
@@ -323,15 +338,13 @@ fn microvm_is_refused_without_hardware_kvm() {
             host,
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        let mut b = registry::make(Tier::Microvm);
-        match b.prepare(&env) {
+        match registry::make(Tier::Microvm, &env).map(drop) {
             Err(BackendError::Unavailable { tier, reason }) => {
                 assert_eq!(tier, Tier::Microvm);
                 assert!(reason.contains("/dev/kvm"), "{reason}");
             }
             other => panic!("prepare must refuse: {:?}", other.err()),
         }
-        b.finish().unwrap();
         assert!(state.resources().is_empty());
         assert!(tree(&state.scratch()).is_empty());
     }

@@ -5,8 +5,9 @@
 //! 127.0.0.1 (both `NetPath`s: loopback is the whole network path of a host process).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -15,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::child::{into_report, read_agent, wait_ready, Waiter};
-use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
+use super::child::{wait_ready, Waiter};
+use super::process::{self, Process, Spec};
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
+use crate::measure::launch::{self, Launch, Started};
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
@@ -25,6 +28,8 @@ use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::ledger::{Resource, RunState};
 use crate::workload::Workload;
+
+pub use super::process::cpuset;
 
 /// Longest a process-tier launch may take before it is killed.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(300);
@@ -39,36 +44,27 @@ pub fn availability(_host: &HostFacts) -> Availability {
     }
 }
 
-#[derive(Default)]
+/// The prepared bare tier.
 pub struct Bare {
-    agent: PathBuf,
-    cpus: Vec<usize>,
+    agent: AgentLaunch,
+    state: Arc<RunState>,
     cancel: Arc<AtomicBool>,
-    /// The fs workload's host directory, recorded in `state`.
-    data: Option<(Arc<RunState>, PathBuf)>,
+    /// The fs workload's host directory, recorded in `state` (None once finished).
+    data: Option<PathBuf>,
     /// The net workload's peer on 127.0.0.1.
     peer: Option<NetPeer>,
 }
 
 /// Point a process tier's task at its data paths: one directory for both fs paths (`fs_dir`,
 /// as the agent sees it) and the loopback peer for both net paths.
-pub fn process_task(
-    task: &Task,
-    fs_dir: &str,
-    peer: Option<SocketAddr>,
-) -> Result<Task, BackendError> {
+pub fn process_task(task: &Task, fs_dir: &str, peer: SocketAddr) -> Task {
     let mut t = task.clone();
     match &mut t.workload {
         Workload::Fs(p) => p.dir = fs_dir.to_string(),
-        Workload::Net(p) => {
-            let peer = peer.ok_or_else(|| {
-                BackendError::Other("the net peer is not running: call prepare() first".into())
-            })?;
-            p.peer = peer.to_string();
-        }
+        Workload::Net(p) => p.peer = peer.to_string(),
         _ => {}
     }
-    Ok(t)
+    t
 }
 
 /// Refuse a task other than `idle` for an idle instance.
@@ -108,7 +104,121 @@ pub fn remove_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), Ba
         .map_err(|e| BackendError::io("updating the run ledger", e))
 }
 
+/// The launch of a process tier (bare, chroot): the agent, pinned, dying with the harness,
+/// with a whole environment of its own (PATH and the task), stdout piped; chrooted for chroot.
+pub struct AgentLaunch {
+    /// The agent's path (inside the jail for chroot).
+    pub program: PathBuf,
+    pub chroot: Option<PathBuf>,
+    /// PATH of the agent's environment.
+    pub path_env: &'static str,
+    pub cpus: Vec<usize>,
+    /// The fs workload's directory as the agent sees it.
+    pub fs_dir: String,
+    pub peer: SocketAddr,
+}
+
+impl AgentLaunch {
+    fn spec(&self, task: &Task) -> Spec {
+        let task = process_task(task, &self.fs_dir, self.peer);
+        let mut spec = Spec::new(&self.program);
+        spec.env = vec![
+            (OsString::from("PATH"), OsString::from(self.path_env)),
+            (
+                OsString::from(TASK_ENV),
+                OsString::from(serde_json::to_string(&task).expect("task serialises")),
+            ),
+        ];
+        spec.stdout = process::Stdio::Pipe;
+        if matches!(task.workload, Workload::Idle(_)) {
+            spec.stdin = process::Stdio::Pipe;
+        }
+        spec.cpus = Some(self.cpus.clone());
+        spec.die_with_parent = true;
+        spec.chroot = self.chroot.clone();
+        spec
+    }
+}
+
+impl Launch for AgentLaunch {
+    /// Everything the spawn needs, built off the clock.
+    type Plan = Spec;
+    type Running = ();
+
+    fn plan(&mut self, task: &Task) -> Result<Spec, BackendError> {
+        Ok(self.spec(task))
+    }
+
+    fn start(&mut self, spec: &mut Spec) -> Result<Started<()>, BackendError> {
+        let mut process = process::spawn(spec)?;
+        let stream = process.stdout.take().expect("stdout is piped");
+        Ok(Started {
+            process,
+            stream,
+            running: (),
+        })
+    }
+
+    /// Nothing per launch: the agent is the whole sandbox.
+    fn teardown(&mut self, _spec: Spec, _running: Option<()>) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
 /// An idle agent of a process tier (bare, chroot): running until its stdin closes.
+pub struct AgentIdle {
+    process: Process,
+    stdin: Option<OwnedFd>,
+    _stream: OwnedFd,
+}
+
+impl AgentIdle {
+    /// Start one through `l` (check_idle first), returned once it signalled ready.
+    pub fn start(
+        l: &mut AgentLaunch,
+        task: &Task,
+        cancel: &AtomicBool,
+    ) -> Result<Self, BackendError> {
+        check_idle(task)?;
+        let (_spec, started) = launch::start_idle(l, task, IDLE_READY_DEADLINE, cancel)?;
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
+        let stdin = process.stdin.take();
+        Ok(AgentIdle {
+            process,
+            stdin,
+            _stream: stream,
+        })
+    }
+}
+
+impl IdleInstance for AgentIdle {
+    fn host_pids(&self) -> Vec<Pid> {
+        vec![self.process.pid]
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
+        // End of file on stdin ends the idle workload; a stuck agent is killed at the deadline
+        // (Process::wait kills and reaps it then), so the instance is gone either way.
+        drop(self.stdin.take());
+        match self
+            .process
+            .wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false))
+        {
+            Ok(_) | Err(BackendError::Timeout(..)) => Ok(()),
+            Err(e) => {
+                self.process.kill_and_reap();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An idle agent started through `std::process::Command` (transitional: the runtime tiers'
+/// idle path until they create their processes through [`process`]).
 pub struct ProcessIdle {
     waiter: Waiter,
     stdin: Option<ChildStdin>,
@@ -121,8 +231,6 @@ impl IdleInstance for ProcessIdle {
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
-        // End of file on stdin ends the idle workload; a stuck agent is killed at the deadline
-        // (Waiter::wait kills and reaps it then), so the instance is gone either way.
         drop(self.stdin.take());
         match self
             .waiter
@@ -137,7 +245,7 @@ impl IdleInstance for ProcessIdle {
     }
 }
 
-/// Spawn `cmd` as an idle instance: stdin and stdout piped, returned once the agent is ready.
+/// Spawn `cmd` as an idle instance (transitional, see [`ProcessIdle`]).
 pub fn spawn_idle(
     mut cmd: Command,
     task: &Task,
@@ -176,8 +284,8 @@ pub fn spawn_idle(
     })
 }
 
-/// Pre-exec setup shared by the process tiers: die with the harness, stay on the budget's CPUs.
-/// Runs in the forked child: only async-signal-safe calls, no allocation.
+/// Pre-exec setup for `Command::pre_exec` (transitional: the runtime and VM tiers until they
+/// create their processes through [`process`]). Async-signal-safe, no allocation.
 pub fn child_common(cpus: &nix::sched::CpuSet) -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
@@ -186,64 +294,34 @@ pub fn child_common(cpus: &nix::sched::CpuSet) -> std::io::Result<()> {
     nix::sched::sched_setaffinity(Pid::from_raw(0), cpus).map_err(std::io::Error::from)
 }
 
-/// Build a CpuSet for a list of host CPU indices.
-pub fn cpuset(cpus: &[usize]) -> Result<nix::sched::CpuSet, BackendError> {
-    let mut set = nix::sched::CpuSet::new();
-    for &c in cpus {
-        set.set(c)
-            .map_err(|e| BackendError::sys(format!("cpu {c} in the budget"), e))?;
+impl Bare {
+    /// Prepare the bare tier: its data directory (recorded, then made) and its loopback peer.
+    pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
+        process::cpuset(&env.budget.cpus)?;
+        let dir = env.state.scratch().join("bare-data");
+        make_data_dir(&env.state, &dir)?;
+        let peer = match loopback_peer() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = remove_data_dir(&env.state, &dir);
+                return Err(e);
+            }
+        };
+        Ok(Bare {
+            agent: AgentLaunch {
+                program: env.agent.clone(),
+                chroot: None,
+                path_env: "/usr/local/bin:/usr/bin:/bin",
+                cpus: env.budget.cpus.clone(),
+                fs_dir: dir.to_string_lossy().into_owned(),
+                peer: peer.local_addr(),
+            },
+            state: env.state.clone(),
+            cancel: env.cancel.clone(),
+            data: Some(dir),
+            peer: Some(peer),
+        })
     }
-    Ok(set)
-}
-
-/// Spawn `cmd` (stdout piped), read the agent's lines and wait for exit: the common
-/// measurement of the process tiers. `teardown` runs after exit and is timed.
-pub fn measure_command(
-    mut cmd: Command,
-    task: &Task,
-    cancel: &AtomicBool,
-    teardown: impl FnOnce() -> Result<(), BackendError>,
-) -> Result<Outcome, BackendError> {
-    cmd.env(
-        TASK_ENV,
-        serde_json::to_string(task).expect("task serialises"),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    let launch = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BackendError::io("starting the agent", e))?;
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-    let waiter = Waiter::new(pid)?;
-    let deadline = launch + PROCESS_DEADLINE;
-    let stream = match read_agent(stdout.as_fd(), deadline, cancel) {
-        Ok(s) => s,
-        Err(e) => {
-            waiter.kill_and_reap();
-            let _ = teardown();
-            return Err(e);
-        }
-    };
-    let (exited, code) = waiter.wait(deadline, cancel)?;
-    drop(stdout);
-    teardown()?;
-    let released = Instant::now();
-    let report = into_report(&stream, code)?;
-    let ready = stream
-        .ready_at
-        .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
-    Ok(Outcome {
-        timings: Timings {
-            launch_to_ready: ready - launch,
-            launch_to_exit: exited - launch,
-            teardown: released - exited,
-        },
-        report,
-        exit_code: Some(code),
-    })
 }
 
 impl Backend for Bare {
@@ -251,75 +329,39 @@ impl Backend for Bare {
         Tier::Bare
     }
 
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
-        self.agent = env.agent.clone();
-        self.cpus = env.budget.cpus.clone();
-        self.cancel = env.cancel.clone();
-        // Children inherit the spawning thread's CPUs: pin this thread to the budget.
-        nix::sched::sched_setaffinity(Pid::from_raw(0), &cpuset(&self.cpus)?)
-            .map_err(|e| BackendError::sys("pinning the harness thread to the budget's CPUs", e))?;
-        let dir = env.state.scratch().join("bare-data");
-        make_data_dir(&env.state, &dir)?;
-        self.data = Some((env.state.clone(), dir));
-        match loopback_peer() {
-            Ok(p) => self.peer = Some(p),
-            Err(e) => {
-                let _ = self.finish();
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        let task = self.task_for(task)?;
-        measure_command(self.command()?, &task, &self.cancel, || Ok(()))
+        launch::measure(
+            &mut self.agent,
+            task,
+            Instant::now() + PROCESS_DEADLINE,
+            &self.cancel,
+            &self.state,
+        )
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
         if let Some(p) = self.peer.take() {
             p.stop();
         }
-        if let Some((state, dir)) = self.data.take() {
-            remove_data_dir(&state, &dir)?;
+        if let Some(dir) = self.data.take() {
+            remove_data_dir(&self.state, &dir)?;
         }
         Ok(())
     }
 
     fn settings(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("cpus".into(), format!("{:?}", self.cpus)),
+            ("cpus".into(), format!("{:?}", self.agent.cpus)),
             ("fs_path".into(), "host directory (run scratch)".into()),
             ("net_path".into(), "loopback (127.0.0.1)".into()),
         ])
     }
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
-        let cmd = self.command()?;
-        Ok(Box::new(spawn_idle(cmd, task, &self.cancel)?))
-    }
-}
-
-impl Bare {
-    /// A plain spawn, as `hyperfine -N` does it: no pre-exec hook, so the standard library
-    /// uses posix_spawn (vfork-style, no copy of the harness's page tables). The CPUs come from
-    /// the harness thread, pinned to the budget in `prepare`; dying with the harness is the
-    /// agent's first act (`ISOBENCH_PARENT`: PR_SET_PDEATHSIG, then a check that the parent is
-    /// still this process, which closes the race).
-    fn command(&self) -> Result<Command, BackendError> {
-        let mut cmd = Command::new(&self.agent);
-        cmd.env(crate::protocol::PARENT_ENV, std::process::id().to_string());
-        Ok(cmd)
-    }
-
-    fn task_for(&self, task: &Task) -> Result<Task, BackendError> {
-        let (_, dir) = self.data.as_ref().ok_or_else(|| {
-            BackendError::Other("bare backend used before prepare(): call prepare first".into())
-        })?;
-        process_task(
+        Ok(Box::new(AgentIdle::start(
+            &mut self.agent,
             task,
-            &dir.to_string_lossy(),
-            self.peer.as_ref().map(NetPeer::local_addr),
-        )
+            &self.cancel,
+        )?))
     }
 }

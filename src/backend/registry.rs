@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{bare, chroot, container, runtimes, vm, Backend, BackendOptions};
+use super::{bare, chroot, container, runtimes, vm, Backend, BackendError, BackendOptions, RunEnv};
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
@@ -78,8 +78,9 @@ pub struct Row {
     pub default: bool,
     /// Can it run here? A pure function of the host facts and options.
     pub availability: fn(Tier, &HostFacts, &BackendOptions) -> Availability,
-    /// Make the tier's backend (prepared by the runner).
-    pub make: fn(Tier) -> Box<dyn Backend>,
+    /// Prepare the tier's backend: on success it is ready to launch (type state: there is no
+    /// unprepared backend); on failure whatever preparation made is gone or in the ledger.
+    pub prepare: fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>,
     /// The settings it accepts.
     pub settings: &'static [Setting],
 }
@@ -140,8 +141,22 @@ fn vm_availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avail
     vm::availability(tier, host, opts)
 }
 
-fn vm_make(tier: Tier) -> Box<dyn Backend> {
-    Box::new(vm::Vm::new(tier))
+fn vm_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
+    legacy(Box::new(vm::Vm::new(tier)), env)
+}
+
+fn runtimes_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
+    legacy(runtimes::make(tier), env)
+}
+
+fn legacy(mut b: Box<dyn Backend>, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
+    match b.prepare(env) {
+        Ok(()) => Ok(b),
+        Err(e) => {
+            let _ = b.finish();
+            Err(e)
+        }
+    }
 }
 
 /// The row of `tier`. Exhaustive: a new tier does not build until it has a row.
@@ -151,28 +166,28 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: true,
             availability: |_, host, _| bare::availability(host),
-            make: |_| Box::new(bare::Bare::default()),
+            prepare: |_, env| Ok(Box::new(bare::Bare::prepare(env)?)),
             settings: &[],
         },
         Tier::Chroot => Row {
             tier,
             default: true,
             availability: |_, host, _| chroot::availability(host),
-            make: |_| Box::new(chroot::Chroot::default()),
+            prepare: |_, env| Ok(Box::new(chroot::Chroot::prepare(env)?)),
             settings: &[],
         },
         Tier::Container => Row {
             tier,
             default: true,
             availability: |_, host, _| container::availability(host),
-            make: |_| Box::new(container::Container::default()),
+            prepare: |_, env| Ok(Box::new(container::Container::prepare(env)?)),
             settings: &[],
         },
         Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor => Row {
             tier,
             default: true,
             availability: runtimes::availability,
-            make: runtimes::make,
+            prepare: runtimes_prepare,
             settings: &[],
         },
         // Placeholders: doctor and an explicit --backends report why they do not run.
@@ -180,21 +195,21 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: false,
             availability: runtimes::availability,
-            make: runtimes::make,
+            prepare: runtimes_prepare,
             settings: &[],
         },
         Tier::Microvm => Row {
             tier,
             default: true,
             availability: vm_availability,
-            make: vm_make,
+            prepare: vm_prepare,
             settings: VM_SETTINGS,
         },
         Tier::Emulated => Row {
             tier,
             default: true,
             availability: vm_availability,
-            make: vm_make,
+            prepare: vm_prepare,
             settings: EMULATED_SETTINGS,
         },
     }
@@ -205,9 +220,9 @@ pub fn availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avai
     (row(tier).availability)(tier, host, opts)
 }
 
-/// Make the backend of `tier`.
-pub fn make(tier: Tier) -> Box<dyn Backend> {
-    (row(tier).make)(tier)
+/// Prepare the backend of `tier` for this run.
+pub fn make(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
+    (row(tier).prepare)(tier, env)
 }
 
 /// The tiers run when none are named: every tier isobench drives.

@@ -1,6 +1,7 @@
-//! Measurement: the schedule of a run (plan), the runner (rounds, budgets, results after every
-//! round) and density.
+//! Measurement: the one launch timer (launch), the schedule of a run (plan), the runner
+//! (rounds, budgets, results after every round) and density.
 
 pub mod density;
+pub mod launch;
 pub mod plan;
 pub mod runner;

@@ -187,6 +187,12 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             Better::Lower,
         ),
         ("teardown_ms", "ms", ms(o.timings.teardown), Better::Lower),
+        (
+            "launch_to_released_ms",
+            "ms",
+            ms(o.timings.launch_to_released),
+            Better::Lower,
+        ),
     ]
     .into_iter()
     .map(|(m, u, value, better)| Sample {
@@ -492,12 +498,11 @@ fn measure(
         let plan = cfg.scenario.plan(arm.tier, cfg.runs_override);
         let record = &mut outs[out].tiers[rec];
         record.plan = Some(plan);
-        let mut backend = registry::make(arm.tier);
         if !cfg.quiet {
             eprintln!("preparing {} ...", arm_name(arm));
         }
-        match backend.prepare(&envs[i]) {
-            Ok(()) => {
+        match registry::make(arm.tier, &envs[i]) {
+            Ok(backend) => {
                 let mut settings = backend.settings();
                 settings.extend(arm.extra_settings.clone());
                 record.settings = settings;
@@ -518,7 +523,6 @@ fn measure(
                 progress.push(Progress::new(plan, no_warmup.clone()));
             }
             Err(e) => {
-                let _ = backend.finish();
                 record.status = TierStatus::Failed;
                 record.failures.push(Failure {
                     workload: "prepare".into(),

@@ -323,6 +323,7 @@ impl StateDir {
             dir: dir.to_path_buf(),
             ledger: Mutex::new(ledger),
             unsynced: std::sync::atomic::AtomicBool::new(false),
+            deferred: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         };
         rs.save()?;
@@ -416,6 +417,9 @@ pub struct RunState {
     /// True while the last ledger write failed (the file may lack what memory holds): the next
     /// record or release writes even if it changes nothing.
     unsynced: std::sync::atomic::AtomicBool,
+    /// Held by a [`ReleaseDeferral`]: `release` updates memory only and marks the ledger
+    /// unsynced; the guard's drop writes once. Nested guards count.
+    deferred: std::sync::atomic::AtomicUsize,
     /// `<dir>/lock`, held with `flock(LOCK_EX)` for as long as this value lives.
     _lock: File,
 }
@@ -461,12 +465,38 @@ impl RunState {
         self.release_all(std::slice::from_ref(r))
     }
 
-    /// Forget several removed resources in one ledger write.
+    /// Forget several removed resources in one ledger write (deferred to the end of a
+    /// [`ReleaseDeferral`] while one is held).
     pub fn release_all(&self, rs: &[Resource]) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
         let mut l = self.ledger.lock().expect("ledger lock");
         let before = l.resources.len();
         l.resources.retain(|x| !rs.contains(x));
+        if l.resources.len() != before && self.deferred.load(Ordering::SeqCst) > 0 {
+            // Memory is ahead of the file; the guard's flush writes it. A crash before then
+            // leaves already-removed resources in the ledger, which cleanup skips as gone.
+            self.unsynced.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
         self.sync(&l, l.resources.len() != before)
+    }
+
+    /// Defer the ledger writes of `release`s until the guard drops (or [`ReleaseDeferral::flush`]):
+    /// the measurement core holds one over a launch so that no fsync lands on the clock.
+    /// `record` is never deferred (record-before-create is a safety rule).
+    pub fn defer_releases(&self) -> ReleaseDeferral<'_> {
+        self.deferred
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ReleaseDeferral {
+            state: self,
+            done: false,
+        }
+    }
+
+    /// Write the ledger if memory is ahead of the file (a deferred release, a failed write).
+    pub fn flush(&self) -> io::Result<()> {
+        let l = self.ledger.lock().expect("ledger lock");
+        self.sync(&l, false)
     }
 
     pub fn resources(&self) -> Vec<Resource> {
@@ -476,6 +506,44 @@ impl RunState {
     fn save(&self) -> io::Result<()> {
         let l = self.ledger.lock().expect("ledger lock");
         write_ledger(&self.dir, &l)
+    }
+}
+
+/// A hold on a run's ledger releases, from [`RunState::defer_releases`].
+#[must_use = "the deferral ends when the guard drops"]
+pub struct ReleaseDeferral<'a> {
+    state: &'a RunState,
+    done: bool,
+}
+
+impl ReleaseDeferral<'_> {
+    /// End the deferral and write the ledger once if a release changed it.
+    pub fn flush(mut self) -> io::Result<()> {
+        self.end()
+    }
+
+    fn end(&mut self) -> io::Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let left = self
+            .state
+            .deferred
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if left == 1 {
+            self.state.flush()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for ReleaseDeferral<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            tracing::warn!("writing the run ledger after a launch: {e}");
+        }
     }
 }
 
@@ -523,6 +591,41 @@ mod tests {
         assert_eq!(rs.resources(), more);
         rs.release_all(&more[..2]).unwrap();
         assert_eq!(sd.ledgers()[0].1.as_ref().unwrap().resources, more[2..]);
+    }
+
+    #[test]
+    fn releases_are_deferred_while_held_and_records_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(d.path()).unwrap();
+        let rs = sd.begin_run("defer").unwrap();
+        let a = Resource::Dir {
+            path: rs.scratch().join("a"),
+        };
+        let b = Resource::Dir {
+            path: rs.scratch().join("b"),
+        };
+        rs.record(a.clone()).unwrap();
+        let on_disk = || read_ledger(&rs.dir).unwrap().resources;
+        {
+            let hold = rs.defer_releases();
+            let inner = rs.defer_releases();
+            rs.release(&a).unwrap();
+            assert!(rs.resources().is_empty(), "memory is updated at once");
+            assert_eq!(on_disk(), vec![a.clone()], "the file waits for the guard");
+            drop(inner);
+            assert_eq!(on_disk(), vec![a.clone()], "the outer guard still holds");
+            // A record is written at once (with the deferred release in it).
+            rs.record(b.clone()).unwrap();
+            assert_eq!(on_disk(), vec![b.clone()]);
+            rs.release(&b).unwrap();
+            assert_eq!(on_disk(), vec![b.clone()]);
+            hold.flush().unwrap();
+        }
+        assert!(on_disk().is_empty());
+        // Without a hold, a release writes at once again.
+        rs.record(a.clone()).unwrap();
+        rs.release(&a).unwrap();
+        assert!(on_disk().is_empty());
     }
 
     #[test]

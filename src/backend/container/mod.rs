@@ -5,9 +5,9 @@
 //! v1/hybrid hosts), fresh overlay upper/work/merged directories under the run's scratch area
 //! (lower = the run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
 //! transient containers: no syncfs of the whole upper filesystem when the overlay goes), then
-//! `clone(NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)`. The child, PID 1 of its pid namespace, moves
-//! itself into the cgroup, waits until the parent has set up its network (if any), then runs
-//! [`syscalls::setup_container`] (cgroup ns, rprivate /, hostname, overlay, volume, pivot_root,
+//! `clone(VM|NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)` through [`crate::backend::process`]. The child,
+//! PID 1 of its pid namespace, moves itself into the cgroup, waits until the parent has set up
+//! its network (if any), then runs [`syscalls::setup_container`] as the spawn's setup hook (cgroup ns, rprivate /, hostname, overlay, volume, pivot_root,
 //! /proc, /dev, /tmp, cgroupfs, lo up), pins itself to the budget's CPUs, sets up stdio, marks
 //! every other fd close-on-exec and execs the agent.
 //!
@@ -16,9 +16,10 @@
 //! bind-mounted in the container's mount namespace only. The net workload gets a veth pair
 //! (`direct`) or a bridge with NAT (`nat`), see [`net`].
 //!
-//! Timings: launch = before the per-launch directories, cgroup and overlay are made (after the
-//! ledger is written, which is harness bookkeeping); ready = the READY line read; exit = the
-//! pidfd fired; teardown = exit until the cgroup, the devices and the directories are gone.
+//! Timings (by [`crate::measure::launch::measure`], like every tier): launch = before the
+//! per-launch directories, cgroup and overlay are made (after the ledger is written, which is
+//! harness bookkeeping); ready = the READY line read; exit = the pidfd fired; released = the
+//! cgroup, the devices and the directories are gone.
 //!
 //! Not protected against: a root agent is root on the host (no user namespace, no seccomp, no
 //! capability drop, /proc not masked); the network is not filtered (see [`net`]).
@@ -29,7 +30,6 @@ pub mod netlo;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -38,10 +38,10 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
-use super::bare::{check_idle, cpuset, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
-use super::child::{into_report, read_agent, wait_ready, StreamResult};
-use super::resources::refuse_existing;
-use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv, Timings};
+use super::bare::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
+use super::process::cpuset;
+use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::resources::refuse_existing;
 use crate::host::cgroup::{self, CgroupManager};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
@@ -50,10 +50,13 @@ use crate::model::budget::Budget;
 use crate::model::facts::CgroupLayout;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
+
+use crate::measure::launch::{self as measure, AfterStart, RawOutcome};
+use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::state::ledger::{Resource, RunState};
 use crate::workload::{DataPath, NetPath, Workload};
-use launch::{read_setup_error, setup_error, IdleContainer, LaunchPlan, Started};
+use launch::{IdleContainer, LaunchPlan};
 use net::RunNet;
 use syscalls::CgroupMount;
 
@@ -61,8 +64,6 @@ use syscalls::CgroupMount;
 pub const NAMESPACES: &[&str] = &["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 /// Hostname inside the container.
 pub const HOSTNAME: &str = "isobench";
-/// Stack for the cloned child until it execs (it runs a shallow, non-allocating sequence).
-const CHILD_STACK: usize = 64 * 1024;
 /// Directories of the rootfs that the launch mounts over or works in; none may be a symlink.
 const ROOTFS_MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "data", "volume"];
 
@@ -106,20 +107,6 @@ pub fn availability(host: &HostFacts) -> Availability {
     }
 }
 
-/// What one launch produced before the agent's report is interpreted (the signal tests need the
-/// exit code even when the agent was stopped before reporting).
-#[derive(Debug)]
-pub struct RawOutcome {
-    pub stream: StreamResult,
-    pub exit_code: i32,
-    /// None when the READY line never came.
-    pub launch_to_ready: Option<std::time::Duration>,
-    pub launch_to_exit: std::time::Duration,
-    pub teardown: std::time::Duration,
-    /// Peak memory of the launch's cgroup, bytes, when the kernel reports it.
-    pub memory_peak_bytes: Option<u64>,
-}
-
 pub(crate) struct Prepared {
     state: Arc<RunState>,
     layout: CgroupLayout,
@@ -138,12 +125,14 @@ pub(crate) struct Prepared {
     volatile: bool,
 }
 
-#[derive(Default)]
+/// The prepared container tier.
 pub struct Container {
-    prepared: Option<Prepared>,
+    p: Prepared,
     net: Option<RunNet>,
     launches: u64,
-    stack: Vec<u8>,
+    /// The last launch's direct-path peer, dropped at the next plan (off the clock).
+    spent_peer: Option<NetPeer>,
+    finished: bool,
 }
 
 /// Does this kernel release (`uname -r`) have overlayfs' `volatile` option (5.10+)?
@@ -161,11 +150,13 @@ impl Container {
     /// launch clock starts. Network paths are set up lazily: the NAT path's run-level part is
     /// built on the first `nat` launch.
     fn plan_launch(&mut self, task: &Task) -> Result<LaunchPlan, BackendError> {
-        let p = self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other(
-                "container backend used before prepare(): call prepare first".into(),
-            )
-        })?;
+        let p = &self.p;
+        if self.finished {
+            return Err(BackendError::Other(
+                "internal error: the container backend was used after finish(); report this bug"
+                    .into(),
+            ));
+        }
         self.launches += 1;
         let n = self.launches;
         let dir = p.base.join(format!("launch-{n}"));
@@ -197,6 +188,7 @@ impl Container {
             cg,
             net,
             nat_peer,
+            task: task.clone(),
         };
         p.state
             .record_all(&plan.resources())
@@ -204,80 +196,28 @@ impl Container {
         Ok(plan)
     }
 
-    fn stack(&mut self) -> &mut [u8] {
-        if self.stack.len() != CHILD_STACK {
-            self.stack = vec![0u8; CHILD_STACK];
-        }
-        &mut self.stack
-    }
-
-    /// Launch once and return the raw stream and exit code. `after_start` runs in the parent
-    /// right after the child is released (tests use it to signal the container's PID 1).
+    /// Launch once through the timer and return the raw stream and exit code. `after_start`
+    /// runs in the parent once the agent is exec'd (tests use it to signal the container's
+    /// PID 1).
     pub fn run_raw(
         &mut self,
         task: &Task,
         after_start: impl FnOnce(Pid),
     ) -> Result<RawOutcome, BackendError> {
-        let plan = self.plan_launch(task)?;
-        self.stack();
-        let p = self.prepared.as_ref().expect("planned above");
-        let result = launch::start(p, &plan, task, &mut self.stack, false, after_start)
-            .and_then(|started| measure(p, &plan, started));
-        // On success `measure` has torn down (timed); on failure tear down here.
-        let torn_down = match &result {
-            Ok(_) => Ok(()),
-            Err(_) => plan.teardown(),
+        let state = self.p.state.clone();
+        let cancel = self.p.cancel.clone();
+        let mut l = AfterStart {
+            inner: self,
+            after_start: Some(Box::new(after_start)),
         };
-        // Forget the resources only once they are gone; otherwise `isobench cleanup` finds them.
-        if result.is_ok() || torn_down.is_ok() {
-            let _ = p.state.release_all(&plan.resources());
-        }
-        match (result, torn_down) {
-            (Ok(o), _) => Ok(o),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(t)) => Err(BackendError::Other(format!(
-                "{e}; tearing the launch down also failed: {t} (run `isobench cleanup`)"
-            ))),
-        }
+        measure::measure_raw(
+            &mut l,
+            task,
+            Instant::now() + PROCESS_DEADLINE,
+            &cancel,
+            &state,
+        )
     }
-}
-
-/// Read the agent's output, wait for its exit, tear the launch down (timed).
-fn measure(p: &Prepared, plan: &LaunchPlan, s: Started) -> Result<RawOutcome, BackendError> {
-    let Started {
-        launch,
-        waiter,
-        out_r,
-        err_r,
-        peer,
-        ..
-    } = s;
-    let deadline = launch + PROCESS_DEADLINE;
-    let stream = match read_agent(out_r.as_fd(), deadline, &p.cancel) {
-        Ok(s) => s,
-        Err(e) => {
-            waiter.kill_and_reap();
-            return Err(e);
-        }
-    };
-    let (exited, code) = waiter.wait(deadline, &p.cancel)?;
-    drop(out_r);
-    if let Some((step, errno)) = read_setup_error(&err_r) {
-        return Err(setup_error(step, errno));
-    }
-    let memory_peak_bytes = plan.cg.memory_peak_bytes();
-    plan.teardown()?;
-    let released = Instant::now();
-    // The direct path's peer is harness, not tier: stopped off the clock.
-    drop(peer);
-    Ok(RawOutcome {
-        launch_to_ready: stream.ready_at.map(|r| r.saturating_duration_since(launch)),
-        stream,
-        exit_code: code,
-        launch_to_exit: exited - launch,
-        teardown: released - exited,
-        memory_peak_bytes,
-    })
 }
 
 /// Overlay options are comma-separated and colon-separated: refuse paths that would break them.
@@ -364,12 +304,10 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     })
 }
 
-impl Backend for Container {
-    fn tier(&self) -> Tier {
-        Tier::Container
-    }
-
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+impl Container {
+    /// Prepare the container tier: the run directory with the rootfs, and the run's cgroup,
+    /// each recorded before it is made.
+    pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
         if let Availability::Unavailable { reason, fix } = availability(&env.host) {
             return Err(BackendError::Unavailable {
                 tier: Tier::Container,
@@ -389,33 +327,40 @@ impl Backend for Container {
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join("container");
         check_overlay_path(&base)?;
-        self.prepared = Some(super::prepare_run_dir(env, &base, || {
-            prepare_in(env, &base)
-        })?);
-        Ok(())
+        let p = super::prepare_run_dir(env, &base, || prepare_in(env, &base))?;
+        Ok(Container {
+            p,
+            net: None,
+            launches: 0,
+            spent_peer: None,
+            finished: false,
+        })
+    }
+}
+
+impl Backend for Container {
+    fn tier(&self) -> Tier {
+        Tier::Container
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        let raw = self.run_raw(task, |_| {})?;
-        let report = into_report(&raw.stream, raw.exit_code)?;
-        let launch_to_ready = raw
-            .launch_to_ready
-            .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
-        Ok(Outcome {
-            timings: Timings {
-                launch_to_ready,
-                launch_to_exit: raw.launch_to_exit,
-                teardown: raw.teardown,
-            },
-            report,
-            exit_code: Some(raw.exit_code),
-        })
+        let state = self.p.state.clone();
+        let cancel = self.p.cancel.clone();
+        measure::measure(
+            self,
+            task,
+            Instant::now() + PROCESS_DEADLINE,
+            &cancel,
+            &state,
+        )
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
-        let Some(p) = &self.prepared else {
+        if self.finished {
             return Ok(());
-        };
+        }
+        drop(self.spent_peer.take());
+        let p = &self.p;
         // Kill and remove the run's cgroup with any launch cgroup left below it (idle instances
         // not stopped), then the network (run-level NAT path, devices of launches that were
         // not torn down), then the files.
@@ -442,38 +387,24 @@ impl Backend for Container {
         p.state
             .release_all(&gone)
             .map_err(|e| BackendError::io("updating the run ledger", e))?;
-        self.prepared = None;
+        self.finished = true;
         self.net = None;
         Ok(())
     }
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         check_idle(task)?;
-        let plan = self.plan_launch(task)?;
-        self.stack();
-        let p = self.prepared.as_ref().expect("planned above");
-        let started = match launch::start(p, &plan, task, &mut self.stack, true, |_| {}) {
-            Ok(s) => s,
-            Err(e) => return Err(undo(&p.state, &plan, e)),
-        };
-        let ready = wait_ready(
-            started.out_r.as_fd(),
-            started.launch + IDLE_READY_DEADLINE,
-            &p.cancel,
-        );
-        if let Err(e) = ready {
-            started.waiter.kill_and_reap();
-            let e = match read_setup_error(&started.err_r) {
-                Some((step, errno)) => setup_error(step, errno),
-                None => e,
-            };
-            drop(started);
-            return Err(undo(&p.state, &plan, e));
-        }
+        let cancel = self.p.cancel.clone();
+        let (plan, started) = measure::start_idle(self, task, IDLE_READY_DEADLINE, &cancel)?;
+        let mut process = started.process;
+        let stdin = process.stdin.take();
         Ok(Box::new(IdleContainer {
             plan,
-            state: p.state.clone(),
-            started,
+            state: self.p.state.clone(),
+            process,
+            stdin,
+            stream: started.stream,
+            running: started.running,
         }))
     }
 
@@ -482,7 +413,8 @@ impl Backend for Container {
             "namespaces".into(),
             "mnt,pid,uts,ipc,net,cgroup".to_string(),
         )]);
-        if let Some(p) = &self.prepared {
+        {
+            let p = &self.p;
             s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
             s.insert(
                 "cgroup_join".into(),
@@ -522,16 +454,5 @@ impl Backend for Container {
             );
         }
         s
-    }
-}
-
-/// Tear a failed launch down and forget it; the original error, plus the teardown's if it
-/// failed too (then the ledger keeps the resources for `isobench cleanup`).
-fn undo(state: &RunState, plan: &LaunchPlan, e: BackendError) -> BackendError {
-    match plan.teardown_and_forget(state) {
-        Ok(()) => e,
-        Err(t) => BackendError::Other(format!(
-            "{e}; tearing the launch down also failed: {t} (run `isobench cleanup`)"
-        )),
     }
 }

@@ -11,7 +11,7 @@
 //! the cached images only when no live run may use them.
 //!
 //! Per launch: `docker run --name isobench-<run>-<n> --label org.isobench.run=<run>
-//! --cidfile <scratch>/docker/launch-<n>-<k>.cid --pull=never` with the budget
+//! --cidfile <scratch>/docker/launch-<n>-<k>/cid --pull=never` with the budget
 //! (`--cpuset-cpus`, `--cpus`, `--memory`), the task in `-e ISOBENCH_TASK`, the agent's stdout
 //! attached to the CLI's. The name is recorded in the ledger before `docker run`; docker takes
 //! it atomically, and when it is in use ("Conflict. The container name ... is already in use")
@@ -26,10 +26,11 @@
 //! run's label and name prefix; `isobench cleanup` ([`remove_recorded_container`]) removes a
 //! ledger's container only after `docker container inspect` shows the run's label.
 //!
-//! Timings: launch = before `docker run` (create + start + attach, as before); ready = READY
-//! read; exit = the CLI exits; teardown = `docker rm --force <id>` of the exited container
-//! (what a user who does not pass `--rm` pays); reading the cidfile is on the clock too (one
-//! small file read).
+//! Timings: plan (off the clock) = the name and the launch's directory recorded; launch = the
+//! directory made and `docker run` spawned (create + start + attach); ready = READY read; exit =
+//! the CLI exits; teardown = `docker rm --force <id>` of the exited container (what a user who
+//! does not pass `--rm` pays; the daemon answers once the container, its layer and its cgroup
+//! are gone) and the launch's directory removed; reading the cidfile is on the clock too.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
@@ -37,12 +38,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::{check_run_id, fnv1a_hex, measure_cli, run_checked, version_line};
-use crate::backend::bare::{cpuset, loopback_peer};
+use super::{
+    check_run_id, cli_spec, fnv1a_hex, put_task, run_checked, start_cli, stderr_tail, version_line,
+    with_stderr,
+};
+use crate::backend::bare::{cpuset, loopback_peer, PROCESS_DEADLINE};
+use crate::backend::process::Spec;
 use crate::backend::{Backend, BackendError, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
-use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::host::rootfs;
+use crate::host::rootfs::AGENT_IN_ROOTFS;
+use crate::measure::launch::{self, Launch, Started};
 use crate::model::availability::Availability;
 use crate::model::budget::Budget;
 use crate::model::tier::Tier;
@@ -103,6 +111,8 @@ pub fn availability(docker: &Path) -> Availability {
 
 struct Prepared {
     state: Arc<RunState>,
+    /// The docker CLI (absolute path).
+    docker: PathBuf,
     budget: Budget,
     cancel: Arc<AtomicBool>,
     base: PathBuf,
@@ -118,6 +128,10 @@ struct Prepared {
 pub struct Docker {
     prepared: Option<Prepared>,
     launches: u64,
+    /// The name attempt of the launch being planned (a name in use is retried under another).
+    attempt: u32,
+    /// The CLI's stderr of the last attempt, when it said anything.
+    last_stderr: String,
 }
 
 /// The image name for a rootfs: `isobench/agent:<digest of its files' paths and bytes>`.
@@ -630,8 +644,13 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let docker = crate::host::facts::which("docker").ok_or_else(|| BackendError::Unavailable {
+        tier: Tier::Docker,
+        reason: "docker vanished from PATH: apt-get install docker.io".into(),
+    })?;
     Ok(Prepared {
         state: env.state.clone(),
+        docker,
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
@@ -693,85 +712,151 @@ pub fn run_args(
     a
 }
 
-/// One attempt at launch `n` under the name of `attempt`. Ok(None) when docker refused the
-/// name because another container has it (nothing was created; the caller tries the next
-/// name). The name, stderr log and cidfile are recorded before `docker run`; the timed
-/// teardown removes the container by the id its own `docker run` wrote to the cidfile.
-fn launch(
-    p: &Prepared,
-    task: &Task,
-    n: u64,
-    attempt: u32,
-) -> Result<Option<Outcome>, BackendError> {
-    let run_id = p.state.id.as_str();
-    let name = container_name(run_id, n, attempt);
-    let res = Resource::DockerContainer {
-        name: name.clone(),
-        id: None,
-    };
-    let log = p.base.join(format!("launch-{n}-{attempt}.stderr"));
-    let cid = p.base.join(format!("launch-{n}-{attempt}.cid"));
-    let files = [
-        Resource::File { path: log.clone() },
-        Resource::File { path: cid.clone() },
-    ];
-    p.state
-        .record_all(&[res.clone(), files[0].clone(), files[1].clone()])
-        .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
-    let mut cmd = Command::new("docker");
-    cmd.args(run_args(
-        &name,
-        run_id,
-        &p.budget,
-        &p.image.id,
-        task,
-        &p.volume,
-        &cid,
-    ));
-    let teardown = || -> Result<(), BackendError> {
-        match read_cidfile(&cid) {
+/// One attempt at a launch, planned: the container's name, its directory (cidfile and the
+/// CLI's stderr), the `docker run` command, and what the ledger holds for it.
+pub struct DockerPlan {
+    name: String,
+    dir: PathBuf,
+    spec: Spec,
+    /// The container's name (its id once known) and the directory, recorded in `plan`.
+    resources: Vec<Resource>,
+}
+
+impl DockerPlan {
+    fn cid(&self) -> PathBuf {
+        self.dir.join("cid")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("docker.stderr")
+    }
+}
+
+impl Launch for Docker {
+    type Plan = DockerPlan;
+    type Running = ();
+
+    /// Off the clock: launch `launches` under the name of attempt `attempt`, its directory and
+    /// name recorded before `docker run`.
+    fn plan(&mut self, task: &Task) -> Result<DockerPlan, BackendError> {
+        let (n, attempt) = (self.launches, self.attempt);
+        let p = self.prepared()?;
+        let task = task_for(p, task)?;
+        let run_id = p.state.id.as_str();
+        let name = container_name(run_id, n, attempt);
+        let dir = p.base.join(format!("launch-{n}-{attempt}"));
+        crate::backend::resources::refuse_existing(&dir)?;
+        let args = run_args(
+            &name,
+            run_id,
+            &p.budget,
+            &p.image.id,
+            &task,
+            &p.volume,
+            &dir.join("cid"),
+        );
+        let resources = vec![
+            Resource::DockerContainer {
+                name: name.clone(),
+                id: None,
+            },
+            Resource::Dir { path: dir.clone() },
+        ];
+        p.state
+            .record_all(&resources)
+            .map_err(|e| BackendError::io("recording the container in the ledger", e))?;
+        let mut spec = cli_spec(
+            &p.docker,
+            args.into_iter().map(Into::into).collect(),
+            &p.budget.cpus,
+        );
+        put_task(&mut spec, &task);
+        Ok(DockerPlan {
+            name,
+            dir,
+            spec,
+            resources,
+        })
+    }
+
+    /// On the clock: the launch's directory, then `docker run` (create + start + attach).
+    fn start(&mut self, plan: &mut DockerPlan) -> Result<Started<()>, BackendError> {
+        std::fs::create_dir(&plan.dir)
+            .map_err(|e| BackendError::io(format!("creating {}", plan.dir.display()), e))?;
+        let log = plan.log();
+        start_cli(&mut plan.spec, &log)
+    }
+
+    /// On the clock, after the CLI exited: `docker rm --force <id>` of the id its own `docker
+    /// run` wrote (what a user who does not pass `--rm` pays), then the launch's directory.
+    fn teardown(&mut self, plan: DockerPlan, _running: Option<()>) -> Result<(), BackendError> {
+        let p = self.prepared()?;
+        let run_id = p.state.id.clone();
+        let state = p.state.clone();
+        self.last_stderr = stderr_tail(&plan.log(), 600);
+        match read_cidfile(&plan.cid()) {
             // The id our own `docker run` wrote: this run created that container.
             Some(id) => {
                 if let Err(e) = remove_by_id(&id) {
                     // Still there: keep its id in the ledger for `isobench cleanup`.
                     let known = Resource::DockerContainer {
-                        name: name.clone(),
+                        name: plan.name.clone(),
                         id: Some(id.clone()),
                     };
-                    let _ = p.state.record(known).and_then(|()| p.state.release(&res));
+                    let _ = state
+                        .record(known)
+                        .and_then(|()| state.release(&plan.resources[0]));
                     return Err(BackendError::Other(e));
                 }
             }
             // No id: docker refused the name (someone else's container keeps it), or the CLI
             // died before writing the id; only a container carrying this run's label goes.
             None => {
-                remove_recorded_container(&name, None, run_id).map_err(BackendError::Other)?;
+                remove_recorded_container(&plan.name, None, &run_id)
+                    .map_err(BackendError::Other)?;
             }
         }
-        p.state
-            .release(&res)
+        safe_remove_tree(&plan.dir)
+            .map_err(|e| BackendError::io(format!("removing {}", plan.dir.display()), e))?;
+        // Deferred by the core until after the released instant.
+        state
+            .release_all(&plan.resources)
             .map_err(|e| BackendError::io("updating the run ledger", e))
-    };
-    let out = measure_cli(cmd, task, &p.budget.cpus, &p.cancel, &log, teardown);
-    let conflict =
-        out.is_err() && std::fs::read_to_string(&log).is_ok_and(|s| is_name_conflict(&s));
-    if out.is_ok() || conflict {
-        let mut removed = vec![];
-        for (f, path) in files.iter().zip([&log, &cid]) {
-            if !path.exists() || safe_remove_tree(path).is_ok() {
-                removed.push(f.clone());
+    }
+}
+
+/// The task as a docker container sees it: its data paths and the peer of its network path.
+fn task_for(p: &Prepared, task: &Task) -> Result<Task, BackendError> {
+    let mut task = task.clone();
+    match &mut task.workload {
+        Workload::Fs(f) => {
+            f.dir = match f.path {
+                DataPath::Rootfs => "/data".into(),
+                DataPath::Volume => "/volume".into(),
             }
         }
-        let _ = p.state.release_all(&removed);
+        Workload::Net(net) => {
+            let peer = match net.path {
+                NetPath::Direct => &p.direct_peer,
+                NetPath::Nat => p.nat_peer.as_ref().ok_or_else(|| {
+                    BackendError::Other(format!(
+                        "the bridge (NAT) peer is not running: {}",
+                        p.nat_error.as_deref().unwrap_or("unknown reason")
+                    ))
+                })?,
+            };
+            net.peer = peer.local_addr().to_string();
+        }
+        _ => {}
     }
-    if conflict {
-        tracing::warn!(
-            container = %name,
-            "docker says the name is in use by another container; leaving it alone and trying another name"
-        );
-        return Ok(None);
+    Ok(task)
+}
+
+impl Docker {
+    fn prepared(&self) -> Result<&Prepared, BackendError> {
+        self.prepared.as_ref().ok_or_else(|| {
+            BackendError::Other("docker backend used before prepare(): call prepare first".into())
+        })
     }
-    out.map(Some)
 }
 
 impl Backend for Docker {
@@ -800,43 +885,29 @@ impl Backend for Docker {
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
         self.launches += 1;
         let n = self.launches;
-        let p = self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other("docker backend used before prepare(): call prepare first".into())
-        })?;
-        let mut task = task.clone();
-        match &mut task.workload {
-            Workload::Fs(f) => {
-                f.dir = match f.path {
-                    DataPath::Rootfs => "/data".into(),
-                    DataPath::Volume => "/volume".into(),
-                }
-            }
-            Workload::Net(net) => {
-                let peer = match net.path {
-                    NetPath::Direct => &p.direct_peer,
-                    NetPath::Nat => p.nat_peer.as_ref().ok_or_else(|| {
-                        BackendError::Other(format!(
-                            "the bridge (NAT) peer is not running: {}",
-                            p.nat_error.as_deref().unwrap_or("unknown reason")
-                        ))
-                    })?,
-                };
-                net.peer = peer.local_addr().to_string();
-            }
-            _ => {}
-        }
+        let p = self.prepared()?;
+        let (state, cancel) = (p.state.clone(), p.cancel.clone());
         for attempt in 0..NAME_ATTEMPTS {
-            match launch(p, &task, n, attempt)? {
-                Some(out) => return Ok(out),
-                None => continue,
+            self.attempt = attempt;
+            self.last_stderr.clear();
+            let deadline = Instant::now() + PROCESS_DEADLINE;
+            match launch::measure(self, task, deadline, &cancel, &state) {
+                Ok(o) => return Ok(o),
+                Err(_) if is_name_conflict(&self.last_stderr) => {
+                    tracing::warn!(
+                        container = %container_name(&state.id, n, attempt),
+                        "docker says the name is in use by another container; leaving it alone and trying another name"
+                    );
+                }
+                Err(e) => return Err(with_stderr(e, "docker", &self.last_stderr)),
             }
         }
         Err(BackendError::Other(format!(
             "docker said the names {} to {} were all in use by other containers: those are \
              not this run's and are left alone; remove or rename them, or rerun (a new run id \
              gives new names)",
-            container_name(&p.state.id, n, 0),
-            container_name(&p.state.id, n, NAME_ATTEMPTS - 1)
+            container_name(&state.id, n, 0),
+            container_name(&state.id, n, NAME_ATTEMPTS - 1)
         )))
     }
 

@@ -7,8 +7,8 @@
 //! kernel's stack, peer on 127.0.0.1) for `net`, both of its paths. The platform is runsc's
 //! default (ptrace in Debian 12's runsc), recorded in the settings.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 
 /// runsc's global flags (before the subcommand) for one launch.
 pub fn global_flags(share_host_net: bool) -> Vec<&'static str> {
@@ -19,13 +19,12 @@ pub fn global_flags(share_host_net: bool) -> Vec<&'static str> {
     }]
 }
 
-/// The `runsc run` command for bundle `bundle`, container `id`, state under `root`.
-pub fn run_command(bin: &Path, root: &Path, bundle: &Path, id: &str, host_net: bool) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--root").arg(root);
-    cmd.args(global_flags(host_net));
-    cmd.arg("run").arg("--bundle").arg(bundle).arg(id);
-    cmd
+/// The `runsc run` arguments for bundle `bundle`, container `id`, state under `root`.
+pub fn run_args(root: &Path, bundle: &Path, id: &str, host_net: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["--root".into(), root.into()];
+    a.extend(global_flags(host_net).into_iter().map(OsString::from));
+    a.extend(["run".into(), "--bundle".into(), bundle.into(), id.into()]);
+    a
 }
 
 /// What `settings()` says about runsc.
@@ -49,17 +48,8 @@ mod tests {
     fn network_flag_follows_the_workload() {
         assert_eq!(global_flags(true), vec!["--network=host"]);
         assert_eq!(global_flags(false), vec!["--network=none"]);
-        let c = run_command(
-            Path::new("/usr/bin/runsc"),
-            Path::new("/s"),
-            Path::new("/b"),
-            "isobench-r-1",
-            false,
-        );
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let c = run_args(Path::new("/s"), Path::new("/b"), "isobench-r-1", false);
+        let args: Vec<String> = c.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args,
             [

@@ -3,9 +3,9 @@
 //! per-launch file written by isobench; containers live under an lxcpath in the run's scratch
 //! area, so nothing goes to /var/lib/lxc.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use crate::host::cgroup::{budget_memory_bytes, cpu_list, cpu_quota_us};
 use crate::model::budget::Budget;
@@ -87,18 +87,17 @@ pub fn config(l: &LxcLaunch<'_>) -> String {
     s
 }
 
-/// `lxc-execute` for one launch (the config file, the lxcpath, a log file for errors).
-pub fn run_command(bin: &Path, lxcpath: &Path, name: &str, conf: &Path, log: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("-P")
-        .arg(lxcpath)
-        .args(["-n", name])
-        .arg("-f")
-        .arg(conf)
-        .arg("-o")
-        .arg(log)
-        .args(["-l", "ERROR", "--", crate::host::rootfs::AGENT_IN_ROOTFS]);
-    cmd
+/// `lxc-execute`'s arguments for one launch (the config file, the lxcpath, a log file for
+/// errors).
+pub fn run_args(lxcpath: &Path, name: &str, conf: &Path, log: &Path) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["-P".into(), lxcpath.into(), "-n".into(), name.into()];
+    a.extend(["-f".into(), conf.into(), "-o".into(), log.into()]);
+    a.extend(
+        ["-l", "ERROR", "--", crate::host::rootfs::AGENT_IN_ROOTFS]
+            .into_iter()
+            .map(OsString::from),
+    );
+    a
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! The runtimes people use, as tiers: runc, crun, Docker, LXC, gVisor; and the alternate VMMs
 //! of the microVM tier (Firecracker, Cloud Hypervisor). Each runs the same agent from the same
 //! rootfs isobench builds ([`crate::host::rootfs::build`]), with the same budget, and is measured the
-//! same way: launch = just before the runtime's CLI is spawned, ready = the agent's READY line
-//! read from the CLI's stdout, exit = the CLI process exits, teardown = exit until the
-//! container, its bundle and the runtime's state for it are gone.
+//! same way as every tier: `plan` off the clock (names, ledger records), launch = `start`
+//! creates the launch's directory and spawns the runtime's CLI, ready = the agent's READY line
+//! read from the CLI's stdout, exit = the CLI process exits, released = teardown is done: the
+//! container, its cgroup, the runtime's state for it and the launch's directory are gone
+//! (ledger releases are written after that instant, as for every tier). `runc run` deletes its
+//! container before the CLI exits and `docker run` does not, so launch -> exit differs in what
+//! it holds; launch -> released is the comparable figure.
 //!
 //! - [`oci`]: an OCI bundle (config.json written by isobench) run by `runc run`, `crun run` or
 //!   `runsc run` ([`gvisor`] holds runsc's flags), and LXC through `lxc-execute` ([`lxc`]).
@@ -17,24 +21,20 @@ pub mod gvisor;
 pub mod lxc;
 pub mod oci;
 
+use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
-use nix::unistd::Pid;
-
-use super::bare::{child_common, cpuset, PROCESS_DEADLINE};
-use super::child::{into_report, read_agent, Waiter};
-use crate::backend::{Backend, BackendError, BackendOptions, Outcome, Timings};
+use super::process::{self, Spec};
+use crate::backend::{Backend, BackendError, BackendOptions, Outcome};
 use crate::host::facts::which;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::facts::KvmKind;
 use crate::model::tier::Tier;
+
+use crate::measure::launch::Started;
 use crate::protocol::{Task, TASK_ENV};
 
 /// The binary each runtime tier drives, and the Debian package that has it.
@@ -202,91 +202,66 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     }
 }
 
-/// Spawn a runtime CLI (stdout piped, stderr to `stderr_log`), read the agent's lines from it,
-/// wait for the CLI to exit, then run the timed `teardown`. The same measurement as the process
-/// tiers' `measure_command`, keeping the runtime's stderr so a failure says why.
-/// The CLI dies with the harness and runs on the budget's CPUs.
-pub fn measure_cli(
-    mut cmd: Command,
-    task: &Task,
-    cpus: &[usize],
-    cancel: &AtomicBool,
-    stderr_log: &Path,
-    teardown: impl FnOnce() -> Result<(), BackendError>,
-) -> Result<Outcome, BackendError> {
-    let set = cpuset(cpus)?;
-    let log = File::create(stderr_log)
-        .map_err(|e| BackendError::io(format!("creating {}", stderr_log.display()), e))?;
-    cmd.env(
-        TASK_ENV,
-        serde_json::to_string(task).expect("task serialises"),
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(log));
-    // SAFETY: the closure only calls prctl and sched_setaffinity (async-signal-safe).
-    unsafe {
-        cmd.pre_exec(move || child_common(&set));
-    }
-    let launch = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = teardown();
-            return Err(BackendError::io("starting the runtime CLI", e));
-        }
-    };
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-    let waiter = match Waiter::new(pid) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = teardown();
-            return Err(e);
-        }
-    };
-    let deadline = launch + PROCESS_DEADLINE;
-    let stream = match read_agent(stdout.as_fd(), deadline, cancel) {
-        Ok(s) => s,
-        Err(e) => {
-            waiter.kill_and_reap();
-            let _ = teardown();
-            return Err(e);
-        }
-    };
-    let (exited, code) = match waiter.wait(deadline, cancel) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = teardown();
-            return Err(e);
-        }
-    };
-    drop(stdout);
-    teardown()?;
-    let released = Instant::now();
-    let report = into_report(&stream, code).map_err(|e| {
-        BackendError::Agent(format!(
-            "{e}; runtime stderr: {}",
-            log_tail(stderr_log, 600)
-        ))
-    })?;
-    let ready = stream.ready_at.ok_or_else(|| {
-        BackendError::Agent(format!(
-            "the agent never signalled ready; runtime stderr: {}",
-            log_tail(stderr_log, 600)
-        ))
-    })?;
-    Ok(Outcome {
-        timings: Timings {
-            launch_to_ready: ready - launch,
-            launch_to_exit: exited - launch,
-            teardown: released - exited,
-        },
-        report,
-        exit_code: Some(code),
+/// The spec of a process a launch starts (runtime CLI or VMM), built off the clock:
+/// `program args...` with the harness's environment, stdout piped (the agent's lines arrive
+/// there), on `cpus`, dying with the harness.
+pub fn cli_spec(program: &Path, args: Vec<OsString>, cpus: &[usize]) -> Spec {
+    let mut s = Spec::new(program);
+    s.args = args;
+    s.env = std::env::vars_os().filter(|(k, _)| k != TASK_ENV).collect();
+    s.stdout = process::Stdio::Pipe;
+    s.cpus = Some(cpus.to_vec());
+    s.die_with_parent = true;
+    s
+}
+
+/// Put the task in a spec's environment (`ISOBENCH_TASK`), as the runtimes pass it on.
+pub fn put_task(spec: &mut Spec, task: &Task) {
+    spec.env.push((
+        TASK_ENV.into(),
+        serde_json::to_string(task).expect("task serialises").into(),
+    ));
+}
+
+/// On the clock: open `log` for the process's stderr (kept for error messages) and spawn it.
+pub fn start_cli(spec: &mut Spec, log: &Path) -> Result<Started<()>, BackendError> {
+    let stderr = File::create(log)
+        .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
+    spec.stderr = process::Stdio::Fd(stderr.into());
+    let spawned = process::spawn(spec);
+    // The log's fd is the child's now (or nobody's): close the harness's copy.
+    spec.stderr = process::Stdio::Null;
+    let mut process = spawned?;
+    let stream = process.stdout.take().expect("stdout is piped");
+    Ok(Started {
+        process,
+        stream,
+        running: (),
     })
+}
+
+/// The last `n` characters of a launch's stderr file, read only if it holds anything (kept
+/// by teardown for the error message, before the launch's directory goes).
+pub fn stderr_tail(log: &Path, n: usize) -> String {
+    match std::fs::metadata(log) {
+        Ok(m) if m.len() > 0 => log_tail(log, n),
+        _ => String::new(),
+    }
+}
+
+/// Append a runtime's stderr to an error.
+pub fn with_stderr(e: BackendError, what: &str, tail: &str) -> BackendError {
+    if tail.is_empty() {
+        return e;
+    }
+    match e {
+        BackendError::Agent(m) => BackendError::Agent(format!("{m}; {what} stderr: {tail}")),
+        BackendError::Timeout(d, m) => {
+            BackendError::Timeout(d, format!("{m}; {what} stderr: {tail}"))
+        }
+        BackendError::Other(m) => BackendError::Other(format!("{m}; {what} stderr: {tail}")),
+        e => e,
+    }
 }
 
 /// A 64-bit FNV-1a digest, as hex: the content key of the cached Docker image (not a security

@@ -18,23 +18,35 @@
 //! so both net paths share the host's network namespace (no network namespace in config.json;
 //! runsc `--network=host`; LXC `none`) and talk to a peer on 127.0.0.1, as `bare` does.
 //!
-//! Timings: launch = before the CLI is spawned; ready = READY read from its stdout; exit = the
-//! CLI exits (`run` deletes the container on exit); teardown = until the runtime's state for the
-//! container (deleted with `delete --force` if the CLI left it) and the bundle are gone.
+//! Timings: plan (off the clock) = the container's name, the bundle's bytes, the bundle and the
+//! container recorded; launch = the bundle directory and its config are written and the CLI is
+//! spawned; ready = READY read from its stdout; exit = the CLI exits (`run` deletes the
+//! container on exit); teardown = until the runtime's state for the container (deleted with
+//! `delete --force` if the CLI left any), the container's cgroup in every hierarchy (LXC 5
+//! leaves `<name>/lxc.pivot`; an empty cgroup also proves no process is left) and the bundle
+//! are gone.
 //!
 //! Not protected against: as with `container`, the agent is root on the host (no user
 //! namespace); with a shared network namespace it reaches every host address.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{check_run_id, gvisor, lxc, measure_cli, version_line};
-use crate::backend::bare::{cpuset, loopback_peer};
+use super::{
+    check_run_id, cli_spec, gvisor, lxc, put_task, start_cli, stderr_tail, version_line,
+    with_stderr,
+};
+use crate::backend::bare::{
+    check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
+};
+use crate::backend::process::{self, cpuset, Process, Spec};
 use crate::backend::resources::{remove_lxc_container, remove_oci_container};
 use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::cgroup::{
@@ -42,12 +54,15 @@ use crate::host::cgroup::{
     Hierarchies, PIDS_MAX,
 };
 use crate::host::fs::safe_remove_tree;
-use crate::host::rootfs::{self, AGENT_IN_ROOTFS};
+use crate::host::rootfs;
+use crate::host::rootfs::AGENT_IN_ROOTFS;
 use crate::model::availability::Availability;
 use crate::model::budget::Budget;
 use crate::model::facts::CgroupLayout;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
+
+use crate::measure::launch::{self, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::state::ledger::{Resource, RunState};
@@ -215,15 +230,14 @@ pub fn oci_config(
 }
 
 struct Prepared {
-    state: Arc<RunState>,
+    /// What a launch's teardown needs (an idle instance keeps a copy).
+    ctx: Ctx,
     bin: PathBuf,
     layout: CgroupLayout,
     budget: Budget,
     cancel: Arc<AtomicBool>,
     base: PathBuf,
     rootfs: PathBuf,
-    /// The runtime's state root (`--root`, or LXC's `-P`).
-    state_root: PathBuf,
     volume: PathBuf,
     /// `isobench-<tier>-<run>`: parent of every launch's cgroup, in every hierarchy.
     cgroup_rel: String,
@@ -241,6 +255,8 @@ pub struct Bundled {
     tier: Tier,
     prepared: Option<Prepared>,
     launches: u64,
+    /// The runtime's stderr of the last launch, when it said anything (for error messages).
+    last_stderr: String,
 }
 
 impl Bundled {
@@ -249,6 +265,7 @@ impl Bundled {
             tier,
             prepared: None,
             launches: 0,
+            last_stderr: String::new(),
         }
     }
 
@@ -329,14 +346,19 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
         }
     };
     Ok(Prepared {
-        state: env.state.clone(),
+        ctx: Ctx {
+            tier,
+            bin: bin.clone(),
+            state_root: state_root.clone(),
+            cgroup_dirs: cgroup_dirs.clone(),
+            state: env.state.clone(),
+        },
         bin,
         layout,
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
         rootfs,
-        state_root,
         volume,
         cgroup_rel,
         cgroup_dirs,
@@ -404,75 +426,36 @@ impl Backend for Bundled {
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        let Staged {
-            cmd,
-            task,
-            id,
-            bundle,
-            container,
-            bundle_res,
-            n,
-        } = self.stage(task)?;
-        let tier = self.tier;
-        let p = self.prepared()?;
-        let log = p.base.join(format!("launch-{n}.stderr"));
-        let log_res = Resource::File { path: log.clone() };
-        let _ = p.state.record(log_res.clone());
-        let teardown = || {
-            teardown_launch(
-                tier,
-                &p.bin,
-                &p.state_root,
-                &id,
-                &bundle,
-                &p.state,
-                &[container.clone(), bundle_res.clone()],
-            )
-        };
-        let out = measure_cli(cmd, &task, &p.budget.cpus, &p.cancel, &log, teardown);
-        if out.is_ok() && safe_remove_tree(&log).is_ok() {
-            let _ = p.state.release(&log_res);
-        }
-        out
+        let state = self.prepared()?.ctx.state.clone();
+        let cancel = self.prepared()?.cancel.clone();
+        self.last_stderr.clear();
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        launch::measure(self, task, deadline, &cancel, &state).map_err(|e| {
+            let what = self.tier.to_string();
+            with_stderr(e, &what, &self.last_stderr)
+        })
     }
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
-        let Staged {
-            cmd,
-            task,
-            id,
-            bundle,
-            container,
-            bundle_res,
-            ..
-        } = self.stage(task)?;
-        let tier = self.tier;
+        check_idle(task)?;
         let p = self.prepared()?;
-        let resources = vec![container, bundle_res];
-        match crate::backend::bare::spawn_idle(cmd, &task, &p.cancel) {
-            Ok(inner) => Ok(Box::new(RuntimeIdle {
-                inner: Some(Box::new(inner)),
-                tier,
-                bin: p.bin.clone(),
-                state_root: p.state_root.clone(),
-                id,
-                bundle,
-                state: p.state.clone(),
-                resources,
-            })),
-            Err(e) => {
-                let _ = teardown_launch(
-                    tier,
-                    &p.bin,
-                    &p.state_root,
-                    &id,
-                    &bundle,
-                    &p.state,
-                    &resources,
-                );
-                Err(e)
-            }
-        }
+        let ctx = p.ctx.clone();
+        let cancel = p.cancel.clone();
+        self.last_stderr.clear();
+        let (plan, started) = launch::start_idle(self, task, IDLE_READY_DEADLINE, &cancel)
+            .map_err(|e| with_stderr(e, &ctx.tier.to_string(), &self.last_stderr))?;
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
+        Ok(Box::new(RuntimeIdle {
+            stdin: process.stdin.take(),
+            process: Some(process),
+            _stream: stream,
+            ctx,
+            plan: Some(plan),
+        }))
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -482,19 +465,19 @@ impl Backend for Bundled {
         p.peer.stop();
         // Any container a failed launch left (the ledger still names it).
         let mut errors = vec![];
-        for r in p.state.resources() {
+        for r in p.ctx.state.resources() {
             let done = match &r {
-                Resource::OciContainer { runtime, root, id } if root == &p.state_root => {
+                Resource::OciContainer { runtime, root, id } if root == &p.ctx.state_root => {
                     remove_oci_container(runtime, root, id)
                 }
-                Resource::LxcContainer { lxcpath, name } if lxcpath == &p.state_root => {
+                Resource::LxcContainer { lxcpath, name } if lxcpath == &p.ctx.state_root => {
                     remove_lxc_container(lxcpath, name)
                 }
                 _ => continue,
             };
             match done {
                 Ok(_) => {
-                    let _ = p.state.release(&r);
+                    let _ = p.ctx.state.release(&r);
                 }
                 Err(e) => errors.push(e),
             }
@@ -511,18 +494,21 @@ impl Backend for Bundled {
             .iter()
             .map(|path| Resource::Cgroup { path: path.clone() })
             .collect();
-        p.state
+        p.ctx
+            .state
             .release_all(&res)
             .map_err(|e| BackendError::io("updating the run ledger", e))?;
         safe_remove_tree(&p.base)
             .map_err(|e| BackendError::io(format!("removing {}", p.base.display()), e))?;
         let under: Vec<Resource> = p
+            .ctx
             .state
             .resources()
             .into_iter()
             .filter(|r| matches!(r, Resource::Dir { path } | Resource::File { path } if path.starts_with(&p.base)))
             .collect();
-        p.state
+        p.ctx
+            .state
             .release_all(&under)
             .map_err(|e| BackendError::io("updating the run ledger", e))
     }
@@ -581,14 +567,46 @@ impl Backend for Bundled {
     }
 }
 
-impl Bundled {
-    /// Everything a launch needs before the runtime CLI starts: ids, ledger records, bundle.
-    fn stage(&mut self, task: &Task) -> Result<Staged, BackendError> {
+/// One launch, planned: its names, the bundle files to write, the runtime command, and what
+/// the ledger holds for it.
+pub struct OciPlan {
+    id: String,
+    /// `<base>/launch-<n>/`: config.json (or lxc.conf) and the runtime's stderr.
+    bundle: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    spec: Spec,
+    /// The bundle directory and the container, recorded in `plan`.
+    resources: Vec<Resource>,
+}
+
+impl OciPlan {
+    fn log(&self) -> PathBuf {
+        self.bundle.join("runtime.stderr")
+    }
+}
+
+/// What a launch's teardown needs: the runtime, its state root, the run's cgroup parents.
+#[derive(Clone)]
+struct Ctx {
+    tier: Tier,
+    bin: PathBuf,
+    state_root: PathBuf,
+    cgroup_dirs: Vec<PathBuf>,
+    state: Arc<RunState>,
+}
+
+impl Launch for Bundled {
+    type Plan = OciPlan;
+    type Running = ();
+
+    /// Off the clock: the container's name, the bundle's contents, the command; the bundle
+    /// directory and the container recorded in the ledger (durably) before either exists.
+    fn plan(&mut self, task: &Task) -> Result<OciPlan, BackendError> {
         self.launches += 1;
         let n = self.launches;
         let tier = self.tier;
         let p = self.prepared()?;
-        let id = format!("isobench-{}-{tier}-{n}", p.state.id);
+        let id = format!("isobench-{}-{tier}-{n}", p.ctx.state.id);
         let shape = LaunchShape::of(task);
         let mut task = task.clone();
         match &mut task.workload {
@@ -598,28 +616,9 @@ impl Bundled {
         }
         let task_json = serde_json::to_string(&task).expect("task serialises");
         let bundle = p.base.join(format!("launch-{n}"));
-        let container = if tier == Tier::Lxc {
-            Resource::LxcContainer {
-                lxcpath: p.state_root.clone(),
-                name: id.clone(),
-            }
-        } else {
-            Resource::OciContainer {
-                runtime: p.bin.clone(),
-                root: p.state_root.clone(),
-                id: id.clone(),
-            }
-        };
-        let bundle_res = Resource::Dir {
-            path: bundle.clone(),
-        };
-        p.state
-            .record_all(&[bundle_res.clone(), container.clone()])
-            .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
-        std::fs::create_dir(&bundle)
-            .map_err(|e| BackendError::io(format!("creating {}", bundle.display()), e))?;
+        crate::backend::resources::refuse_existing(&bundle)?;
         let cgroup_leaf = format!("{}/{id}", p.cgroup_rel);
-        let cmd = if tier == Tier::Lxc {
+        let (files, args) = if tier == Tier::Lxc {
             let conf = bundle.join("lxc.conf");
             let text = lxc::config(&lxc::LxcLaunch {
                 rootfs: &p.rootfs,
@@ -631,9 +630,8 @@ impl Bundled {
                 cgroup_dir: &cgroup_leaf,
                 pids_max: p.pids_limit,
             });
-            std::fs::write(&conf, text)
-                .map_err(|e| BackendError::io(format!("writing {}", conf.display()), e))?;
-            lxc::run_command(&p.bin, &p.state_root, &id, &conf, &bundle.join("lxc.log"))
+            let args = lxc::run_args(&p.ctx.state_root, &id, &conf, &bundle.join("lxc.log"));
+            (vec![(conf, text.into_bytes())], args)
         } else {
             let cfg = oci_config(
                 &p.rootfs,
@@ -644,110 +642,174 @@ impl Bundled {
                 shape,
                 &p.volume,
             );
-            let path = bundle.join("config.json");
-            std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json"))
-                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
-            if tier == Tier::Gvisor {
-                gvisor::run_command(&p.bin, &p.state_root, &bundle, &id, shape.share_host_net)
+            let json = serde_json::to_vec_pretty(&cfg).expect("json");
+            let args = if tier == Tier::Gvisor {
+                gvisor::run_args(&p.ctx.state_root, &bundle, &id, shape.share_host_net)
             } else {
-                let mut c = Command::new(&p.bin);
-                c.arg("--root")
-                    .arg(&p.state_root)
-                    .arg("run")
-                    .arg("--bundle")
-                    .arg(&bundle)
-                    .arg(&id);
-                c
+                [
+                    "--root".as_ref(),
+                    p.ctx.state_root.as_os_str(),
+                    "run".as_ref(),
+                ]
+                .into_iter()
+                .chain(["--bundle".as_ref(), bundle.as_os_str(), id.as_ref()])
+                .map(OsString::from)
+                .collect()
+            };
+            (vec![(bundle.join("config.json"), json)], args)
+        };
+        let container = if tier == Tier::Lxc {
+            Resource::LxcContainer {
+                lxcpath: p.ctx.state_root.clone(),
+                name: id.clone(),
+            }
+        } else {
+            Resource::OciContainer {
+                runtime: p.bin.clone(),
+                root: p.ctx.state_root.clone(),
+                id: id.clone(),
             }
         };
-        Ok(Staged {
-            cmd,
-            task,
+        let resources = vec![
+            Resource::Dir {
+                path: bundle.clone(),
+            },
+            container,
+        ];
+        p.ctx
+            .state
+            .record_all(&resources)
+            .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
+        let mut spec = cli_spec(&p.bin, args, &p.budget.cpus);
+        put_task(&mut spec, &task);
+        if matches!(task.workload, Workload::Idle(_)) {
+            // The idle agent ends when its stdin closes (the runtimes pass stdin through).
+            spec.stdin = process::Stdio::Pipe;
+        }
+        Ok(OciPlan {
             id,
             bundle,
-            container,
-            bundle_res,
-            n,
+            files,
+            spec,
+            resources,
         })
+    }
+
+    /// On the clock: the bundle directory and its files, then the runtime's CLI.
+    fn start(&mut self, plan: &mut OciPlan) -> Result<Started<()>, BackendError> {
+        std::fs::create_dir(&plan.bundle)
+            .map_err(|e| BackendError::io(format!("creating {}", plan.bundle.display()), e))?;
+        for (path, bytes) in &plan.files {
+            std::fs::write(path, bytes)
+                .map_err(|e| BackendError::io(format!("writing {}", path.display()), e))?;
+        }
+        let log = plan.log();
+        start_cli(&mut plan.spec, &log)
+    }
+
+    /// On the clock, after the CLI exited: every resource of the launch released (the ledger
+    /// releases are deferred by the core until after the released instant).
+    fn teardown(&mut self, plan: OciPlan, _running: Option<()>) -> Result<(), BackendError> {
+        let ctx = self.prepared()?.ctx.clone();
+        let (gone, said) = teardown_launch(&ctx, plan);
+        self.last_stderr = said;
+        ctx.state
+            .release_all(&gone?)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
     }
 }
 
-/// A launch staged by `stage`: the runtime command and what its teardown removes.
-struct Staged {
-    cmd: Command,
-    task: Task,
-    id: String,
-    bundle: std::path::PathBuf,
-    container: Resource,
-    bundle_res: Resource,
-    n: u64,
+/// Does the runtime still hold state for container `id` under `root` (an entry named `id`, or
+/// `id` followed by a separator: runsc's files; never `id` followed by more digits)?
+fn has_state(root: &Path, id: &str) -> bool {
+    std::fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.strip_prefix(id)
+                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+        })
+        .unwrap_or(false)
 }
 
-/// Teardown of one launch: the runtime's state for the container (normally already gone: `run`
-/// deletes on exit), then the bundle, then the ledger records.
-fn teardown_launch(
-    tier: Tier,
-    bin: &std::path::Path,
-    state_root: &std::path::Path,
-    id: &str,
-    bundle: &std::path::Path,
-    state: &crate::state::ledger::RunState,
-    resources: &[Resource],
-) -> Result<(), BackendError> {
-    let gone = if tier == Tier::Lxc {
-        remove_lxc_container(state_root, id).map(|_| ())
+/// Any process left in `dir` or below it (one hierarchy: on v1 every process is in each)?
+fn cgroup_has_procs(dir: &Path) -> bool {
+    subtree_dirs(dir).unwrap_or_default().iter().any(|d| {
+        std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+    })
+}
+
+/// Teardown of one launch, until nothing of it is left: the runtime's state for the container
+/// (`run` deletes it on exit; `delete --force` if it did not, e.g. after a kill), its cgroup in
+/// every hierarchy (LXC leaves `<name>/lxc.pivot` behind; a cgroup is removed only once empty,
+/// so this also proves no process of the container is left), then the bundle. Returns the
+/// ledger entries to release and what the runtime said on stderr.
+fn teardown_launch(ctx: &Ctx, plan: OciPlan) -> (Result<Vec<Resource>, BackendError>, String) {
+    let said = stderr_tail(&plan.log(), 600);
+    let leaves: Vec<PathBuf> = ctx.cgroup_dirs.iter().map(|d| d.join(&plan.id)).collect();
+    let stopped = if ctx.tier == Tier::Lxc {
+        if leaves.first().is_some_and(|l| cgroup_has_procs(l)) {
+            remove_lxc_container(&ctx.state_root, &plan.id).map(|_| ())
+        } else {
+            Ok(())
+        }
+    } else if has_state(&ctx.state_root, &plan.id) {
+        remove_oci_container(&ctx.bin, &ctx.state_root, &plan.id).map(|_| ())
     } else {
-        remove_oci_container(bin, state_root, id).map(|_| ())
+        Ok(())
     };
-    gone.map_err(BackendError::Other)?;
-    safe_remove_tree(bundle)
-        .map_err(|e| BackendError::io(format!("removing {}", bundle.display()), e))?;
-    state
-        .release_all(resources)
-        .map_err(|e| BackendError::io("updating the run ledger", e))
+    let res = stopped
+        .map_err(BackendError::Other)
+        .and_then(|()| remove_cgroups(&leaves))
+        .and_then(|()| {
+            if plan.bundle.exists() {
+                safe_remove_tree(&plan.bundle)
+                    .map_err(|e| BackendError::io(format!("removing {}", plan.bundle.display()), e))
+            } else {
+                Ok(())
+            }
+        })
+        .map(|()| plan.resources);
+    (res, said)
 }
 
 /// An idle container of a runtime tier: the runtime CLI in the foreground with the agent
 /// beneath it. Its host processes are the CLI and every descendant (runc's container init, or
 /// gVisor's sandbox and gofer), for PSS accounting.
 struct RuntimeIdle {
-    inner: Option<Box<crate::backend::bare::ProcessIdle>>,
-    tier: Tier,
-    bin: std::path::PathBuf,
-    state_root: std::path::PathBuf,
-    id: String,
-    bundle: std::path::PathBuf,
-    state: std::sync::Arc<crate::state::ledger::RunState>,
-    resources: Vec<Resource>,
+    process: Option<Process>,
+    stdin: Option<OwnedFd>,
+    _stream: OwnedFd,
+    ctx: Ctx,
+    plan: Option<OciPlan>,
 }
 
 impl IdleInstance for RuntimeIdle {
     fn host_pids(&self) -> Vec<nix::unistd::Pid> {
-        let Some(root) = self
-            .inner
-            .as_ref()
-            .and_then(|i| i.host_pids().first().copied())
-        else {
-            return vec![];
-        };
-        crate::measure::density::descendants(root)
+        match &self.process {
+            Some(p) => crate::measure::density::descendants(p.pid),
+            None => vec![],
+        }
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
-        let stopped = match self.inner.take() {
-            Some(i) => i.stop(),
-            None => Ok(()),
+        // End of file on stdin ends the idle workload; a stuck one is killed at the deadline
+        // (wait kills and reaps it then; dropping a process kills and reaps it too).
+        drop(self.stdin.take());
+        if let Some(mut p) = self.process.take() {
+            let _ = p.wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false));
+        }
+        let Some(plan) = self.plan.take() else {
+            return Ok(());
         };
-        let torn = teardown_launch(
-            self.tier,
-            &self.bin,
-            &self.state_root,
-            &self.id,
-            &self.bundle,
-            &self.state,
-            &self.resources,
-        );
-        stopped.and(torn)
+        let (gone, said) = teardown_launch(&self.ctx, plan);
+        let gone = gone.map_err(|e| with_stderr(e, &self.ctx.tier.to_string(), &said))?;
+        self.ctx
+            .state
+            .release_all(&gone)
+            .map_err(|e| BackendError::io("updating the run ledger", e))
     }
 }
 

@@ -1,15 +1,13 @@
-//! One QEMU process and its per-launch directory, shared by measured launches and idle
-//! instances.
+//! One idle instance's QEMU process and its directory (measured launches are the backend's
+//! `plan`/`start`/`teardown`).
 //!
-//! QEMU runs in its own process group (a terminal's Ctrl-C reaches the harness, which tears
+//! QEMU runs in its own session and process group (a terminal's Ctrl-C reaches the harness, which tears
 //! down), with PR_SET_PDEATHSIG and the budget's CPU affinity. The launch directory (QEMU's
 //! stderr) is recorded before it is made and the process right after spawn, by (pid, start
 //! time); both are released once QEMU is reaped. A [`Launch`] dropped without [`Launch::exited`]
 //! or [`Launch::stop`] is killed and cleaned up, so no error path leaves QEMU behind.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdout, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,40 +15,36 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use super::qemu::{LaunchSpec, Qemu, Vmm};
 use super::{record, release, remove_dir};
-use crate::backend::bare::{child_common, cpuset};
-use crate::backend::child::Waiter;
+use crate::backend::process::{Process, Spec};
+use crate::backend::runtimes::start_cli;
 use crate::backend::BackendError;
 use crate::host::proc::process_start_time;
+use crate::measure::launch::Started;
 use crate::state::ledger::{Resource, RunState};
 
-/// A running (or exited, not yet released) QEMU.
+/// A running (or exited, not yet released) QEMU of an idle instance.
 pub struct Launch {
     state: Arc<RunState>,
     dir: PathBuf,
     log: PathBuf,
     pid: Pid,
     proc_res: Resource,
-    waiter: Waiter,
+    process: Process,
     /// The guest's serial console.
-    pub stdout: Option<ChildStdout>,
-    /// The instant just before spawn.
-    pub at: Instant,
+    pub stdout: Option<std::fs::File>,
     released: bool,
 }
 
 impl Launch {
-    /// Record and make `dir`, spawn QEMU for `spec`, record the process. On any error,
+    /// Record and make `dir`, spawn QEMU for `spec`, record the process (untimed: idle
+    /// instances live long, so they are also findable by pid and start time). On any error,
     /// everything done so far is undone.
     pub fn start(
         state: &Arc<RunState>,
-        qemu: &Qemu,
-        spec: &LaunchSpec,
-        cpus: &[usize],
+        spec: &mut Spec,
         dir: PathBuf,
     ) -> Result<Launch, BackendError> {
-        let set = cpuset(cpus)?;
         record(state, &Resource::Dir { path: dir.clone() })?;
         let undo_dir = |e: BackendError| {
             let _ = remove_dir(state, &dir);
@@ -59,74 +53,40 @@ impl Launch {
         std::fs::create_dir(&dir)
             .map_err(|e| undo_dir(BackendError::io(format!("creating {}", dir.display()), e)))?;
         let log = dir.join("qemu.stderr");
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| undo_dir(BackendError::io(format!("creating {}", log.display()), e)))?;
-        let mut cmd = qemu.command(spec);
-        // The ownership mark `isobench cleanup` checks before it kills a recorded process.
-        cmd.env(crate::host::proc::RUN_ID_ENV, &state.id);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        // SAFETY: the closure calls only setpgid, prctl and sched_setaffinity
-        // (async-signal-safe) and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
-                    .map_err(std::io::Error::from)?;
-                child_common(&set)
-            });
-        }
-        let at = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
-            undo_dir(BackendError::io(
-                format!(
-                    "starting {} (is it executable? --set qemu=PATH)",
-                    qemu.binary.display()
-                ),
-                e,
-            ))
+        let started = start_cli(spec, &log).map_err(|e| {
+            undo_dir(BackendError::Other(format!(
+                "{e} (is it executable? --set qemu=PATH)"
+            )))
         })?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
+        let pid = process.pid;
         let proc_res = Resource::Process {
             pid: pid.as_raw(),
             start_time: process_start_time(pid.as_raw()).unwrap_or(0),
         };
-        let stdout = child.stdout.take();
-        let kill_now = || {
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-        };
         if let Err(e) = record(state, &proc_res) {
-            kill_now();
+            let _ = killpg(pid, Signal::SIGKILL);
+            process.kill_and_reap();
             return Err(undo_dir(e));
         }
-        let waiter = match Waiter::new(pid) {
-            Ok(w) => w,
-            Err(e) => {
-                kill_now();
-                let _ = release(state, &proc_res);
-                return Err(undo_dir(e));
-            }
-        };
         Ok(Launch {
             state: state.clone(),
             dir,
             log,
             pid,
             proc_res,
-            waiter,
-            stdout,
-            at,
+            process,
+            stdout: Some(std::fs::File::from(stream)),
             released: false,
         })
     }
 
     pub fn pid(&self) -> Pid {
         self.pid
-    }
-
-    pub fn waiter(&self) -> &Waiter {
-        &self.waiter
     }
 
     /// QEMU's own error output so far, formatted to append to an error ("" when silent).
@@ -169,19 +129,11 @@ impl Launch {
     }
 
     /// Only while the process is ours and unreaped: a reaped pid may be reused at any time.
-    fn kill_and_reap(&self) {
-        if self.alive() {
+    fn kill_and_reap(&mut self) {
+        if !self.process.is_reaped() && self.alive() {
             let _ = killpg(self.pid, Signal::SIGKILL);
-            self.waiter.kill_and_reap();
+            self.process.kill_and_reap();
         }
-    }
-
-    /// QEMU has exited and been reaped (through [`Launch::waiter`]): release everything.
-    /// Returns what QEMU said.
-    pub fn exited(mut self) -> Result<String, BackendError> {
-        let said = self.said();
-        self.release_all()?;
-        Ok(said)
     }
 
     /// Stop a running QEMU: SIGTERM (QEMU exits cleanly on it), up to `grace` for it to go,
@@ -192,7 +144,7 @@ impl Launch {
             let never = AtomicBool::new(false);
             // Past the grace period wait() SIGKILLs and reaps, and says so with an error that
             // changes nothing here.
-            let _ = self.waiter.wait(Instant::now() + grace, &never);
+            let _ = self.process.wait(Instant::now() + grace, &never);
             self.kill_and_reap();
         }
         self.release_all()

@@ -8,11 +8,17 @@
 //! kernel command line (`ISOBENCH_TASK=hex:...`, which the kernel hands to /init's environment);
 //! the agent's READY and RESULT lines come back on the serial console (QEMU's stdout).
 //!
-//! Per launch: the launch instant is taken just before spawning QEMU, ready when READY appears
-//! on the console, exit when QEMU exits (pidfd), teardown = exit -> the launch's files removed.
-//! QEMU runs in its own process group with PR_SET_PDEATHSIG, is recorded in the ledger by
-//! (pid, start time) right after spawn and released after it is reaped, and is killed on the
-//! deadline or on cancel (see [`launch`]).
+//! Per launch: `plan` (off the clock) fits the workload, makes the run's disk or tap on first
+//! need and records the launch's directory; launch = the directory made and QEMU spawned, ready
+//! when READY appears on the console, exit when QEMU exits (pidfd), teardown = exit -> the
+//! launch's directory removed; ledger releases are written after that, as for every tier. A
+//! measured QEMU runs in its own session, dies with the harness (PR_SET_PDEATHSIG) and is
+//! killed on the deadline or on cancel; like every tier's measured process it is not recorded
+//! by pid (that would put a ledger fsync between launch and ready). Idle instances, which live
+//! long, are recorded by (pid, start time) after spawn (see [`launch`]).
+//!
+//! The agent's peak memory (`agent_peak_rss_kib`) is what the guest agent reports from its own
+//! address space; the host passes it through and never fills it from QEMU's process.
 //!
 //! Data paths, made on first need and kept for the run: the fs workload (`fs` and `fs_volume`
 //! alike) runs on a virtio-blk disk backed by a raw ext4 image in the run's scratch ([`disk`]);
@@ -44,16 +50,19 @@ use std::time::{Duration, Instant};
 
 use self::idle::{wait_ready, Registry};
 use self::kernel::{GuestKernel, KernelError};
-use self::launch::Launch;
+use self::launch::{qemu_said, Launch as Launch_};
 use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
 use self::scale::Fit;
-use super::child::{into_report, read_agent};
-use super::{Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, Timings};
+use super::process::Spec;
+use super::runtimes::{cli_spec, start_cli};
+use super::{Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv};
 use crate::host::net::subnet;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::facts::KvmKind;
 use crate::model::tier::Tier;
+
+use crate::measure::launch::{measure, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::ledger::{Resource, RunState};
@@ -287,6 +296,10 @@ pub struct Vm {
     accel: Accel,
     prep: Option<Prepared>,
     launches: u64,
+    /// What QEMU said on stderr in the last launch (for error messages).
+    last_said: String,
+    /// The last launch used the run's disk image.
+    last_disk: bool,
 }
 
 impl Vm {
@@ -297,6 +310,8 @@ impl Vm {
             accel: accel_of(tier),
             prep: None,
             launches: 0,
+            last_said: String::new(),
+            last_disk: false,
         }
     }
 }
@@ -433,58 +448,133 @@ impl Prepared {
         })
     }
 
-    /// Launch, read the agent's lines, wait for QEMU to exit, release the launch (timed).
-    fn measure(
-        &self,
-        accel: Accel,
-        spec: &LaunchSpec,
-        dir: PathBuf,
-    ) -> Result<Outcome, BackendError> {
-        let mut launch = Launch::start(&self.state, &self.qemu, spec, &self.cpus, dir)?;
-        let deadline = launch.at + self.deadline;
-        let stdout = launch.stdout.take().expect("stdout was piped");
-        let fail = |launch: Launch, e: BackendError| {
-            let said = launch.abort();
-            match e {
-                BackendError::Timeout(_, tail) => BackendError::Timeout(
-                    self.deadline,
-                    format!(
-                        "{tail}{said} (the {} guest did not finish in time)",
-                        accel.as_str()
-                    ),
-                ),
-                other => other,
+    /// The QEMU process of a launch of `spec`: its own session, on the budget's CPUs, marked
+    /// with the run id (what `isobench cleanup` checks before it kills a recorded process).
+    fn process(&self, spec: &LaunchSpec) -> Spec {
+        let args = Qemu::args(spec).into_iter().map(Into::into).collect();
+        let mut p = cli_spec(&self.qemu.binary, args, &self.cpus);
+        p.env.push((
+            crate::state::cleanup::validate::RUN_ID_ENV.into(),
+            self.state.id.clone().into(),
+        ));
+        p.new_session = true;
+        p
+    }
+}
+
+/// One measured launch, planned: its directory (QEMU's stderr) and the QEMU command.
+pub struct VmPlan {
+    dir: PathBuf,
+    process: Spec,
+    /// The launch uses the run's disk image (marked dirty if the launch fails).
+    disk: bool,
+}
+
+impl VmPlan {
+    fn log(&self) -> PathBuf {
+        self.dir.join("qemu.stderr")
+    }
+}
+
+impl Launch for Vm {
+    type Plan = VmPlan;
+    type Running = ();
+
+    /// Off the clock: the workload fitted to the guest, the run's disk or tap made on first
+    /// need, the command line, and the launch's directory recorded in the ledger.
+    fn plan(&mut self, task: &Task) -> Result<VmPlan, BackendError> {
+        self.launches += 1;
+        let n = self.launches;
+        let (tier, accel) = (self.tier, self.accel);
+        let p = self
+            .prep
+            .as_mut()
+            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+        let mut task = task.clone();
+        let notes = p.fit.apply(&mut task.workload);
+        if !notes.is_empty() {
+            tracing::info!(
+                "{tier}: {} fitted: {}",
+                task.workload.name(),
+                notes.join(", ")
+            );
+        }
+        let mut g = task.guest.take().unwrap_or_default();
+        g.modules = p.modules.clone();
+        let (mut drive, mut tap_name) = (None, None);
+        // Both data paths of a VM are the virtio-blk disk; both net paths the tap.
+        match &mut task.workload {
+            Workload::Fs(f) => {
+                disk::check_fits(f.file_mib, p.disk_cfg.mib).map_err(other)?;
+                let path = p.ensure_disk()?;
+                f.dir = disk::GUEST_MOUNT.into();
+                g.disk_device = Some(disk::GUEST_DEVICE.into());
+                g.disk_mount = Some(disk::GUEST_MOUNT.into());
+                drive = Some(Drive {
+                    path,
+                    cache: p.disk_cfg.cache,
+                    aio: p.disk_cfg.aio,
+                });
             }
-        };
-        let stream = match read_agent(stdout.as_fd(), deadline, &self.cancel) {
-            Ok(s) => s,
-            Err(e) => return Err(fail(launch, e)),
-        };
-        let (exited, code) = match launch.waiter().wait(deadline, &self.cancel) {
-            Ok(x) => x,
-            Err(e) => return Err(fail(launch, e)),
-        };
-        drop(stdout);
-        let at = launch.at;
-        let said = launch.exited()?;
-        let released = Instant::now();
-        let report = into_report(&stream, code).map_err(|e| match e {
-            BackendError::Agent(m) if !said.is_empty() => BackendError::Agent(format!("{m}{said}")),
-            other => other,
-        })?;
-        let ready = stream
-            .ready_at
-            .ok_or_else(|| BackendError::Agent("the agent never signalled ready".into()))?;
-        Ok(Outcome {
-            timings: Timings {
-                launch_to_ready: ready - at,
-                launch_to_exit: exited - at,
-                teardown: released - exited,
-            },
-            report,
-            exit_code: Some(code),
+            Workload::Net(np) => {
+                let net = p.ensure_net(tier)?;
+                np.peer = net.peer.local_addr().to_string();
+                g.net_addr = Some(net.link.guest_cidr());
+                tap_name = Some(net.tap.clone());
+            }
+            Workload::Idle(_) | Workload::Density(_) => {
+                return Err(BackendError::Other(format!(
+                    "{} is not a measured launch: the density measurement uses start_idle",
+                    task.workload.name()
+                )))
+            }
+            Workload::Noop | Workload::Cpu(_) | Workload::Memory(_) => {}
+        }
+        task.guest = Some(g);
+        let mut spec = p.spec(accel, &task)?;
+        let disk = drive.is_some();
+        spec.disk = drive;
+        spec.tap = tap_name;
+        let dir = p.work.join(format!("launch-{n}"));
+        kernel_dir_refuse(&dir)?;
+        record(&p.state, &Resource::Dir { path: dir.clone() })?;
+        Ok(VmPlan {
+            dir,
+            process: p.process(&spec),
+            disk,
         })
     }
+
+    /// On the clock: the launch's directory, then QEMU.
+    fn start(&mut self, plan: &mut VmPlan) -> Result<Started<()>, BackendError> {
+        std::fs::create_dir(&plan.dir)
+            .map_err(|e| BackendError::io(format!("creating {}", plan.dir.display()), e))?;
+        let log = plan.log();
+        start_cli(&mut plan.process, &log)
+            .map_err(|e| BackendError::Other(format!("{e} (is it executable? --set qemu=PATH)")))
+    }
+
+    /// On the clock, after QEMU exited: the launch's directory (QEMU's stderr, kept in memory
+    /// for an error message). The run's disk image and tap stay for the run, as the runtimes'
+    /// bridge and image do.
+    fn teardown(&mut self, plan: VmPlan, _running: Option<()>) -> Result<(), BackendError> {
+        self.last_said = qemu_said(&plan.log());
+        self.last_disk = plan.disk;
+        if plan.dir.exists() {
+            kernel::remove_plain_tree(&plan.dir).map_err(other)?;
+        }
+        let p = self
+            .prep
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("teardown before prepare".into()))?;
+        // Deferred by the core until after the released instant.
+        release(&p.state, &Resource::Dir { path: plan.dir })
+    }
+}
+
+/// Refuse a launch directory that exists (one this launch did not make is never adopted).
+fn kernel_dir_refuse(dir: &Path) -> Result<(), BackendError> {
+    crate::backend::resources::refuse_existing(dir)
 }
 
 impl Backend for Vm {
@@ -636,62 +726,33 @@ impl Backend for Vm {
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        self.launches += 1;
-        let n = self.launches;
-        let (tier, accel) = (self.tier, self.accel);
         let p = self
             .prep
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
-        let mut task = task.clone();
-        let notes = p.fit.apply(&mut task.workload);
-        if !notes.is_empty() {
-            tracing::info!(
-                "{tier}: {} fitted: {}",
-                task.workload.name(),
-                notes.join(", ")
-            );
-        }
-        let mut g = task.guest.take().unwrap_or_default();
-        g.modules = p.modules.clone();
-        let (mut drive, mut tap_name) = (None, None);
-        // Both data paths of a VM are the virtio-blk disk; both net paths the tap.
-        match &mut task.workload {
-            Workload::Fs(f) => {
-                disk::check_fits(f.file_mib, p.disk_cfg.mib).map_err(other)?;
-                let path = p.ensure_disk()?;
-                f.dir = disk::GUEST_MOUNT.into();
-                g.disk_device = Some(disk::GUEST_DEVICE.into());
-                g.disk_mount = Some(disk::GUEST_MOUNT.into());
-                drive = Some(Drive {
-                    path,
-                    cache: p.disk_cfg.cache,
-                    aio: p.disk_cfg.aio,
-                });
-            }
-            Workload::Net(np) => {
-                let net = p.ensure_net(tier)?;
-                np.peer = net.peer.local_addr().to_string();
-                g.net_addr = Some(net.link.guest_cidr());
-                tap_name = Some(net.tap.clone());
-            }
-            Workload::Idle(_) | Workload::Density(_) => {
-                return Err(BackendError::Other(format!(
-                    "{} is not a measured launch: the density measurement uses start_idle",
-                    task.workload.name()
-                )))
-            }
-            Workload::Noop | Workload::Cpu(_) | Workload::Memory(_) => {}
-        }
-        task.guest = Some(g);
-        let mut spec = p.spec(accel, &task)?;
-        spec.disk = drive;
-        spec.tap = tap_name;
-        let out = p.measure(accel, &spec, p.work.join(format!("launch-{n}")));
-        if let (Err(_), Some(d)) = (&out, &mut p.disk) {
-            if spec.disk.is_some() {
-                d.dirty = true;
-            }
+        let (state, cancel, deadline) = (p.state.clone(), p.cancel.clone(), p.deadline);
+        self.last_said.clear();
+        self.last_disk = false;
+        let accel = self.accel;
+        let until = Instant::now() + deadline;
+        let out = measure(self, task, until, &cancel, &state).map_err(|e| match e {
+            BackendError::Timeout(_, tail) => BackendError::Timeout(
+                deadline,
+                format!(
+                    "{tail}{} (the {} guest did not finish in time)",
+                    self.last_said,
+                    accel.as_str()
+                ),
+            ),
+            BackendError::Agent(m) => BackendError::Agent(format!("{m}{}", self.last_said)),
+            other => other,
+        });
+        if let (Err(_), true, Some(d)) = (
+            &out,
+            self.last_disk,
+            self.prep.as_mut().and_then(|p| p.disk.as_mut()),
+        ) {
+            d.dirty = true;
         }
         out
     }
@@ -715,15 +776,11 @@ impl Backend for Vm {
         task.guest = Some(g);
         // No disk and no tap: idle needs neither, and K instances must not share them.
         let spec = p.spec(self.accel, &task)?;
-        let launch = Launch::start(
-            &p.state,
-            &p.qemu,
-            &spec,
-            &p.cpus,
-            p.work.join(format!("idle-{n}")),
-        )?;
+        let ready_by = Instant::now() + p.deadline;
+        let mut process = p.process(&spec);
+        let launch = Launch_::start(&p.state, &mut process, p.work.join(format!("idle-{n}")))?;
         let ready = match &launch.stdout {
-            Some(out) => wait_ready(out.as_fd(), launch.at + p.deadline, &p.cancel),
+            Some(out) => wait_ready(out.as_fd(), ready_by, &p.cancel),
             None => Err(BackendError::Other(
                 "the guest console was not piped".into(),
             )),
