@@ -108,7 +108,7 @@ const VM_SETTINGS: &[Setting] = &[
         key: "disk_mib",
         kind: SettingKind::UInt {
             min: vm::disk::MIN_DISK_MIB,
-            max: crate::model::bounds::MAX_SIZE_MIB,
+            max: crate::model::scenario::bounds::MAX_SIZE_MIB,
         },
         help: "size of the guest's scratch disk for fs workloads, MiB",
     },
@@ -130,7 +130,7 @@ const EMULATED_SETTINGS: &[Setting] = &[
         key: "phase_budget_ms",
         kind: SettingKind::UInt {
             min: 100,
-            max: crate::model::bounds::MAX_PHASE_MS,
+            max: crate::model::scenario::bounds::MAX_PHASE_MS,
         },
         help: "wall time each scaled workload phase aims for under emulation, ms",
     },

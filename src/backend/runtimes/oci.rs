@@ -730,7 +730,7 @@ impl IdleInstance for RuntimeIdle {
         else {
             return vec![];
         };
-        crate::measure::density::descendants(root)
+        crate::host::proc::descendants(root)
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
