@@ -306,9 +306,9 @@ fn run_baseline_history_and_ab_on_bare() {
             "--backends",
             "bare",
             "--a",
-            "x=1",
+            "label=x1",
             "--b",
-            "x=2",
+            "label=x2",
             "-n",
             "6",
             "-q",
@@ -322,7 +322,7 @@ fn run_baseline_history_and_ab_on_bare() {
     let b = isobench::model::results::Results::load(&ab.join("b")).unwrap();
     assert_eq!(
         b.tiers[0].settings.get("ab_variant").map(String::as_str),
-        Some("b: x=2")
+        Some("b: label=x2")
     );
     assert_eq!(
         b.samples

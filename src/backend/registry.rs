@@ -21,6 +21,8 @@ pub enum SettingKind {
     UInt { min: u64, max: u64 },
     /// One of these words.
     Choice(&'static [&'static str]),
+    /// Free text (up to 64 characters, no control characters).
+    Text,
 }
 
 /// One setting a tier accepts.
@@ -55,6 +57,13 @@ impl Setting {
                     Err(format!("use one of {}", words.join(", ")))
                 }
             }
+            SettingKind::Text => {
+                if value.chars().count() <= 64 && !value.chars().any(char::is_control) {
+                    Ok(())
+                } else {
+                    Err("expected up to 64 printable characters".into())
+                }
+            }
         }
     }
 
@@ -64,6 +73,7 @@ impl Setting {
             SettingKind::File => "PATH".to_string(),
             SettingKind::UInt { min, max } => format!("{min}..{max}"),
             SettingKind::Choice(words) => words.join("|"),
+            SettingKind::Text => "TEXT".to_string(),
         };
         format!("{}={ty}", self.key)
     }
@@ -84,6 +94,14 @@ pub struct Row {
     /// The settings it accepts.
     pub settings: &'static [Setting],
 }
+
+/// Settings every tier accepts (checked before the tier's own).
+pub const COMMON_SETTINGS: &[Setting] = &[Setting {
+    key: "label",
+    kind: SettingKind::Text,
+    help:
+        "a name for this configuration, recorded with the run (e.g. the two sides of an A/A test)",
+}];
 
 /// The settings of the VM tiers (microvm, emulated).
 const VM_SETTINGS: &[Setting] = &[
@@ -109,7 +127,7 @@ const VM_SETTINGS: &[Setting] = &[
         key: "disk_mib",
         kind: SettingKind::UInt {
             min: vm::disk::MIN_DISK_MIB,
-            max: crate::model::bounds::MAX_SIZE_MIB,
+            max: crate::model::scenario::bounds::MAX_SIZE_MIB,
         },
         help: "size of the guest's scratch disk for fs workloads, MiB",
     },
@@ -131,7 +149,7 @@ const EMULATED_SETTINGS: &[Setting] = &[
         key: "phase_budget_ms",
         kind: SettingKind::UInt {
             min: 100,
-            max: crate::model::bounds::MAX_PHASE_MS,
+            max: crate::model::scenario::bounds::MAX_PHASE_MS,
         },
         help: "wall time each scaled workload phase aims for under emulation, ms",
     },
@@ -258,9 +276,9 @@ pub fn check_settings(
         let specs: Vec<(Tier, Setting)> = tiers
             .iter()
             .filter_map(|&t| {
-                row(t)
-                    .settings
+                COMMON_SETTINGS
                     .iter()
+                    .chain(row(t).settings)
                     .find(|s| s.key == key)
                     .map(|s| (t, *s))
             })
@@ -281,6 +299,7 @@ pub fn check_settings(
 
 /// "valid keys for emulated: vmm=..., ...", or that the tiers take none.
 fn valid_keys(tiers: &[Tier]) -> String {
+    let common: Vec<String> = COMMON_SETTINGS.iter().map(Setting::signature).collect();
     let per_tier: Vec<String> = tiers
         .iter()
         .filter(|&&t| !row(t).settings.is_empty())
@@ -292,11 +311,16 @@ fn valid_keys(tiers: &[Tier]) -> String {
     let names: Vec<&str> = tiers.iter().map(|t| t.as_str()).collect();
     if per_tier.is_empty() {
         format!(
-            "unknown setting: {} take(s) no settings (see `isobench doctor` for each tier's settings)",
-            names.join(", ")
+            "unknown setting: {} take(s) only {} (see `isobench doctor` for each tier's settings)",
+            names.join(", "),
+            common.join(", ")
         )
     } else {
-        format!("unknown setting: {}", per_tier.join("; "))
+        format!(
+            "unknown setting: every tier takes {}; {}",
+            common.join(", "),
+            per_tier.join("; ")
+        )
     }
 }
 
@@ -342,7 +366,8 @@ mod tests {
         let e = check_settings(&[Tier::Bare], &set(&[("disk_mib", "512")]), "--set")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no settings"), "{e}");
+        assert!(e.contains("take(s) only label=TEXT"), "{e}");
+        check_settings(&[Tier::Bare], &set(&[("label", "side a")]), "--a").unwrap();
         let e = check_settings(&[Tier::Microvm], &set(&[("disk_aio", "posix")]), "--set")
             .unwrap_err()
             .to_string();

@@ -13,8 +13,8 @@ use crate::cli::AbArgs;
 use crate::compare::{compare, CompareOptions, Thresholds};
 use crate::exit_codes::ExitCode;
 use crate::measure::runner;
-use crate::model::bounds::{self, Machine};
 use crate::model::facts::HostFacts;
+use crate::model::scenario::bounds::{self, Machine};
 use crate::model::tier::Tier;
 use crate::{outdir, outln};
 

@@ -16,9 +16,9 @@ use crate::compare::{compare, Thresholds};
 use crate::exit_codes::ExitCode;
 use crate::history::{self, History};
 use crate::measure::runner::{self, RunConfig};
-use crate::model::bounds::{self, Machine};
 use crate::model::facts::HostFacts;
 use crate::model::results::{Results, TierStatus};
+use crate::model::scenario::bounds::{self, Machine};
 use crate::model::tier::Tier;
 use crate::{outdir, outln};
 

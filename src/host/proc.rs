@@ -1,7 +1,9 @@
-//! Readers of /proc: memory figures, process identity (pid + start time) and the
+//! Readers of /proc: memory figures, process identity (pid + start time), process trees and the
 //! environment marker that ties a process to its run; and sysctl restoration.
 
 use std::path::Path;
+
+use nix::unistd::Pid;
 
 /// The environment variable that marks a process the harness started directly.
 pub const RUN_ID_ENV: &str = "ISOBENCH_RUN_ID";
@@ -44,9 +46,49 @@ pub fn restore_sysctl(path: &Path, value: &str) -> Result<(), String> {
     })
 }
 
+/// `root` and every process below it (from /proc/*/stat parent links), root first.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let mut parent_of: Vec<(i32, i32)> = vec![];
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name (which may hold spaces and parentheses).
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].as_raw();
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == p)
+                .map(|(c, _)| Pid::from_raw(*c)),
+        );
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descendants_start_with_the_root() {
+        assert_eq!(descendants(Pid::this())[0], Pid::this());
+    }
 
     #[test]
     fn start_time_of_self() {

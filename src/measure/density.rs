@@ -26,41 +26,6 @@ pub fn pss_kib(pid: Pid) -> Option<u64> {
     parse_pss(&s)
 }
 
-/// `root` and every process below it (from /proc/*/stat parent links), root first.
-pub fn descendants(root: Pid) -> Vec<Pid> {
-    let mut parent_of: Vec<(i32, i32)> = vec![];
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the command name (which may hold spaces and parentheses).
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                continue;
-            };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].as_raw();
-        out.extend(
-            parent_of
-                .iter()
-                .filter(|(_, pp)| *pp == p)
-                .map(|(c, _)| Pid::from_raw(*c)),
-        );
-        i += 1;
-    }
-    out
-}
-
 fn parse_pss(smaps_rollup: &str) -> Option<u64> {
     smaps_rollup
         .lines()
@@ -155,6 +120,5 @@ mod tests {
         assert_eq!(parse_pss(s), Some(1234));
         assert_eq!(parse_pss("Rss: 1 kB\n"), None);
         assert!(pss_kib(Pid::this()).unwrap() > 0);
-        assert_eq!(descendants(Pid::this())[0], Pid::this());
     }
 }

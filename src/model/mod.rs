@@ -3,7 +3,6 @@
 //! vocabulary, statistics and the leaf host utilities `host::fs` / `host::proc`).
 
 pub mod availability;
-pub mod bounds;
 pub mod budget;
 pub mod facts;
 pub mod results;

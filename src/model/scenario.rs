@@ -1,6 +1,8 @@
 //! Scenario files (`scenarios/*.toml`): which workloads, how many repetitions per tier, and the
 //! CPU/memory budget every tier gets. Parsed strictly: a typo is an error that names the line.
 
+pub mod bounds;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -162,14 +164,14 @@ pub enum ScenarioError {
 
 impl Scenario {
     /// Check the scenario against this machine for the tiers that will run (memory, free disk,
-    /// CPUs, pids; see [`crate::model::bounds::check_machine`]). `origin` names the file in errors.
+    /// CPUs, pids; see [`crate::model::scenario::bounds::check_machine`]). `origin` names the file in errors.
     pub fn check_machine(
         &self,
         origin: &str,
         tiers: &[Tier],
-        machine: &crate::model::bounds::Machine,
+        machine: &crate::model::scenario::bounds::Machine,
     ) -> Result<(), ScenarioError> {
-        crate::model::bounds::check_machine(self, tiers, machine).map_err(|message| {
+        crate::model::scenario::bounds::check_machine(self, tiers, machine).map_err(|message| {
             ScenarioError::Invalid {
                 path: origin.into(),
                 message,
@@ -208,7 +210,7 @@ impl Scenario {
         // Host-assigned fields first, on the raw document: serde would accept them (results and
         // tasks carry them), and the harness would silently overwrite them.
         if let Ok(doc) = text.parse::<toml::Table>() {
-            crate::model::bounds::check_host_assigned(&doc).map_err(|message| {
+            crate::model::scenario::bounds::check_host_assigned(&doc).map_err(|message| {
                 ScenarioError::Invalid {
                     path: origin.into(),
                     message,
@@ -242,7 +244,7 @@ impl Scenario {
                     .into(),
             );
         }
-        crate::model::bounds::check_scenario(self)
+        crate::model::scenario::bounds::check_scenario(self)
     }
 
     /// The plan for `tier`: tier override, then `[defaults]`, then built-in defaults;

@@ -789,7 +789,7 @@ struct RuntimeIdle {
 impl IdleInstance for RuntimeIdle {
     fn host_pids(&self) -> Vec<nix::unistd::Pid> {
         match &self.process {
-            Some(p) => crate::measure::density::descendants(p.pid),
+            Some(p) => crate::host::proc::descendants(p.pid),
             None => vec![],
         }
     }
