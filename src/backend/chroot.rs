@@ -25,8 +25,6 @@ use crate::rootfs::{self, AGENT_IN_ROOTFS};
 use crate::state::{Resource, RunState};
 use crate::tier::Tier;
 
-pub use super::process::cloexec_from_3;
-
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {
         return Availability::unavailable(
