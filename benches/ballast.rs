@@ -43,6 +43,9 @@ fn knob(name: &str, default: usize, max: usize) -> usize {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -120,16 +123,23 @@ fn main() {
     }
     let task = Task::new(Workload::Noop);
     // Warm-up: page cache, dentries, cgroup parents.
-    for (_, b) in &mut backends {
+    let mut failed = None;
+    for (tier, b) in &mut backends {
         for _ in 0..3 {
-            b.run_once(&task).expect("warm-up launch");
+            if let Err(e) = b.run_once(&task) {
+                failed.get_or_insert(format!("{tier} warm-up launch failed: {e}"));
+            }
         }
     }
     // samples[tier][with ballast] = launch -> exit, ms
     let mut samples: BTreeMap<(Tier, bool), Vec<f64>> = BTreeMap::new();
+    let mut paired: BTreeMap<(Tier, bool), Vec<f64>> = BTreeMap::new();
     let mut rss_with = 0.0f64;
     let mut rss_without = f64::MAX;
     for block in 0..blocks {
+        if failed.is_some() {
+            break;
+        }
         let with = block % 2 == 1;
         let held = with.then(|| ballast(mib));
         if with {
@@ -137,19 +147,51 @@ fn main() {
         } else {
             rss_without = rss_without.min(rss_mib());
         }
+        let mut this: Vec<Vec<f64>> = vec![vec![]; backends.len()];
         for _ in 0..per_block {
-            for (tier, b) in &mut backends {
-                let o = b.run_once(&task).expect("launch");
-                samples
-                    .entry((*tier, with))
-                    .or_default()
-                    .push(o.timings.launch_to_exit.as_secs_f64() * 1e3);
+            let mut round: BTreeMap<Tier, f64> = BTreeMap::new();
+            for (k, (tier, b)) in backends.iter_mut().enumerate() {
+                let o = match b.run_once(&task) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        failed.get_or_insert(format!("{tier} launch failed: {e}"));
+                        continue;
+                    }
+                };
+                let ms = o.timings.launch_to_exit.as_secs_f64() * 1e3;
+                samples.entry((*tier, with)).or_default().push(ms);
+                this[k].push(ms);
+                round.insert(*tier, ms);
+            }
+            // Paired ratios: each tier against the bare launch of the same round (the load of
+            // a shared machine drifts slower than one round).
+            if let Some(b) = round.get(&Tier::Bare).copied() {
+                for (t, ms) in &round {
+                    paired.entry((*t, with)).or_default().push(ms / b);
+                }
             }
         }
         drop(held);
+        let line: Vec<String> = backends
+            .iter()
+            .zip(&mut this)
+            .map(|((t, _), v)| format!("{} {:.3}", t.as_str(), median(v)))
+            .collect();
+        println!(
+            "block {block} ({}): median ms {}",
+            if with { "ballast" } else { "none" },
+            line.join(", ")
+        );
     }
-    for (_, b) in &mut backends {
-        b.finish().expect("finish");
+    // Every backend is finished, whatever failed (nothing may be left on the host).
+    for (tier, b) in &mut backends {
+        if let Err(e) = b.finish() {
+            eprintln!("finishing {tier}: {e}");
+        }
+    }
+    if let Some(f) = failed {
+        eprintln!("ballast: {f}");
+        std::process::exit(1);
     }
     println!(
         "ballast: {blocks} blocks x {per_block} launches per tier, alternating without/with a {mib} MiB touched ballast (harness RSS {rss_without:.0} MiB / {rss_with:.0} MiB)"
@@ -179,9 +221,19 @@ fn main() {
         };
         let (r0, r1) = (t0 / b0, t1 / b1);
         println!(
-            "{}/bare launch_to_exit ratio: without {r0:.3}, with {r1:.3}, change {:+.1}%",
+            "{}/bare launch_to_exit ratio of medians: without {r0:.3}, with {r1:.3}, change {:+.1}%",
             tier.as_str(),
             (r1 / r0 - 1.0) * 100.0
         );
+        if let (Some(p0), Some(p1)) = (
+            paired.get_mut(&(tier, false)).map(|v| median(v)),
+            paired.get_mut(&(tier, true)).map(|v| median(v)),
+        ) {
+            println!(
+                "{}/bare launch_to_exit median of paired ratios: without {p0:.3}, with {p1:.3}, change {:+.1}%",
+                tier.as_str(),
+                (p1 / p0 - 1.0) * 100.0
+            );
+        }
     }
 }

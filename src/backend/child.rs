@@ -3,7 +3,7 @@
 //! instant is exact and the wait is bounded.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -169,26 +169,15 @@ fn take_line(line: &str, at: Instant, res: &mut StreamResult, tail: &mut VecDequ
     }
 }
 
-/// A process we started, waited on through a pidfd.
+/// A process started through `std::process::Command`, waited on through a pidfd (transitional:
+/// the runtime and VM tiers until they create their processes through
+/// [`super::process`], whose `Process` replaces this).
 pub struct Waiter {
     pid: Pid,
     pidfd: OwnedFd,
 }
 
-/// A pidfd for `pid` (close-on-exec; readable once the process has exited).
-pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, BackendError> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(BackendError::io(
-            "pidfd_open (needs Linux 5.3 or newer)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let fd = i32::try_from(fd).map_err(|_| BackendError::Other("pidfd out of range".into()))?;
-    // SAFETY: the syscall just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+pub use super::process::pidfd_open;
 
 impl Waiter {
     pub fn new(pid: Pid) -> Result<Self, BackendError> {

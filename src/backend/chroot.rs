@@ -27,8 +27,6 @@ use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::state::ledger::{Resource, RunState};
 
-pub use super::process::cloexec_from_3;
-
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {
         return Availability::unavailable(

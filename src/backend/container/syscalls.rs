@@ -107,14 +107,12 @@ pub struct MountPlan<'a> {
     pub volume: Option<(&'a CStr, &'a CStr)>,
 }
 
-/// Each step, so a failure in the child can be reported to the parent as a number.
+/// Each step, so a failure in the child can be reported to the parent as a number (the steps
+/// around it, from dying with the parent to exec, are [`crate::backend::process`]'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Step {
-    Pdeathsig = 1,
-    JoinCgroup,
-    SyncWait,
-    UnshareCgroup,
+    UnshareCgroup = 1,
     MakePrivate,
     Hostname,
     MountOverlay,
@@ -129,17 +127,10 @@ pub enum Step {
     MountTmp,
     MountCgroup,
     LoopbackUp,
-    Affinity,
-    Stdio,
-    CloseFds,
-    Exec,
 }
 
 impl Step {
-    pub const ALL: [Step; 22] = [
-        Step::Pdeathsig,
-        Step::JoinCgroup,
-        Step::SyncWait,
+    pub const ALL: [Step; 15] = [
         Step::UnshareCgroup,
         Step::MakePrivate,
         Step::Hostname,
@@ -155,10 +146,6 @@ impl Step {
         Step::MountTmp,
         Step::MountCgroup,
         Step::LoopbackUp,
-        Step::Affinity,
-        Step::Stdio,
-        Step::CloseFds,
-        Step::Exec,
     ];
 
     pub fn from_u32(v: u32) -> Option<Step> {
@@ -169,9 +156,6 @@ impl Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
-            Step::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
-            Step::JoinCgroup => "joining the launch cgroup",
-            Step::SyncWait => "waiting for the parent",
             Step::UnshareCgroup => "unshare(CLONE_NEWCGROUP)",
             Step::MakePrivate => "making / rprivate",
             Step::Hostname => "sethostname",
@@ -187,10 +171,6 @@ impl fmt::Display for Step {
             Step::MountTmp => "mounting /tmp",
             Step::MountCgroup => "mounting the cgroup filesystem",
             Step::LoopbackUp => "bringing lo up",
-            Step::Affinity => "sched_setaffinity",
-            Step::Stdio => "setting up stdio",
-            Step::CloseFds => "marking fds close-on-exec",
-            Step::Exec => "execve /bin/isobench-agent",
         };
         f.write_str(s)
     }
