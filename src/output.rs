@@ -163,7 +163,8 @@ fn metric_rank(m: &str) -> u8 {
         "launch_to_ready_ms" => 0,
         "launch_to_exit_ms" => 1,
         "teardown_ms" => 2,
-        _ => 3,
+        "launch_to_released_ms" => 3,
+        _ => 4,
     }
 }
 

@@ -1,8 +1,12 @@
-//! `chroot`: the agent chrooted into a hand-prepared minimal rootfs (the agent and its shared
-//! libraries), pinned to the budget's CPUs.
+//! `chroot`: the agent chrooted into a hand-prepared minimal rootfs (the static agent and the
+//! usual directories, with `/proc` mounted as hand-built jails have it), pinned to the budget's
+//! CPUs.
 //!
 //! Not a security boundary: a root process can leave a chroot. It isolates the file view only;
-//! pids, network, hostname and mounts are the host's.
+//! pids, network, hostname and mounts are the host's. The jail's `/proc` (mounted once per run,
+//! recorded in the ledger, nosuid/nodev/noexec) is the host's pid namespace seen from inside: it
+//! is what lets the agent read its own peak memory (`VmHWM`) like every other tier, and what
+//! shows the probe that processes stay shared.
 //!
 //! Data paths: the fs workload works in the jail's `/data`, a plain directory of the rootfs copy
 //! on the host filesystem (both `DataPath`s); the net workload talks to a `NetPeer` on
@@ -35,7 +39,7 @@ pub fn availability(host: &HostFacts) -> Availability {
         );
     }
     Availability::Available {
-        detail: "chroot into a minimal rootfs (agent + ldd libraries)".into(),
+        detail: "chroot into a minimal rootfs (static agent, /proc mounted)".into(),
     }
 }
 
@@ -46,6 +50,8 @@ pub struct Chroot {
     agent: AgentLaunch,
     /// The run's rootfs copy (None once finished).
     rootfs: Option<PathBuf>,
+    /// The jail's /proc mount point (None once unmounted).
+    proc: Option<PathBuf>,
     state: Arc<RunState>,
     cancel: Arc<AtomicBool>,
     /// The net workload's peer on 127.0.0.1.
@@ -90,7 +96,14 @@ impl Chroot {
                 data.display()
             ))));
         }
-        let peer = loopback_peer().map_err(undo)?;
+        let proc = mount_proc(&env.state, &dir).map_err(undo)?;
+        let peer = match loopback_peer() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = unmount_proc(&env.state, &proc);
+                return Err(undo(e));
+            }
+        };
         Ok(Chroot {
             agent: AgentLaunch {
                 program: PathBuf::from(AGENT_IN_ROOTFS),
@@ -101,6 +114,7 @@ impl Chroot {
                 peer: peer.local_addr(),
             },
             rootfs: Some(dir),
+            proc: Some(proc),
             state: env.state.clone(),
             cancel: env.cancel.clone(),
             peer: Some(peer),
@@ -135,6 +149,9 @@ impl Backend for Chroot {
         if let Some(p) = self.peer.take() {
             p.stop();
         }
+        if let Some(proc) = self.proc.take() {
+            unmount_proc(&self.state, &proc)?;
+        }
         if let Some(dir) = self.rootfs.take() {
             safe_remove_tree(&dir).map_err(|e| {
                 BackendError::io(format!("removing the chroot rootfs {}", dir.display()), e)
@@ -149,7 +166,7 @@ impl Backend for Chroot {
     fn settings(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("cpus".into(), format!("{:?}", self.agent.cpus)),
-            ("rootfs".into(), "minimal (agent + ldd libraries)".into()),
+            ("rootfs".into(), "minimal (static agent, /proc mounted)".into()),
             (
                 "fs_path".into(),
                 "/data in the jail (a directory of the rootfs copy, host filesystem)".into(),
@@ -157,4 +174,46 @@ impl Backend for Chroot {
             ("net_path".into(), "loopback (127.0.0.1)".into()),
         ])
     }
+}
+
+/// Mount a proc file system on the jail's `/proc` (recorded before it is mounted; a plain,
+/// empty directory of the run's rootfs copy, refused otherwise).
+fn mount_proc(state: &RunState, rootfs: &std::path::Path) -> Result<PathBuf, BackendError> {
+    use nix::mount::{mount, MsFlags};
+    let proc = rootfs.join("proc");
+    let plain_empty_dir = std::fs::symlink_metadata(&proc).is_ok_and(|m| m.file_type().is_dir())
+        && std::fs::read_dir(&proc).is_ok_and(|mut d| d.next().is_none());
+    if !plain_empty_dir {
+        return Err(BackendError::Other(format!(
+            "{} is not an empty plain directory: rebuild the rootfs",
+            proc.display()
+        )));
+    }
+    let res = Resource::Mount { path: proc.clone() };
+    state
+        .record(res.clone())
+        .map_err(|e| BackendError::io("recording the jail's /proc in the ledger", e))?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        let _ = state.release(&res);
+        BackendError::sys(format!("mounting proc on {}", proc.display()), e)
+    })?;
+    Ok(proc)
+}
+
+/// Unmount the jail's `/proc` and forget it.
+fn unmount_proc(state: &RunState, proc: &std::path::Path) -> Result<(), BackendError> {
+    nix::mount::umount2(proc, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| BackendError::sys(format!("unmounting {}", proc.display()), e))?;
+    state
+        .release(&Resource::Mount {
+            path: proc.to_path_buf(),
+        })
+        .map_err(|e| BackendError::io("updating the run ledger", e))
 }

@@ -12,9 +12,10 @@ use crate::model::tier::Tier;
 use crate::stats::median;
 
 /// Metrics the analysis covers, with the words the report uses for them.
-pub const METRICS: [(&str, &str); 2] = [
+pub const METRICS: [(&str, &str); 3] = [
     (LAUNCH_TO_EXIT_MS, "launch→exit"),
     (LAUNCH_TO_READY_MS, "launch→ready"),
+    ("launch_to_released_ms", "launch→released"),
 ];
 
 /// Groups (samples after one previous tier) smaller than this are left out of the test.
