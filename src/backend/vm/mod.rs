@@ -222,13 +222,27 @@ pub fn host_tsc_khz() -> Option<u64> {
 
 /// The kernel command line without the task: console on the serial port, quiet (every console
 /// byte is an emulated UART write), reboot by triple fault and at once on panic (QEMU has
-/// `-no-reboot`, so both end it), and for TCG the TSC frequency.
+/// `-no-reboot`, so both end it), for TCG the TSC frequency, and the host's transparent huge
+/// page mode (Debian's guest kernel defaults to `always`, a host often runs `madvise`: with
+/// `always` the agent's heap takes a 2 MiB page and its VmHWM doubles, a cost of the guest's
+/// configuration, not of the tier).
 pub fn base_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
     let mut s = String::from("console=ttyS0 quiet reboot=t panic=-1 tsc=reliable");
     if let (Accel::Tcg, Some(k)) = (accel, tsc_khz) {
         s.push_str(&format!(" tsc_early_khz={k}"));
     }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
+    if let Some(mode) = thp.as_deref().and_then(thp_mode) {
+        s.push_str(&format!(" transparent_hugepage={mode}"));
+    }
     s
+}
+
+/// The selected mode of a `/sys/kernel/mm/transparent_hugepage/enabled` text (the bracketed
+/// word, e.g. `always [madvise] never` -> `madvise`).
+pub fn thp_mode(text: &str) -> Option<&'static str> {
+    let selected = text.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
+    ["always", "madvise", "never"].into_iter().find(|m| *m == selected)
 }
 
 /// The full command line with the task; refuses one the kernel would truncate.
@@ -1048,6 +1062,10 @@ mod tests {
         let base = base_cmdline(Accel::Tcg, Some(2_596_128));
         assert!(base.contains("tsc_early_khz=2596128") && base.contains("reboot=t panic=-1"));
         assert!(!base_cmdline(Accel::Kvm, Some(1)).contains("tsc_early_khz"));
+        assert_eq!(thp_mode("always [madvise] never\n"), Some("madvise"));
+        assert_eq!(thp_mode("[always] madvise never"), Some("always"));
+        assert_eq!(thp_mode("always madvise never"), None);
+        assert_eq!(thp_mode("[bogus] never"), None);
         let mut t = Task {
             guest: Some(GuestSetup {
                 modules: (0..12)
