@@ -290,6 +290,20 @@ pub fn run_arms(
         cfg.arms.iter().all(|a| a.output < cfg.outputs.len()),
         "every arm names an output"
     );
+    if cfg.outputs.is_empty() {
+        bail!("a run needs at least one output directory");
+    }
+    for (i, a) in cfg.arms.iter().enumerate() {
+        if cfg.arms[..i]
+            .iter()
+            .any(|b| b.output == a.output && b.tier == a.tier)
+        {
+            bail!(
+                "{} appears twice in one output: two arms of one tier need an output each (as `isobench ab` does)",
+                a.tier
+            );
+        }
+    }
     let budget = Budget {
         cpus: budget_cpus(cfg.scenario.budget.cpus)?,
         memory_mib: cfg.scenario.budget.memory_mib,
@@ -322,14 +336,36 @@ pub fn run_arms(
             cfg.state_root.display()
         )
     })?;
-    let run_state = Arc::new(
-        state_dir
-            .begin_run(&cfg.label)
-            .context("starting the run's ledger")?,
-    );
-    note_stale_runs(&state_dir, &run_state, cfg.quiet);
-    let res = run_owned(cfg, cancel, host, budget, &run_state);
-    let teardown = finish_run(&run_state);
+    // One ledger (and scratch directory) per output: backends name their resources by tier,
+    // so two arms of one tier (an A/B) need two. Each output's results carry its ledger's id.
+    let mut states: Vec<Arc<RunState>> = vec![];
+    for dir in &cfg.outputs {
+        let label = if cfg.outputs.len() == 1 {
+            cfg.label.clone()
+        } else {
+            format!("{} ({})", cfg.label, dir.display())
+        };
+        match state_dir.begin_run(&label) {
+            Ok(s) => states.push(Arc::new(s)),
+            Err(e) => {
+                for s in &states {
+                    if let Err(t) = finish_run(s) {
+                        tracing::warn!(error = %t, "tearing down after a failed start");
+                    }
+                }
+                return Err(e).context("starting the run's ledger");
+            }
+        }
+    }
+    note_stale_runs(&state_dir, &states, cfg.quiet);
+    let res = run_owned(cfg, cancel, host, budget, &states);
+    let mut teardown = Ok(());
+    for s in &states {
+        let t = finish_run(s);
+        if teardown.is_ok() {
+            teardown = t;
+        }
+    }
     let outcome = res?;
     teardown?;
     Ok(outcome)
@@ -355,7 +391,7 @@ fn run_owned(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
     budget: Budget,
-    run_state: &Arc<RunState>,
+    states: &[Arc<RunState>],
 ) -> anyhow::Result<Vec<Results>> {
     let mut versions = BTreeMap::from([(
         "isobench".to_string(),
@@ -367,12 +403,11 @@ fn run_owned(
     versions.insert("host_kernel".into(), host.kernel.clone());
     let order = order_record(cfg);
     let started_at = now_string();
-    let mut outs: Vec<Results> = cfg
-        .outputs
+    let mut outs: Vec<Results> = states
         .iter()
-        .map(|_| Results {
+        .map(|state| Results {
             schema_version: SCHEMA_VERSION,
-            run_id: run_state.id.clone(),
+            run_id: state.id.clone(),
             started_at: started_at.clone(),
             finished_at: None,
             interrupted: false,
@@ -429,7 +464,7 @@ fn run_owned(
         .iter()
         .map(|arm| RunEnv {
             agent: cfg.agent.clone(),
-            state: run_state.clone(),
+            state: states[arm.output].clone(),
             cache_dir: cfg.cache_dir.clone(),
             budget: budget.clone(),
             options: arm.options.clone(),
@@ -723,14 +758,14 @@ fn interleave(
 /// Remove whatever the run's ledger still lists (normally nothing: backends release what they
 /// made) and then the run directory, without crossing mount points.
 /// Say (once, on stderr) that crashed runs left state behind; a new run never touches them.
-fn note_stale_runs(state: &StateDir, me: &RunState, quiet: bool) {
+fn note_stale_runs(state: &StateDir, mine: &[Arc<RunState>], quiet: bool) {
     if quiet {
         return;
     }
     let stale = state
         .run_dirs()
         .into_iter()
-        .filter(|d| *d != me.dir && !crate::state::ledger::run_in_progress(d))
+        .filter(|d| mine.iter().all(|m| *d != m.dir) && !crate::state::ledger::run_in_progress(d))
         .count();
     if stale > 0 {
         eprintln!(
