@@ -12,6 +12,12 @@ use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 
+/// The test-only fake tier (unit tests of the runner), declared here so that it is one row and
+/// one file like any tier, and absent from every build users run.
+#[cfg(test)]
+#[path = "fake.rs"]
+pub(crate) mod fake;
+
 /// The type of a setting's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingKind {
@@ -229,6 +235,17 @@ pub fn row(tier: Tier) -> Row {
             availability: vm_availability,
             prepare: vm_prepare,
             settings: EMULATED_SETTINGS,
+        },
+        // Test builds only: never in the default set, in help, doctor or a user's run.
+        #[cfg(test)]
+        Tier::Fake => Row {
+            tier,
+            default: false,
+            availability: |_, _, _| Availability::Available {
+                detail: "scripted fake (tests)".into(),
+            },
+            prepare: |_, env| Ok(Box::new(fake::Fake::prepare(env)?)),
+            settings: fake::SETTINGS,
         },
     }
 }
