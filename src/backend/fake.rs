@@ -256,7 +256,13 @@ impl Fake {
     /// after making it, and `prepare_run_dir` removes it again.
     pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
         let script = Script::from_settings(&env.options.settings)?;
-        let base = env.state.scratch().join("fake");
+        // A name of its own per arm: several fake arms share one run (as `ab`'s two arms of
+        // one tier do), and `prepare_run_dir` refuses a directory that exists.
+        let scratch = env.state.scratch();
+        let base = (1..)
+            .map(|k| scratch.join(format!("fake-{k}")))
+            .find(|p| !p.exists())
+            .expect("some name is free");
         prepare_run_dir(env, &base, || {
             if script.fail_prepare {
                 return Err(BackendError::Other(
