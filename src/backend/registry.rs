@@ -85,6 +85,9 @@ impl Setting {
     }
 }
 
+/// How a row prepares its tier's backend.
+pub type Prepare = fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>;
+
 /// What the registry knows about one tier.
 #[derive(Clone, Copy)]
 pub struct Row {
@@ -96,7 +99,7 @@ pub struct Row {
     pub availability: fn(Tier, &HostFacts, &BackendOptions) -> Availability,
     /// Prepare the tier's backend: on success it is ready to launch (type state: there is no
     /// unprepared backend); on failure whatever preparation made is gone or in the ledger.
-    pub prepare: fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>,
+    pub prepare: Prepare,
     /// The settings it accepts.
     pub settings: &'static [Setting],
 }
