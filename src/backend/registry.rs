@@ -12,6 +12,12 @@ use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::tier::Tier;
 
+/// The test-only fake tier (unit tests of the runner), declared here so that it is one row and
+/// one file like any tier, and absent from every build users run.
+#[cfg(test)]
+#[path = "fake.rs"]
+pub(crate) mod fake;
+
 /// The type of a setting's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingKind {
@@ -79,6 +85,9 @@ impl Setting {
     }
 }
 
+/// How a row prepares its tier's backend.
+pub type Prepare = fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>;
+
 /// What the registry knows about one tier.
 #[derive(Clone, Copy)]
 pub struct Row {
@@ -90,7 +99,7 @@ pub struct Row {
     pub availability: fn(Tier, &HostFacts, &BackendOptions) -> Availability,
     /// Prepare the tier's backend: on success it is ready to launch (type state: there is no
     /// unprepared backend); on failure whatever preparation made is gone or in the ledger.
-    pub prepare: fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>,
+    pub prepare: Prepare,
     /// The settings it accepts.
     pub settings: &'static [Setting],
 }
@@ -229,6 +238,17 @@ pub fn row(tier: Tier) -> Row {
             availability: vm_availability,
             prepare: vm_prepare,
             settings: EMULATED_SETTINGS,
+        },
+        // Test builds only: never in the default set, in help, doctor or a user's run.
+        #[cfg(test)]
+        Tier::Fake => Row {
+            tier,
+            default: false,
+            availability: |_, _, _| Availability::Available {
+                detail: "scripted fake (tests)".into(),
+            },
+            prepare: |_, env| Ok(Box::new(fake::Fake::prepare(env)?)),
+            settings: fake::SETTINGS,
         },
     }
 }

@@ -807,3 +807,6 @@ fn link_latest(out: &Path) {
         let _ = std::fs::rename(&tmp, parent.join("latest"));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,6 +52,10 @@ pub enum Tier {
     /// The same guest under QEMU's TCG software emulation (no hardware assistance).
     #[value(help = "QEMU microvm under TCG software emulation")]
     Emulated,
+    /// A scripted fake for unit tests of the runner (`backend/fake.rs`): test builds only.
+    #[cfg(test)]
+    #[value(hide = true, help = "test-only scripted fake tier")]
+    Fake,
 }
 
 impl Tier {
@@ -75,6 +79,8 @@ impl Tier {
             Tier::Firecracker => "firecracker",
             Tier::CloudHypervisor => "cloud-hypervisor",
             Tier::Emulated => "emulated",
+            #[cfg(test)]
+            Tier::Fake => "fake",
         }
     }
 
@@ -106,6 +112,8 @@ impl Tier {
             | Tier::Docker
             | Tier::Lxc
             | Tier::Gvisor => false,
+            #[cfg(test)]
+            Tier::Fake => false,
         }
     }
 
@@ -124,6 +132,8 @@ impl Tier {
             Tier::Gvisor => (0x88, 0x22, 0x55),
             Tier::Firecracker => (0x44, 0xAA, 0x99),
             Tier::CloudHypervisor => (0x11, 0x77, 0x33),
+            #[cfg(test)]
+            Tier::Fake => (0x00, 0x00, 0x00),
         }
     }
 
