@@ -79,6 +79,9 @@ impl Setting {
     }
 }
 
+/// How a row prepares its tier's backend.
+pub type Prepare = fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>;
+
 /// What the registry knows about one tier.
 #[derive(Clone, Copy)]
 pub struct Row {
@@ -90,7 +93,7 @@ pub struct Row {
     pub availability: fn(Tier, &HostFacts, &BackendOptions) -> Availability,
     /// Prepare the tier's backend: on success it is ready to launch (type state: there is no
     /// unprepared backend); on failure whatever preparation made is gone or in the ledger.
-    pub prepare: fn(Tier, &RunEnv) -> Result<Box<dyn Backend>, BackendError>,
+    pub prepare: Prepare,
     /// The settings it accepts.
     pub settings: &'static [Setting],
 }
@@ -160,21 +163,7 @@ fn vm_availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avail
 }
 
 fn vm_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    legacy(Box::new(vm::Vm::new(tier)), env)
-}
-
-fn runtimes_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    legacy(runtimes::make(tier), env)
-}
-
-fn legacy(mut b: Box<dyn Backend>, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    match b.prepare(env) {
-        Ok(()) => Ok(b),
-        Err(e) => {
-            let _ = b.finish();
-            Err(e)
-        }
-    }
+    Ok(Box::new(vm::Vm::prepare(tier, env)?))
 }
 
 /// The row of `tier`. Exhaustive: a new tier does not build until it has a row.
@@ -205,7 +194,7 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: true,
             availability: runtimes::availability,
-            prepare: runtimes_prepare,
+            prepare: runtimes::prepare,
             settings: &[],
         },
         // Placeholders: doctor and an explicit --backends report why they do not run.
@@ -213,7 +202,7 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: false,
             availability: runtimes::availability,
-            prepare: runtimes_prepare,
+            prepare: runtimes::prepare,
             settings: &[],
         },
         Tier::Microvm => Row {

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::process::{self, Spec};
-use crate::backend::{Backend, BackendError, BackendOptions, Outcome};
+use crate::backend::{Backend, BackendError, BackendOptions, RunEnv};
 use crate::host::facts::which;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
@@ -103,40 +103,21 @@ pub fn availability(tier: Tier, host: &HostFacts, _opts: &BackendOptions) -> Ava
     }
 }
 
-/// A tier isobench cannot drive: every call says why.
-pub struct NotDriven(pub Tier);
-
-impl Backend for NotDriven {
-    fn tier(&self) -> Tier {
-        self.0
-    }
-    fn prepare(&mut self, env: &crate::backend::RunEnv) -> Result<(), BackendError> {
-        let reason = match availability(self.0, &env.host, &env.options) {
-            Availability::Unavailable { reason, fix } => format!("{reason}: {fix}"),
-            Availability::Available { .. } => "not driven by this version of isobench".into(),
-        };
-        Err(BackendError::Unavailable {
-            tier: self.0,
-            reason,
-        })
-    }
-    fn run_once(&mut self, _task: &Task) -> Result<Outcome, BackendError> {
-        Err(BackendError::Unavailable {
-            tier: self.0,
-            reason: "not driven by this version of isobench".into(),
-        })
-    }
-    fn finish(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
-/// Make the backend of a runtime tier.
-pub fn make(tier: Tier) -> Box<dyn Backend> {
+/// Prepare the backend of a runtime tier. The tiers isobench does not drive (Firecracker,
+/// Cloud Hypervisor) have no backend: their preparation fails with the reason.
+pub fn prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
     match tier {
-        Tier::Runc | Tier::Crun | Tier::Gvisor | Tier::Lxc => Box::new(oci::Bundled::new(tier)),
-        Tier::Docker => Box::new(docker::Docker::default()),
-        _ => Box::new(NotDriven(tier)),
+        Tier::Runc | Tier::Crun | Tier::Gvisor | Tier::Lxc => {
+            Ok(Box::new(oci::Bundled::prepare(tier, env)?))
+        }
+        Tier::Docker => Ok(Box::new(docker::Docker::prepare(env)?)),
+        _ => {
+            let reason = match availability(tier, &env.host, &env.options) {
+                Availability::Unavailable { reason, fix } => format!("{reason}: {fix}"),
+                Availability::Available { .. } => "not driven by this version of isobench".into(),
+            };
+            Err(BackendError::Unavailable { tier, reason })
+        }
     }
 }
 
