@@ -605,7 +605,7 @@ impl Prepared {
         let args = Qemu::args(spec).into_iter().map(Into::into).collect();
         let mut p = cli_spec(&self.qemu.binary, args, &self.cpus);
         p.env.push((
-            crate::state::cleanup::validate::RUN_ID_ENV.into(),
+            crate::host::proc::RUN_ID_ENV.into(),
             self.state.id.clone().into(),
         ));
         p.new_session = true;
