@@ -10,6 +10,7 @@ pub mod bare;
 pub mod child;
 pub mod chroot;
 pub mod container;
+pub mod launch;
 pub mod process;
 pub mod registry;
 pub mod resources;

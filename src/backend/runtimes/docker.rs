@@ -41,11 +41,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{
-    check_run_id, cli_spec, fnv1a_hex, put_task, run_checked, start_cli, stderr_tail, version_line,
-    with_stderr,
-};
-use crate::backend::bare::{cpuset, loopback_peer, PROCESS_DEADLINE};
+use super::{check_run_id, fnv1a_hex, run_checked, stderr_tail, version_line, with_stderr};
+use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
+use crate::backend::launch::{loopback_peer, PROCESS_DEADLINE};
+use crate::backend::process::cpuset;
 use crate::backend::process::Spec;
 use crate::backend::{Backend, BackendError, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;

@@ -39,11 +39,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{
-    check_run_id, cli_spec, gvisor, lxc, put_task, start_cli, stderr_tail, version_line,
-    with_stderr,
-};
-use crate::backend::bare::{
+use super::{check_run_id, gvisor, lxc, stderr_tail, version_line, with_stderr};
+use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
+use crate::backend::launch::{
     check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
 };
 use crate::backend::process::{self, cpuset, Process, Spec};
