@@ -63,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "backend::resources",
             "backend::child",
             "backend::process",
+            "backend::launch",
             "backend::bare",
             "backend::chroot",
             "backend::container",
@@ -110,40 +111,9 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// Tiers import shared helpers (`backend`, `backend::resources`, `backend::child`,
-/// `backend::process`, `host::*`), never each other. Known exceptions, to be emptied as the
-/// process-creation helpers move to `backend::process`:
-const TIER_EXCEPTIONS: &[(&str, &str, &str)] = &[
-    (
-        "backend::container",
-        "backend::bare",
-        "cpuset, idle deadlines: move to backend::process",
-    ),
-    (
-        "backend::container",
-        "backend::chroot",
-        "cloexec_from_3: move to backend::process",
-    ),
-    (
-        "backend::container",
-        "backend::vm",
-        "tap::parse_used (ip -j parsing): move to host::net",
-    ),
-    (
-        "backend::chroot",
-        "backend::bare",
-        "child_common, cpuset, loopback_peer, measure_command, process_task, spawn_idle: move to backend::process",
-    ),
-    (
-        "backend::runtimes",
-        "backend::bare",
-        "cpuset, loopback_peer, spawn_idle: move to backend::process",
-    ),
-    (
-        "backend::vm",
-        "backend::bare",
-        "child_common, cpuset: move to backend::process",
-    ),
-];
+/// `backend::process`, `backend::launch`, `host::*`), never each other. Known exceptions
+/// (none left: keep it that way):
+const TIER_EXCEPTIONS: &[(&str, &str, &str)] = &[];
 
 const TIERS: &[&str] = &[
     "backend::bare",
@@ -156,6 +126,7 @@ const TIERS: &[&str] = &[
 
 /// Files allowed past the line limit, with the reason.
 const LONG_FILES: &[(&str, &str)] = &[
+    ("src/backend/process/mod.rs", "the one way sandbox processes are created (CLONE_VM clone, the child's numbered setup steps, pidfd wait) with the SAFETY reasoning of each step; tests in process/tests.rs"),
     ("src/backend/container/net.rs", "the container's whole network plan (direct veth, bridge, NAT) with its privileged tests; ip/nft wrappers still to move to host::net"),
     ("src/backend/container/syscalls.rs", "the numbered syscall sequence of the container behind one recording seam, with its order tests"),
     ("src/backend/runtimes/docker.rs", "the Docker tier: daemon API, image cache and ownership labels, with tests"),

@@ -3,15 +3,12 @@
 //! instant is exact and the wait is bounded.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use super::BackendError;
 use crate::protocol::{AgentReport, READY_LINE};
@@ -165,83 +162,6 @@ fn take_line(line: &str, at: Instant, res: &mut StreamResult, tail: &mut VecDequ
                 tail.pop_front();
             }
             tail.push_back(l.chars().take(300).collect());
-        }
-    }
-}
-
-/// A process started through `std::process::Command`, waited on through a pidfd (transitional:
-/// the runtime and VM tiers until they create their processes through
-/// [`super::process`], whose `Process` replaces this).
-pub struct Waiter {
-    pid: Pid,
-    pidfd: OwnedFd,
-}
-
-pub use super::process::pidfd_open;
-
-impl Waiter {
-    pub fn new(pid: Pid) -> Result<Self, BackendError> {
-        Ok(Waiter {
-            pid,
-            pidfd: pidfd_open(pid)?,
-        })
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-
-    /// Wait for exit until `deadline`; on the deadline or cancel, kill and reap, then report it.
-    /// Returns the instant of exit and the exit code (128 + signal for a signal death).
-    pub fn wait(
-        &self,
-        deadline: Instant,
-        cancel: &AtomicBool,
-    ) -> Result<(Instant, i32), BackendError> {
-        loop {
-            let now = Instant::now();
-            if cancel.load(Ordering::Relaxed) {
-                self.kill_and_reap();
-                return Err(BackendError::Interrupted);
-            }
-            if now >= deadline {
-                self.kill_and_reap();
-                return Err(BackendError::Timeout(
-                    Duration::ZERO,
-                    "process did not exit".into(),
-                ));
-            }
-            let wait = (deadline - now).min(CANCEL_POLL);
-            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
-            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) | Err(Errno::EINTR) => continue,
-                Ok(_) => break,
-                Err(e) => return Err(BackendError::sys("poll on pidfd", e)),
-            }
-        }
-        let at = Instant::now();
-        let code = loop {
-            match waitpid(self.pid, None) {
-                Ok(WaitStatus::Exited(_, c)) => break c,
-                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(BackendError::sys("waitpid", e)),
-            }
-        };
-        Ok((at, code))
-    }
-
-    /// SIGKILL and reap; used on errors and cancellation. Never blocks for long.
-    pub fn kill_and_reap(&self) {
-        let _ = kill(self.pid, Signal::SIGKILL);
-        for _ in 0..200 {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-                Err(Errno::EINTR) => continue,
-                _ => return,
-            }
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bare::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
+use super::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
 use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;

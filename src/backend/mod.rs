@@ -10,6 +10,7 @@ pub mod bare;
 pub mod child;
 pub mod chroot;
 pub mod container;
+pub mod launch;
 pub mod process;
 pub mod registry;
 pub mod resources;
@@ -138,14 +139,6 @@ pub struct Outcome {
 /// One isolation tier's implementation, prepared (each tier's `prepare(env)` makes it).
 pub trait Backend {
     fn tier(&self) -> Tier;
-    /// Transitional, for the tiers not yet on type-state prepare (runtimes/, vm/): the prepared
-    /// tiers (bare, chroot, container) are made prepared and keep this no-op. Removed once every
-    /// tier's module has `prepare(env) -> Result<Self, _>`.
-    #[doc(hidden)]
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
-        let _ = env;
-        Ok(())
-    }
     /// Launch the agent once, wait for its report and exit, tear the sandbox down.
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError>;
     /// Release run-level resources. Idempotent; called on success, failure and Ctrl-C.

@@ -169,21 +169,7 @@ fn vm_availability(tier: Tier, host: &HostFacts, opts: &BackendOptions) -> Avail
 }
 
 fn vm_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    legacy(Box::new(vm::Vm::new(tier)), env)
-}
-
-fn runtimes_prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    legacy(runtimes::make(tier), env)
-}
-
-fn legacy(mut b: Box<dyn Backend>, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
-    match b.prepare(env) {
-        Ok(()) => Ok(b),
-        Err(e) => {
-            let _ = b.finish();
-            Err(e)
-        }
-    }
+    Ok(Box::new(vm::Vm::prepare(tier, env)?))
 }
 
 /// The row of `tier`. Exhaustive: a new tier does not build until it has a row.
@@ -214,7 +200,7 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: true,
             availability: runtimes::availability,
-            prepare: runtimes_prepare,
+            prepare: runtimes::prepare,
             settings: &[],
         },
         // Placeholders: doctor and an explicit --backends report why they do not run.
@@ -222,7 +208,7 @@ pub fn row(tier: Tier) -> Row {
             tier,
             default: false,
             availability: runtimes::availability,
-            prepare: runtimes_prepare,
+            prepare: runtimes::prepare,
             settings: &[],
         },
         Tier::Microvm => Row {

@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use super::BackendError;
+use crate::host::fs::safe_remove_tree;
+use crate::state::ledger::{Resource, RunState};
 
 /// A directory this backend is about to create must not exist: one it did not create is never
 /// adopted (and so never removed by its rollback).
@@ -101,4 +103,25 @@ pub fn remove_lxc_container(lxcpath: &Path, name: &str) -> Result<bool, String> 
     )?;
     // lxc-stop fails with "is not running" when the container already ended.
     Ok(out.status.success())
+}
+
+/// Make a run-level data directory: refused if it exists, recorded, then created.
+pub fn make_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), BackendError> {
+    refuse_existing(dir)?;
+    state
+        .record(Resource::Dir { path: dir.into() })
+        .map_err(|e| BackendError::io("recording the data directory in the ledger", e))?;
+    std::fs::create_dir(dir).map_err(|e| {
+        let _ = state.release(&Resource::Dir { path: dir.into() });
+        BackendError::io(format!("creating {}", dir.display()), e)
+    })
+}
+
+/// Remove a run-level data directory made by [`make_data_dir`] and forget it.
+pub fn remove_data_dir(state: &RunState, dir: &std::path::Path) -> Result<(), BackendError> {
+    safe_remove_tree(dir)
+        .map_err(|e| BackendError::io(format!("removing {}", dir.display()), e))?;
+    state
+        .release(&Resource::Dir { path: dir.into() })
+        .map_err(|e| BackendError::io("updating the run ledger", e))
 }

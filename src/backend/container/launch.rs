@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 use super::net::LaunchNet;
 use super::syscalls::{setup_container, LinuxSyscall, MountPlan, Step};
 use super::{Container, HOSTNAME};
-use crate::backend::bare::IDLE_STOP_DEADLINE;
+use crate::backend::launch::IDLE_STOP_DEADLINE;
 use crate::backend::process::{self, Hooks, Process, Spec};
 use crate::backend::{BackendError, IdleInstance};
 use crate::host::cgroup::CgroupManager;

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
-use super::bare::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
+use super::launch::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
 use super::process::cpuset;
 use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::backend::resources::refuse_existing;

@@ -166,7 +166,7 @@ fn ip_output(args: &[&str]) -> Result<String, BackendError> {
 
 /// This host's IPv4 networks (addresses and routes in every table).
 fn used_networks() -> Result<Vec<(Ipv4Addr, u8)>, BackendError> {
-    Ok(crate::backend::vm::tap::parse_used(
+    Ok(crate::host::net::subnet::parse_used(
         &ip_output(&["-o", "-4", "addr", "show"])?,
         &ip_output(&["-4", "route", "show", "table", "all"])?,
     ))

@@ -33,6 +33,7 @@
 //! are gone) and the launch's directory removed; reading the cidfile is on the clock too.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,11 +41,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{
-    check_run_id, cli_spec, fnv1a_hex, put_task, run_checked, start_cli, stderr_tail, version_line,
-    with_stderr,
-};
-use crate::backend::bare::{cpuset, loopback_peer, PROCESS_DEADLINE};
+use super::{check_run_id, fnv1a_hex, run_checked, stderr_tail, version_line, with_stderr};
+use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
+use crate::backend::launch::{loopback_peer, PROCESS_DEADLINE};
+use crate::backend::process::cpuset;
 use crate::backend::process::Spec;
 use crate::backend::{Backend, BackendError, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
@@ -119,14 +119,17 @@ struct Prepared {
     volume: PathBuf,
     image: AgentImage,
     /// Peer for `--network host` (127.0.0.1) and for the bridge (docker0's gateway address).
-    direct_peer: NetPeer,
-    nat_peer: Option<NetPeer>,
-    nat_error: Option<String>,
+    direct_addr: SocketAddr,
+    /// The bridge peer's address, or why it is not running.
+    nat_addr: Result<SocketAddr, String>,
+    /// The peers themselves (taken by `finish`).
+    peers: Vec<NetPeer>,
 }
 
-#[derive(Default)]
 pub struct Docker {
-    prepared: Option<Prepared>,
+    p: Prepared,
+    /// `finish` ran (it is idempotent).
+    finished: bool,
     launches: u64,
     /// The name attempt of the launch being planned (a name in use is retried under another).
     attempt: u32,
@@ -637,17 +640,23 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     let volume = base.join("volume");
     std::fs::create_dir(&volume)
         .map_err(|e| BackendError::io(format!("creating {}", volume.display()), e))?;
-    let direct_peer = loopback_peer()?;
-    let (nat_peer, nat_error) = match bridge_gateway().and_then(|gw| {
-        NetPeer::start(format!("{gw}:0")).map_err(|e| BackendError::Other(e.to_string()))
-    }) {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
     let docker = crate::host::facts::which("docker").ok_or_else(|| BackendError::Unavailable {
         tier: Tier::Docker,
         reason: "docker vanished from PATH: apt-get install docker.io".into(),
     })?;
+    let direct_peer = loopback_peer()?;
+    let direct_addr = direct_peer.local_addr();
+    let mut peers = vec![direct_peer];
+    let nat_addr = match bridge_gateway().and_then(|gw| {
+        NetPeer::start(format!("{gw}:0")).map_err(|e| BackendError::Other(e.to_string()))
+    }) {
+        Ok(p) => {
+            let a = p.local_addr();
+            peers.push(p);
+            Ok(a)
+        }
+        Err(e) => Err(e.to_string()),
+    };
     Ok(Prepared {
         state: env.state.clone(),
         docker,
@@ -656,9 +665,9 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         base: base.to_path_buf(),
         volume,
         image,
-        direct_peer,
-        nat_peer,
-        nat_error,
+        direct_addr,
+        nat_addr,
+        peers,
     })
 }
 
@@ -739,7 +748,7 @@ impl Launch for Docker {
     /// name recorded before `docker run`.
     fn plan(&mut self, task: &Task) -> Result<DockerPlan, BackendError> {
         let (n, attempt) = (self.launches, self.attempt);
-        let p = self.prepared()?;
+        let p = &self.p;
         let task = task_for(p, task)?;
         let run_id = p.state.id.as_str();
         let name = container_name(run_id, n, attempt);
@@ -789,7 +798,7 @@ impl Launch for Docker {
     /// On the clock, after the CLI exited: `docker rm --force <id>` of the id its own `docker
     /// run` wrote (what a user who does not pass `--rm` pays), then the launch's directory.
     fn teardown(&mut self, plan: DockerPlan, _running: Option<()>) -> Result<(), BackendError> {
-        let p = self.prepared()?;
+        let p = &self.p;
         let run_id = p.state.id.clone();
         let state = p.state.clone();
         self.last_stderr = stderr_tail(&plan.log(), 600);
@@ -836,15 +845,12 @@ fn task_for(p: &Prepared, task: &Task) -> Result<Task, BackendError> {
         }
         Workload::Net(net) => {
             let peer = match net.path {
-                NetPath::Direct => &p.direct_peer,
-                NetPath::Nat => p.nat_peer.as_ref().ok_or_else(|| {
-                    BackendError::Other(format!(
-                        "the bridge (NAT) peer is not running: {}",
-                        p.nat_error.as_deref().unwrap_or("unknown reason")
-                    ))
+                NetPath::Direct => p.direct_addr,
+                NetPath::Nat => p.nat_addr.clone().map_err(|why| {
+                    BackendError::Other(format!("the bridge (NAT) peer is not running: {why}"))
                 })?,
             };
-            net.peer = peer.local_addr().to_string();
+            net.peer = peer.to_string();
         }
         _ => {}
     }
@@ -852,19 +858,10 @@ fn task_for(p: &Prepared, task: &Task) -> Result<Task, BackendError> {
 }
 
 impl Docker {
-    fn prepared(&self) -> Result<&Prepared, BackendError> {
-        self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other("docker backend used before prepare(): call prepare first".into())
-        })
-    }
-}
-
-impl Backend for Docker {
-    fn tier(&self) -> Tier {
-        Tier::Docker
-    }
-
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+    /// Prepare the Docker tier: the run's directory (rootfs, volume), the agent image (cached
+    /// across runs, verified) and the peers. On failure the directory is removed (or stays in
+    /// the ledger for `isobench cleanup`).
+    pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
         if let Availability::Unavailable { reason, fix } =
             super::availability(Tier::Docker, &env.host, &env.options)
         {
@@ -876,16 +873,26 @@ impl Backend for Docker {
         check_run_id(&env.state.id)?;
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join("docker");
-        self.prepared = Some(crate::backend::prepare_run_dir(env, &base, || {
-            prepare_in(env, &base)
-        })?);
-        Ok(())
+        let p = crate::backend::prepare_run_dir(env, &base, || prepare_in(env, &base))?;
+        Ok(Docker {
+            p,
+            finished: false,
+            launches: 0,
+            attempt: 0,
+            last_stderr: String::new(),
+        })
+    }
+}
+
+impl Backend for Docker {
+    fn tier(&self) -> Tier {
+        Tier::Docker
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
         self.launches += 1;
         let n = self.launches;
-        let p = self.prepared()?;
+        let p = &self.p;
         let (state, cancel) = (p.state.clone(), p.cancel.clone());
         for attempt in 0..NAME_ATTEMPTS {
             self.attempt = attempt;
@@ -912,13 +919,13 @@ impl Backend for Docker {
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
-        let Some(p) = self.prepared.take() else {
+        if std::mem::replace(&mut self.finished, true) {
             return Ok(());
-        };
-        p.direct_peer.stop();
-        if let Some(n) = p.nat_peer {
-            n.stop();
         }
+        for peer in std::mem::take(&mut self.p.peers) {
+            peer.stop();
+        }
+        let p = &self.p;
         // Every container of this run, by its label and name prefix (a launch that failed
         // midway included), removed by id.
         let prefix = format!("isobench-{}-", p.state.id);
@@ -991,12 +998,11 @@ impl Backend for Docker {
             ),
             ("teardown".into(), "docker rm --force <id> after the CLI exits".into()),
         ]);
-        if let Some(p) = &self.prepared {
-            s.insert("image".into(), p.image.tag.clone());
-            s.insert("image_id".into(), p.image.id.clone());
-            s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
-            s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
-        }
+        let p = &self.p;
+        s.insert("image".into(), p.image.tag.clone());
+        s.insert("image_id".into(), p.image.id.clone());
+        s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
+        s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
         s
     }
 }

@@ -21,21 +21,15 @@ pub mod gvisor;
 pub mod lxc;
 pub mod oci;
 
-use std::ffi::OsString;
-use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::process::{self, Spec};
-use crate::backend::{Backend, BackendError, BackendOptions, Outcome};
+use crate::backend::{Backend, BackendError, BackendOptions, RunEnv};
 use crate::host::facts::which;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::facts::KvmKind;
 use crate::model::tier::Tier;
-
-use crate::measure::launch::Started;
-use crate::protocol::{Task, TASK_ENV};
 
 /// The binary each runtime tier drives, and the Debian package that has it.
 pub fn binary_of(tier: Tier) -> Option<(&'static str, &'static str)> {
@@ -103,40 +97,21 @@ pub fn availability(tier: Tier, host: &HostFacts, _opts: &BackendOptions) -> Ava
     }
 }
 
-/// A tier isobench cannot drive: every call says why.
-pub struct NotDriven(pub Tier);
-
-impl Backend for NotDriven {
-    fn tier(&self) -> Tier {
-        self.0
-    }
-    fn prepare(&mut self, env: &crate::backend::RunEnv) -> Result<(), BackendError> {
-        let reason = match availability(self.0, &env.host, &env.options) {
-            Availability::Unavailable { reason, fix } => format!("{reason}: {fix}"),
-            Availability::Available { .. } => "not driven by this version of isobench".into(),
-        };
-        Err(BackendError::Unavailable {
-            tier: self.0,
-            reason,
-        })
-    }
-    fn run_once(&mut self, _task: &Task) -> Result<Outcome, BackendError> {
-        Err(BackendError::Unavailable {
-            tier: self.0,
-            reason: "not driven by this version of isobench".into(),
-        })
-    }
-    fn finish(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
-/// Make the backend of a runtime tier.
-pub fn make(tier: Tier) -> Box<dyn Backend> {
+/// Prepare the backend of a runtime tier. The tiers isobench does not drive (Firecracker,
+/// Cloud Hypervisor) have no backend: their preparation fails with the reason.
+pub fn prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendError> {
     match tier {
-        Tier::Runc | Tier::Crun | Tier::Gvisor | Tier::Lxc => Box::new(oci::Bundled::new(tier)),
-        Tier::Docker => Box::new(docker::Docker::default()),
-        _ => Box::new(NotDriven(tier)),
+        Tier::Runc | Tier::Crun | Tier::Gvisor | Tier::Lxc => {
+            Ok(Box::new(oci::Bundled::prepare(tier, env)?))
+        }
+        Tier::Docker => Ok(Box::new(docker::Docker::prepare(env)?)),
+        _ => {
+            let reason = match availability(tier, &env.host, &env.options) {
+                Availability::Unavailable { reason, fix } => format!("{reason}: {fix}"),
+                Availability::Available { .. } => "not driven by this version of isobench".into(),
+            };
+            Err(BackendError::Unavailable { tier, reason })
+        }
     }
 }
 
@@ -200,44 +175,6 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     } else {
         s[start..].replace('\n', " | ")
     }
-}
-
-/// The spec of a process a launch starts (runtime CLI or VMM), built off the clock:
-/// `program args...` with the harness's environment, stdout piped (the agent's lines arrive
-/// there), on `cpus`, dying with the harness.
-pub fn cli_spec(program: &Path, args: Vec<OsString>, cpus: &[usize]) -> Spec {
-    let mut s = Spec::new(program);
-    s.args = args;
-    s.env = std::env::vars_os().filter(|(k, _)| k != TASK_ENV).collect();
-    s.stdout = process::Stdio::Pipe;
-    s.cpus = Some(cpus.to_vec());
-    s.die_with_parent = true;
-    s
-}
-
-/// Put the task in a spec's environment (`ISOBENCH_TASK`), as the runtimes pass it on.
-pub fn put_task(spec: &mut Spec, task: &Task) {
-    spec.env.push((
-        TASK_ENV.into(),
-        serde_json::to_string(task).expect("task serialises").into(),
-    ));
-}
-
-/// On the clock: open `log` for the process's stderr (kept for error messages) and spawn it.
-pub fn start_cli(spec: &mut Spec, log: &Path) -> Result<Started<()>, BackendError> {
-    let stderr = File::create(log)
-        .map_err(|e| BackendError::io(format!("creating {}", log.display()), e))?;
-    spec.stderr = process::Stdio::Fd(stderr.into());
-    let spawned = process::spawn(spec);
-    // The log's fd is the child's now (or nobody's): close the harness's copy.
-    spec.stderr = process::Stdio::Null;
-    let mut process = spawned?;
-    let stream = process.stdout.take().expect("stdout is piped");
-    Ok(Started {
-        process,
-        stream,
-        running: (),
-    })
 }
 
 /// The last `n` characters of a launch's stderr file, read only if it holds anything (kept

@@ -39,11 +39,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{
-    check_run_id, cli_spec, gvisor, lxc, put_task, start_cli, stderr_tail, version_line,
-    with_stderr,
-};
-use crate::backend::bare::{
+use super::{check_run_id, gvisor, lxc, stderr_tail, version_line, with_stderr};
+use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
+use crate::backend::launch::{
     check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
 };
 use crate::backend::process::{self, cpuset, Process, Spec};
@@ -247,36 +245,20 @@ struct Prepared {
     /// [`PIDS_MAX`] where a pids controller is mounted (runtimes fail on a limit they cannot
     /// set), else None.
     pids_limit: Option<u64>,
-    peer: NetPeer,
+    /// The loopback peer's address, and the peer (taken by `finish`).
+    peer_addr: std::net::SocketAddr,
+    peer: Option<NetPeer>,
 }
 
 /// runc, crun, runsc or lxc-execute driving a bundle isobench writes.
 pub struct Bundled {
     tier: Tier,
-    prepared: Option<Prepared>,
+    p: Prepared,
+    /// `finish` ran (it is idempotent).
+    finished: bool,
     launches: u64,
     /// The runtime's stderr of the last launch, when it said anything (for error messages).
     last_stderr: String,
-}
-
-impl Bundled {
-    pub fn new(tier: Tier) -> Self {
-        Bundled {
-            tier,
-            prepared: None,
-            launches: 0,
-            last_stderr: String::new(),
-        }
-    }
-
-    fn prepared(&self) -> Result<&Prepared, BackendError> {
-        self.prepared.as_ref().ok_or_else(|| {
-            BackendError::Other(format!(
-                "{} backend used before prepare(): call prepare first",
-                self.tier
-            ))
-        })
-    }
 }
 
 /// The cgroup directories a runtime may create for `rel`: one per mounted hierarchy (v1
@@ -363,7 +345,8 @@ fn prepare_in(tier: Tier, env: &RunEnv, base: &Path) -> Result<Prepared, Backend
         cgroup_rel,
         cgroup_dirs,
         pids_limit: hier.has_pids(layout).then_some(PIDS_MAX),
-        peer,
+        peer_addr: peer.local_addr(),
+        peer: Some(peer),
     })
 }
 
@@ -400,34 +383,47 @@ fn remove_cgroups(dirs: &[PathBuf]) -> Result<(), BackendError> {
     Ok(())
 }
 
-impl Backend for Bundled {
-    fn tier(&self) -> Tier {
-        self.tier
-    }
-
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
+impl Bundled {
+    /// Prepare runc, crun, runsc or LXC: the run's directory (rootfs, runtime state, volume)
+    /// and cgroup parents, each recorded before it is made and removed again if a later step
+    /// fails (what cannot be removed stays in the ledger).
+    pub fn prepare(tier: Tier, env: &RunEnv) -> Result<Self, BackendError> {
+        if !matches!(tier, Tier::Runc | Tier::Crun | Tier::Gvisor | Tier::Lxc) {
+            return Err(BackendError::Other(format!(
+                "internal error: the OCI backend asked for {tier}; report this bug"
+            )));
+        }
         if let Availability::Unavailable { reason, fix } =
-            super::availability(self.tier, &env.host, &env.options)
+            super::availability(tier, &env.host, &env.options)
         {
             return Err(BackendError::Unavailable {
-                tier: self.tier,
+                tier,
                 reason: format!("{reason}: {fix}"),
             });
         }
         check_run_id(&env.state.id)?;
         cpuset(&env.budget.cpus)?;
-        let base = env.state.scratch().join(self.tier.as_str());
-        let tier = self.tier;
+        let base = env.state.scratch().join(tier.as_str());
         // prepare_in removes the cgroup parents it made if it fails after making them.
-        self.prepared = Some(crate::backend::prepare_run_dir(env, &base, || {
-            prepare_in(tier, env, &base)
-        })?);
-        Ok(())
+        let p = crate::backend::prepare_run_dir(env, &base, || prepare_in(tier, env, &base))?;
+        Ok(Bundled {
+            tier,
+            p,
+            finished: false,
+            launches: 0,
+            last_stderr: String::new(),
+        })
+    }
+}
+
+impl Backend for Bundled {
+    fn tier(&self) -> Tier {
+        self.tier
     }
 
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        let state = self.prepared()?.ctx.state.clone();
-        let cancel = self.prepared()?.cancel.clone();
+        let state = self.p.ctx.state.clone();
+        let cancel = self.p.cancel.clone();
         self.last_stderr.clear();
         let deadline = Instant::now() + PROCESS_DEADLINE;
         launch::measure(self, task, deadline, &cancel, &state).map_err(|e| {
@@ -438,7 +434,7 @@ impl Backend for Bundled {
 
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         check_idle(task)?;
-        let p = self.prepared()?;
+        let p = &self.p;
         let ctx = p.ctx.clone();
         let cancel = p.cancel.clone();
         self.last_stderr.clear();
@@ -459,10 +455,13 @@ impl Backend for Bundled {
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
-        let Some(p) = self.prepared.take() else {
+        if std::mem::replace(&mut self.finished, true) {
             return Ok(());
-        };
-        p.peer.stop();
+        }
+        let p = &mut self.p;
+        if let Some(peer) = p.peer.take() {
+            peer.stop();
+        }
         // Any container a failed launch left (the ledger still names it).
         let mut errors = vec![];
         for r in p.ctx.state.resources() {
@@ -517,13 +516,7 @@ impl Backend for Bundled {
         let Some((bin, _)) = super::binary_of(self.tier) else {
             return BTreeMap::new();
         };
-        let path = self
-            .prepared
-            .as_ref()
-            .map(|p| p.bin.clone())
-            .or_else(|| crate::host::facts::which(bin))
-            .unwrap_or_else(|| PathBuf::from(bin));
-        let v = version_line(&path, &["--version"]).unwrap_or_else(|| "unknown".into());
+        let v = version_line(&self.p.bin, &["--version"]).unwrap_or_else(|| "unknown".into());
         BTreeMap::from([(bin.to_string(), v)])
     }
 
@@ -558,11 +551,10 @@ impl Backend for Bundled {
                 "lxc-execute: init.lxc is PID 1, the agent PID 2".into(),
             );
         }
-        if let Some(p) = &self.prepared {
-            s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
-            s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
-            s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
-        }
+        let p = &self.p;
+        s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
+        s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
+        s.insert("cgroup".into(), format!("{:?}", p.layout).to_lowercase());
         s
     }
 }
@@ -605,13 +597,13 @@ impl Launch for Bundled {
         self.launches += 1;
         let n = self.launches;
         let tier = self.tier;
-        let p = self.prepared()?;
+        let p = &self.p;
         let id = format!("isobench-{}-{tier}-{n}", p.ctx.state.id);
         let shape = LaunchShape::of(task);
         let mut task = task.clone();
         match &mut task.workload {
             Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
-            Workload::Net(net) => net.peer = p.peer.local_addr().to_string(),
+            Workload::Net(net) => net.peer = p.peer_addr.to_string(),
             _ => {}
         }
         let task_json = serde_json::to_string(&task).expect("task serialises");
@@ -710,7 +702,7 @@ impl Launch for Bundled {
     /// On the clock, after the CLI exited: every resource of the launch released (the ledger
     /// releases are deferred by the core until after the released instant).
     fn teardown(&mut self, plan: OciPlan, _running: Option<()>) -> Result<(), BackendError> {
-        let ctx = self.prepared()?.ctx.clone();
+        let ctx = self.p.ctx.clone();
         let (gone, said) = teardown_launch(&ctx, plan);
         self.last_stderr = said;
         ctx.state

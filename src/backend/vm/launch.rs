@@ -16,8 +16,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::{record, release, remove_dir};
+use crate::backend::launch::cli::start_cli;
 use crate::backend::process::{Process, Spec};
-use crate::backend::runtimes::start_cli;
 use crate::backend::BackendError;
 use crate::host::proc::process_start_time;
 use crate::measure::launch::Started;

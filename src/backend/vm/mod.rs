@@ -53,8 +53,8 @@ use self::kernel::{GuestKernel, KernelError};
 use self::launch::{qemu_said, Launch as Launch_};
 use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
 use self::scale::Fit;
+use super::launch::cli::{cli_spec, start_cli};
 use super::process::Spec;
-use super::runtimes::{cli_spec, start_cli};
 use super::{Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv};
 use crate::host::net::subnet;
 use crate::model::availability::Availability;
@@ -308,7 +308,9 @@ struct Prepared {
 pub struct Vm {
     tier: Tier,
     accel: Accel,
-    prep: Option<Prepared>,
+    p: Prepared,
+    /// `finish` ran (it is idempotent).
+    finished: bool,
     launches: u64,
     /// What QEMU said on stderr in the last launch (for error messages).
     last_said: String,
@@ -317,16 +319,165 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn new(tier: Tier) -> Self {
-        assert!(tier.is_vm(), "Vm backend for a non-VM tier {tier}");
-        Vm {
+    /// Prepare a VM tier: validate everything before any side effect, then the run's work
+    /// directory (recorded, then made) and the initramfs in it. On failure the directory is
+    /// removed (or stays in the ledger for `isobench cleanup`).
+    pub fn prepare(tier: Tier, env: &RunEnv) -> Result<Self, BackendError> {
+        if !tier.is_vm() {
+            return Err(BackendError::Other(format!(
+                "internal error: the VM backend asked for the non-VM tier {tier}; report this bug"
+            )));
+        }
+        let accel = accel_of(tier);
+        // Validate everything before any side effect.
+        let opts = BackendOptions {
+            cache_dir: env.cache_dir.clone(),
+            ..env.options.clone()
+        };
+        let kernel = kernel::locate(&opts.cache_dir, opts.kernel.as_deref());
+        if let Availability::Unavailable { reason, fix } =
+            decide(tier, &env.host, &opts, kernel.as_ref())
+        {
+            return Err(BackendError::Unavailable {
+                tier,
+                reason: format!("{reason}; {fix}"),
+            });
+        }
+        let kernel = kernel.map_err(other)?;
+        let (qemu, qemu_version) = vmm_binary(&env.host, &opts).map_err(|a| match a {
+            Availability::Unavailable { reason, fix } => BackendError::Unavailable {
+                tier,
+                reason: format!("{reason}; {fix}"),
+            },
+            Availability::Available { .. } => unreachable!("vmm_binary errs only unavailable"),
+        })?;
+        if env.budget.cpus.is_empty() {
+            return Err(BackendError::Other(
+                "the budget has no CPUs: give the VM at least one (--cpus)".into(),
+            ));
+        }
+        // The guest holds the initramfs twice while unpacking it ("Initramfs unpacking failed:
+        // write error" otherwise), plus the kernel.
+        let initrd_mib = initramfs::estimated_size(&env.agent, &kernel)
+            .map_err(other)?
+            .div_ceil(1 << 20);
+        let need = (2 * initrd_mib + KERNEL_HEADROOM_MIB).max(MIN_MEMORY_MIB);
+        if env.budget.memory_mib < need {
+            return Err(BackendError::Other(format!(
+                "{} MiB is too little for the guest: the initramfs (agent + libraries + modules) is \
+                 {initrd_mib} MiB and is unpacked in guest RAM; give at least {need} MiB \
+                 (memory_mib), or use a smaller (release, stripped) agent build",
+                env.budget.memory_mib
+            )));
+        }
+        // What the workload may use: RAM minus the unpacked initramfs and the kernel.
+        let workload_mib = env
+            .budget
+            .memory_mib
+            .saturating_sub(initrd_mib + KERNEL_HEADROOM_MIB)
+            .max(scale::MIN_WORKLOAD_MIB);
+        let default_deadline = match accel {
+            Accel::Tcg => TCG_DEADLINE,
+            Accel::Kvm => KVM_DEADLINE,
+        };
+        let deadline = Duration::from_secs(setting_u64(
+            &opts,
+            "deadline_s",
+            default_deadline.as_secs(),
+            1,
+        )?);
+        let phase_ms = match accel {
+            Accel::Tcg => Some(setting_u64(
+                &opts,
+                "phase_budget_ms",
+                scale::DEFAULT_EMULATED_PHASE_MS,
+                100,
+            )?),
+            Accel::Kvm => None,
+        };
+        let disk_mib = setting_u64(
+            &opts,
+            "disk_mib",
+            disk::DEFAULT_DISK_MIB,
+            disk::MIN_DISK_MIB,
+        )?;
+        let aio = match opts.settings.get("disk_aio").map(String::as_str) {
+            None => disk::pick_aio(&qemu),
+            Some("threads") => "threads",
+            Some("io_uring") => "io_uring",
+            Some("native") => "native",
+            Some(v) => {
+                return Err(BackendError::Other(format!(
+                    "--set disk_aio={v}: use threads, io_uring or native"
+                )))
+            }
+        };
+        let scratch = env.state.scratch();
+        let cache = if disk::supports_direct(&scratch) {
+            "none"
+        } else {
+            tracing::warn!(
+                "{} does not support O_DIRECT: the VM disk uses the host page cache \
+                 (cache=writeback), so its cold reads are not cold on the host",
+                scratch.display()
+            );
+            "writeback"
+        };
+        if aio == "native" && cache != "none" {
+            return Err(BackendError::Other(format!(
+                "--set disk_aio=native needs O_DIRECT, which {} does not support: use \
+                 disk_aio=threads or a state directory on a disk filesystem",
+                scratch.display()
+            )));
+        }
+        let tsc_khz = match accel {
+            Accel::Tcg => host_tsc_khz(),
+            Accel::Kvm => None,
+        };
+
+        let work = scratch.join(tier.as_str());
+        let (initrd, modules) = crate::backend::prepare_run_dir(env, &work, || {
+            std::fs::create_dir(&work)
+                .map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
+            let initrd = work.join(initramfs::cache_name(&env.agent, &kernel).map_err(other)?);
+            let modules = initramfs::build(&env.agent, &kernel, &initrd)
+                .map_err(|e| BackendError::Other(format!("building the initramfs: {e}")))?;
+            Ok((initrd, modules))
+        })?;
+        Ok(Vm {
             tier,
-            accel: accel_of(tier),
-            prep: None,
+            accel,
+            p: Prepared {
+                state: env.state.clone(),
+                cancel: env.cancel.clone(),
+                qemu: Qemu { binary: qemu },
+                qemu_version,
+                kernel,
+                work,
+                initrd,
+                modules,
+                cpus: env.budget.cpus.clone(),
+                memory_mib: env.budget.memory_mib,
+                base_cmdline: base_cmdline(accel, tsc_khz),
+                deadline,
+                fit: Fit {
+                    phase_ms,
+                    workload_mib,
+                },
+                disk_cfg: DiskConfig {
+                    mib: disk_mib,
+                    cache,
+                    aio,
+                },
+                disk: None,
+                net: None,
+                idle: Registry::default(),
+            },
+            finished: false,
             launches: 0,
             last_said: String::new(),
             last_disk: false,
-        }
+        })
     }
 }
 
@@ -468,7 +619,7 @@ impl Prepared {
         let args = Qemu::args(spec).into_iter().map(Into::into).collect();
         let mut p = cli_spec(&self.qemu.binary, args, &self.cpus);
         p.env.push((
-            crate::state::cleanup::validate::RUN_ID_ENV.into(),
+            crate::host::proc::RUN_ID_ENV.into(),
             self.state.id.clone().into(),
         ));
         p.new_session = true;
@@ -500,10 +651,7 @@ impl Launch for Vm {
         self.launches += 1;
         let n = self.launches;
         let (tier, accel) = (self.tier, self.accel);
-        let p = self
-            .prep
-            .as_mut()
-            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+        let p = &mut self.p;
         let mut task = task.clone();
         let notes = p.fit.apply(&mut task.workload);
         if !notes.is_empty() {
@@ -577,10 +725,7 @@ impl Launch for Vm {
         if plan.dir.exists() {
             kernel::remove_plain_tree(&plan.dir).map_err(other)?;
         }
-        let p = self
-            .prep
-            .as_ref()
-            .ok_or_else(|| BackendError::Other("teardown before prepare".into()))?;
+        let p = &self.p;
         // Deferred by the core until after the released instant.
         release(&p.state, &Resource::Dir { path: plan.dir })
     }
@@ -596,154 +741,8 @@ impl Backend for Vm {
         self.tier
     }
 
-    fn prepare(&mut self, env: &RunEnv) -> Result<(), BackendError> {
-        // Validate everything before any side effect.
-        let opts = BackendOptions {
-            cache_dir: env.cache_dir.clone(),
-            ..env.options.clone()
-        };
-        let kernel = kernel::locate(&opts.cache_dir, opts.kernel.as_deref());
-        if let Availability::Unavailable { reason, fix } =
-            decide(self.tier, &env.host, &opts, kernel.as_ref())
-        {
-            return Err(BackendError::Unavailable {
-                tier: self.tier,
-                reason: format!("{reason}; {fix}"),
-            });
-        }
-        let kernel = kernel.map_err(other)?;
-        let (qemu, qemu_version) = vmm_binary(&env.host, &opts).map_err(|a| match a {
-            Availability::Unavailable { reason, fix } => BackendError::Unavailable {
-                tier: self.tier,
-                reason: format!("{reason}; {fix}"),
-            },
-            Availability::Available { .. } => unreachable!("vmm_binary errs only unavailable"),
-        })?;
-        if env.budget.cpus.is_empty() {
-            return Err(BackendError::Other(
-                "the budget has no CPUs: give the VM at least one (--cpus)".into(),
-            ));
-        }
-        // The guest holds the initramfs twice while unpacking it ("Initramfs unpacking failed:
-        // write error" otherwise), plus the kernel.
-        let initrd_mib = initramfs::estimated_size(&env.agent, &kernel)
-            .map_err(other)?
-            .div_ceil(1 << 20);
-        let need = (2 * initrd_mib + KERNEL_HEADROOM_MIB).max(MIN_MEMORY_MIB);
-        if env.budget.memory_mib < need {
-            return Err(BackendError::Other(format!(
-                "{} MiB is too little for the guest: the initramfs (agent + libraries + modules) is \
-                 {initrd_mib} MiB and is unpacked in guest RAM; give at least {need} MiB \
-                 (memory_mib), or use a smaller (release, stripped) agent build",
-                env.budget.memory_mib
-            )));
-        }
-        // What the workload may use: RAM minus the unpacked initramfs and the kernel.
-        let workload_mib = env
-            .budget
-            .memory_mib
-            .saturating_sub(initrd_mib + KERNEL_HEADROOM_MIB)
-            .max(scale::MIN_WORKLOAD_MIB);
-        let default_deadline = match self.accel {
-            Accel::Tcg => TCG_DEADLINE,
-            Accel::Kvm => KVM_DEADLINE,
-        };
-        let deadline = Duration::from_secs(setting_u64(
-            &opts,
-            "deadline_s",
-            default_deadline.as_secs(),
-            1,
-        )?);
-        let phase_ms = match self.accel {
-            Accel::Tcg => Some(setting_u64(
-                &opts,
-                "phase_budget_ms",
-                scale::DEFAULT_EMULATED_PHASE_MS,
-                100,
-            )?),
-            Accel::Kvm => None,
-        };
-        let disk_mib = setting_u64(
-            &opts,
-            "disk_mib",
-            disk::DEFAULT_DISK_MIB,
-            disk::MIN_DISK_MIB,
-        )?;
-        let aio = match opts.settings.get("disk_aio").map(String::as_str) {
-            None => disk::pick_aio(&qemu),
-            Some("threads") => "threads",
-            Some("io_uring") => "io_uring",
-            Some("native") => "native",
-            Some(v) => {
-                return Err(BackendError::Other(format!(
-                    "--set disk_aio={v}: use threads, io_uring or native"
-                )))
-            }
-        };
-        let scratch = env.state.scratch();
-        let cache = if disk::supports_direct(&scratch) {
-            "none"
-        } else {
-            tracing::warn!(
-                "{} does not support O_DIRECT: the VM disk uses the host page cache \
-                 (cache=writeback), so its cold reads are not cold on the host",
-                scratch.display()
-            );
-            "writeback"
-        };
-        if aio == "native" && cache != "none" {
-            return Err(BackendError::Other(format!(
-                "--set disk_aio=native needs O_DIRECT, which {} does not support: use \
-                 disk_aio=threads or a state directory on a disk filesystem",
-                scratch.display()
-            )));
-        }
-        let tsc_khz = match self.accel {
-            Accel::Tcg => host_tsc_khz(),
-            Accel::Kvm => None,
-        };
-
-        let work = scratch.join(self.tier.as_str());
-        record(&env.state, &Resource::Dir { path: work.clone() })?;
-        std::fs::create_dir_all(&work)
-            .map_err(|e| BackendError::io(format!("creating {}", work.display()), e))?;
-        let initrd = work.join(initramfs::cache_name(&env.agent, &kernel).map_err(other)?);
-        let modules = initramfs::build(&env.agent, &kernel, &initrd)
-            .map_err(|e| BackendError::Other(format!("building the initramfs: {e}")))?;
-        self.prep = Some(Prepared {
-            state: env.state.clone(),
-            cancel: env.cancel.clone(),
-            qemu: Qemu { binary: qemu },
-            qemu_version,
-            kernel,
-            work,
-            initrd,
-            modules,
-            cpus: env.budget.cpus.clone(),
-            memory_mib: env.budget.memory_mib,
-            base_cmdline: base_cmdline(self.accel, tsc_khz),
-            deadline,
-            fit: Fit {
-                phase_ms,
-                workload_mib,
-            },
-            disk_cfg: DiskConfig {
-                mib: disk_mib,
-                cache,
-                aio,
-            },
-            disk: None,
-            net: None,
-            idle: Registry::default(),
-        });
-        Ok(())
-    }
-
     fn run_once(&mut self, task: &Task) -> Result<Outcome, BackendError> {
-        let p = self
-            .prep
-            .as_ref()
-            .ok_or_else(|| BackendError::Other("run_once before prepare".into()))?;
+        let p = &self.p;
         let (state, cancel, deadline) = (p.state.clone(), p.cancel.clone(), p.deadline);
         self.last_said.clear();
         self.last_disk = false;
@@ -761,11 +760,7 @@ impl Backend for Vm {
             BackendError::Agent(m) => BackendError::Agent(format!("{m}{}", self.last_said)),
             other => other,
         });
-        if let (Err(_), true, Some(d)) = (
-            &out,
-            self.last_disk,
-            self.prep.as_mut().and_then(|p| p.disk.as_mut()),
-        ) {
+        if let (Err(_), true, Some(d)) = (&out, self.last_disk, self.p.disk.as_mut()) {
             d.dirty = true;
         }
         out
@@ -774,10 +769,7 @@ impl Backend for Vm {
     fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
         self.launches += 1;
         let n = self.launches;
-        let p = self
-            .prep
-            .as_ref()
-            .ok_or_else(|| BackendError::Other("start_idle before prepare".into()))?;
+        let p = &self.p;
         if !matches!(task.workload, Workload::Idle(_)) {
             return Err(BackendError::Other(format!(
                 "start_idle runs the idle workload, not {}",
@@ -814,13 +806,14 @@ impl Backend for Vm {
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
-        let Some(p) = self.prep.take() else {
+        if std::mem::replace(&mut self.finished, true) {
             return Ok(());
-        };
+        }
+        let p = &mut self.p;
         // RELIABILITY rule 2: processes, then network devices, then files. Every step is
         // tried; the first error is returned (the ledger keeps what was not released).
         let mut results = vec![p.idle.stop_all()];
-        if let Some(net) = p.net {
+        if let Some(net) = p.net.take() {
             net.peer.stop();
             let res = Resource::Link {
                 name: net.tap.clone(),
@@ -832,7 +825,7 @@ impl Backend for Vm {
             );
             results.push(net.reservation.release().map_err(other));
         }
-        if let Some(d) = p.disk {
+        if let Some(d) = p.disk.take() {
             let res = Resource::File {
                 path: d.path.clone(),
             };
@@ -856,7 +849,8 @@ impl Backend for Vm {
 
     fn versions(&self) -> BTreeMap<String, String> {
         let mut v = BTreeMap::new();
-        if let Some(p) = &self.prep {
+        {
+            let p = &self.p;
             v.insert(
                 "qemu".into(),
                 p.qemu_version.clone().unwrap_or_else(|| "unknown".into()),
@@ -872,7 +866,8 @@ impl Backend for Vm {
             ("vmm".to_string(), "qemu".to_string()),
             ("machine".to_string(), qemu::MICROVM.to_string()),
         ]);
-        if let Some(p) = &self.prep {
+        {
+            let p = &self.p;
             s.insert("kernel_version".into(), p.kernel.version.clone());
             s.insert("kernel_image".into(), p.kernel.image_kind().into());
             s.insert("vcpus".into(), p.cpus.len().to_string());

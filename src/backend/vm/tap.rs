@@ -100,43 +100,6 @@ pub fn name(tier: Tier) -> String {
     format!("isb{t}{}", netdev::random_tag())
 }
 
-/// Networks in `ip -o -4 addr show` and `ip -4 route show` output (pure, unit-tested).
-pub fn parse_used(addrs: &str, routes: &str) -> Vec<(Ipv4Addr, u8)> {
-    let cidr = |w: &str| -> Option<(Ipv4Addr, u8)> {
-        let (ip, len) = w.split_once('/').unwrap_or((w, "32"));
-        Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?))
-    };
-    let mut v = vec![];
-    for l in addrs.lines() {
-        let mut w = l.split_whitespace().skip_while(|x| *x != "inet").skip(1);
-        if let Some(c) = w.next().and_then(cidr) {
-            v.push(c);
-        }
-    }
-    for l in routes.lines() {
-        // The destination is the first word after an optional route type.
-        let first = l.split_whitespace().find(|w| {
-            !matches!(
-                *w,
-                "unicast"
-                    | "unreachable"
-                    | "blackhole"
-                    | "prohibit"
-                    | "local"
-                    | "broadcast"
-                    | "throw"
-                    | "nat"
-                    | "anycast"
-                    | "multicast"
-            )
-        });
-        if let Some(c) = first.filter(|w| *w != "default").and_then(cidr) {
-            v.push(c);
-        }
-    }
-    v
-}
-
 fn ip(args: &[&str]) -> Result<String, TapError> {
     let out = Command::new("ip")
         .args(args)
@@ -156,7 +119,7 @@ fn ip(args: &[&str]) -> Result<String, TapError> {
 
 /// This host's IPv4 networks (addresses and routes), for [`pick`].
 pub fn used_networks() -> Result<Vec<(Ipv4Addr, u8)>, TapError> {
-    Ok(parse_used(
+    Ok(crate::host::net::subnet::parse_used(
         &ip(&["-o", "-4", "addr", "show"])?,
         &ip(&["-4", "route", "show", "table", "all"])?,
     ))
@@ -283,25 +246,5 @@ mod tests {
         assert_eq!(l.guest, Ipv4Addr::new(10, 213, 0, 22));
         assert_eq!(l.guest_cidr(), "10.213.0.22/30");
         assert_eq!(l.host_cidr(), "10.213.0.21/30");
-    }
-
-    #[test]
-    fn parses_ip_output() {
-        let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
-                     4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\n";
-        let routes = "default via 192.0.2.1 dev eth0\n\
-                      192.0.2.0/24 dev eth0 proto kernel scope link src 192.0.2.2\n\
-                      local 10.213.4.1 dev isbe1 table local proto kernel scope host\n\
-                      unreachable 10.99.0.0/16\n";
-        assert_eq!(
-            parse_used(addrs, routes),
-            vec![
-                (Ipv4Addr::new(127, 0, 0, 1), 8),
-                (Ipv4Addr::new(192, 0, 2, 2), 24),
-                (Ipv4Addr::new(192, 0, 2, 0), 24),
-                (Ipv4Addr::new(10, 213, 4, 1), 32),
-                (Ipv4Addr::new(10, 99, 0, 0), 16),
-            ]
-        );
     }
 }
