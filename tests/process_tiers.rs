@@ -254,9 +254,13 @@ fn chroot_hides_the_host() {
             assert_eq!(v.root_entries, jail);
             assert!(v.extra_fds.is_empty(), "leaked fds: {:?}", v.extra_fds);
             assert_eq!(v.cwd, "/");
-            // /proc is an empty directory in the jail: no process and no mount table is visible.
-            assert_eq!(v.visible_processes.unwrap_or(0), 0);
-            assert_eq!(v.mounts, None);
+            // The jail mounts /proc (so the agent can read its own VmHWM): what it shows is the
+            // host's pid namespace, i.e. what chroot does not isolate.
+            assert!(
+                v.visible_processes.unwrap_or(0) > 1,
+                "the jail's /proc shows the host's processes: {:?}",
+                v.visible_processes
+            );
             let t = Task {
                 exit_code: Some(7),
                 ..Task::new(Workload::Noop)

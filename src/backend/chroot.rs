@@ -166,7 +166,10 @@ impl Backend for Chroot {
     fn settings(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("cpus".into(), format!("{:?}", self.agent.cpus)),
-            ("rootfs".into(), "minimal (static agent, /proc mounted)".into()),
+            (
+                "rootfs".into(),
+                "minimal (static agent, /proc mounted)".into(),
+            ),
             (
                 "fs_path".into(),
                 "/data in the jail (a directory of the rootfs copy, host filesystem)".into(),

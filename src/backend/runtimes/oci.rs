@@ -528,7 +528,7 @@ impl Backend for Bundled {
             ),
             (
                 "rootfs".into(),
-                "minimal rootfs (agent + ldd libraries), plain directory, writable".into(),
+                "minimal rootfs (static agent), plain directory, writable".into(),
             ),
             (
                 "fs_path".into(),

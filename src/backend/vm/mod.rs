@@ -241,8 +241,12 @@ pub fn base_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
 /// The selected mode of a `/sys/kernel/mm/transparent_hugepage/enabled` text (the bracketed
 /// word, e.g. `always [madvise] never` -> `madvise`).
 pub fn thp_mode(text: &str) -> Option<&'static str> {
-    let selected = text.split_whitespace().find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
-    ["always", "madvise", "never"].into_iter().find(|m| *m == selected)
+    let selected = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?;
+    ["always", "madvise", "never"]
+        .into_iter()
+        .find(|m| *m == selected)
 }
 
 /// The full command line with the task; refuses one the kernel would truncate.
