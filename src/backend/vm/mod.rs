@@ -223,9 +223,8 @@ pub fn host_tsc_khz() -> Option<u64> {
 /// The kernel command line without the task: console on the serial port, quiet (every console
 /// byte is an emulated UART write), reboot by triple fault and at once on panic (QEMU has
 /// `-no-reboot`, so both end it), for TCG the TSC frequency, and the host's transparent huge
-/// page mode (Debian's guest kernel defaults to `always`, a host often runs `madvise`: with
-/// `always` the agent's heap takes a 2 MiB page and its VmHWM doubles, a cost of the guest's
-/// configuration, not of the tier).
+/// page mode (Debian's guest kernel defaults to `always` where a host often runs `madvise`: the
+/// guest's memory policy should be the host's, not a difference of the tier).
 pub fn base_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
     let mut s = String::from("console=ttyS0 quiet reboot=t panic=-1 tsc=reliable");
     if let (Accel::Tcg, Some(k)) = (accel, tsc_khz) {
