@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
-use super::process;
-use super::resources::{make_data_dir, remove_data_dir};
-use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
+use crate::backend::process;
+use crate::backend::resources::{make_data_dir, remove_data_dir};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::measure::launch;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
@@ -22,7 +22,7 @@ use crate::netpeer::NetPeer;
 use crate::protocol::Task;
 use crate::state::ledger::RunState;
 
-pub use super::process::cpuset;
+pub use crate::backend::process::cpuset;
 
 pub fn availability(_host: &HostFacts) -> Availability {
     Availability::Available {

@@ -18,8 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
-use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
@@ -70,9 +70,9 @@ impl Chroot {
                 reason: format!("{reason}: {fix}"),
             });
         }
-        super::process::cpuset(&env.budget.cpus)?;
+        crate::backend::process::cpuset(&env.budget.cpus)?;
         let dir = env.state.scratch().join("rootfs");
-        super::resources::refuse_existing(&dir)?;
+        crate::backend::resources::refuse_existing(&dir)?;
         let res = Resource::Dir { path: dir.clone() };
         env.state
             .record(res.clone())

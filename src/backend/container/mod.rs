@@ -38,10 +38,10 @@ use std::time::Instant;
 
 use nix::unistd::Pid;
 
-use super::launch::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
-use super::process::cpuset;
-use super::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::launch::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
+use crate::backend::process::cpuset;
 use crate::backend::resources::refuse_existing;
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::cgroup::{self, CgroupManager};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
@@ -327,7 +327,7 @@ impl Container {
         cpuset(&env.budget.cpus)?;
         let base = env.state.scratch().join("container");
         check_overlay_path(&base)?;
-        let p = super::prepare_run_dir(env, &base, || prepare_in(env, &base))?;
+        let p = crate::backend::prepare_run_dir(env, &base, || prepare_in(env, &base))?;
         Ok(Container {
             p,
             net: None,
