@@ -89,25 +89,42 @@ pub fn run(task: &Task) -> AgentReport {
     report
 }
 
-/// The agent's own peak resident set, KiB: `VmHWM` of /proc/self/status (the guest's own /proc
-/// in a VM). The high-water mark belongs to the address space, which execve replaces, so it
-/// counts the agent alone. `getrusage`'s `ru_maxrss` is not used: it keeps the peak of the
-/// address space the process had before execve, i.e. the harness's own peak for a process
-/// created by fork or vfork. None when /proc is not mounted (a chroot jail without /proc):
-/// absent, never a figure from somewhere else.
+/// The agent's own peak resident set, KiB, from its own address space (which execve replaces,
+/// so it counts the agent alone): the larger of `VmHWM` (/proc/self/status) and the current
+/// `Rss` of /proc/self/smaps_rollup. `VmHWM` comes from the kernel's RSS counters, which lag
+/// behind the page tables on some kernels: before 6.2 each task keeps its own deltas and folds
+/// them in only every 64 page faults, so a small process like the agent in a 6.1 VM guest reads
+/// a few KiB; 6.2 to 6.15 read per-CPU counters without their pending batches. `smaps_rollup`
+/// walks the page tables, so its `Rss` is exact, but only for now; the agent's set at report
+/// time is its peak unless a workload freed memory, and then `VmHWM` (updated when memory is
+/// unmapped) holds the peak. The guest's own /proc in a VM.
+///
+/// `getrusage`'s `ru_maxrss` is not used: it keeps the peak of the address space the process
+/// had before execve, i.e. the harness's own peak for a process created by fork or vfork.
+/// None when /proc is not mounted: absent, never a figure from somewhere else.
 fn peak_rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| vm_hwm_kib(&s))
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok();
+    peak_kib(&status, rollup.as_deref())
+}
+
+/// The peak from the texts of /proc/self/status and (where the kernel has it)
+/// /proc/self/smaps_rollup: see [`peak_rss_kib`].
+pub fn peak_kib(status: &str, smaps_rollup: Option<&str>) -> Option<u64> {
+    let hwm = vm_hwm_kib(status)?;
+    let rss = smaps_rollup.and_then(|s| kib_field(s, "Rss:"));
+    Some(rss.map_or(hwm, |r| r.max(hwm)))
 }
 
 /// `VmHWM` from the text of a /proc/<pid>/status file, in KiB (the kernel writes `kB`, which
 /// means KiB). None when the line is missing or malformed (kernel threads have no VmHWM).
 pub fn vm_hwm_kib(status: &str) -> Option<u64> {
-    let rest = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim();
+    kib_field(status, "VmHWM:")
+}
+
+/// A `Name:   123 kB` line of a /proc file, in KiB.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix(name))?.trim();
     let number = rest.strip_suffix("kB")?.trim();
     number.parse().ok()
 }
@@ -149,7 +166,7 @@ fn install_signal_handlers() {
 
 #[cfg(test)]
 mod tests {
-    use super::vm_hwm_kib;
+    use super::{peak_kib, vm_hwm_kib};
 
     /// A /proc/self/status as Linux 6.x writes it (trimmed).
     const STATUS: &str = "Name:\tisobench-agent\nUmask:\t0022\nState:\tR (running)\n\
@@ -170,6 +187,25 @@ Threads:\t1\n";
         assert_eq!(vm_hwm_kib("VmHWM:\t   12 MB\n"), None);
         assert_eq!(vm_hwm_kib("VmHWM:\t  lots kB\n"), None);
         assert_eq!(vm_hwm_kib("VmHWM:\t 0 kB\n"), Some(0));
+    }
+
+    /// smaps_rollup as Linux 6.1 writes it (trimmed).
+    const ROLLUP: &str = "55d0c0000000-7ffc00000000 ---p 00000000 00:00 0    [rollup]\n\
+Rss:                1604 kB\nPss:                1580 kB\nPss_Anon:             96 kB\n";
+
+    #[test]
+    fn a_lagging_high_water_mark_gives_way_to_the_page_tables() {
+        // A 6.1 guest: the task's RSS deltas were never folded in, VmHWM reads 4 kB.
+        let stale = STATUS.replace("1456 kB\nVmRSS", "4 kB\nVmRSS");
+        assert_eq!(peak_kib(&stale, Some(ROLLUP)), Some(1604));
+        // A workload that freed a big buffer: the high-water mark holds the peak.
+        let freed = STATUS.replace("1456 kB\nVmRSS", "67000 kB\nVmRSS");
+        assert_eq!(peak_kib(&freed, Some(ROLLUP)), Some(67000));
+        // No smaps_rollup (an old kernel, gVisor): VmHWM alone.
+        assert_eq!(peak_kib(STATUS, None), Some(1456));
+        assert_eq!(peak_kib(STATUS, Some("Rss: lots\n")), Some(1456));
+        // No VmHWM: absent, whatever smaps_rollup says.
+        assert_eq!(peak_kib("Name:\tx\n", Some(ROLLUP)), None);
     }
 
     #[test]
