@@ -12,14 +12,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use common::sh;
-use common::tiers::metric;
+use common::tiers::{budget, metric, run_env};
 use isobench::backend::{registry, Backend, BackendOptions, Outcome, RunEnv};
 use isobench::model::availability::Availability;
-use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::model::tier::Tier;
 use isobench::protocol::Task;
@@ -31,16 +29,8 @@ use isobench::workload::{
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn require() -> bool {
-    std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
 fn skip(test: &str, reason: &str) {
-    println!("SKIPPED {test}: {reason}");
-    assert!(
-        !require(),
-        "{test}: {reason} (ISOBENCH_REQUIRE_PRIVILEGED=1)"
-    );
+    common::skip(test, reason, "ISOBENCH_REQUIRE_PRIVILEGED");
 }
 
 /// Is `tier` usable? Prints the skip line and returns false otherwise.
@@ -74,29 +64,8 @@ struct Census {
 /// names `tmp` or whose cgroup names `run`.
 fn census(tmp: &Path, run: &str) -> Census {
     let t = tmp.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&t))
-        .map(String::from)
-        .collect();
-    // isobench-* cgroups in every hierarchy, two levels deep (runtime cgroups sit below ours).
-    let mut cgroups = BTreeSet::new();
-    let root = Path::new("/sys/fs/cgroup");
-    let mut levels = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        levels.extend(rd.flatten().map(|e| e.path()));
-    }
-    for l in levels {
-        if let Ok(rd) = std::fs::read_dir(&l) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("isobench-") && n.contains(run) {
-                    cgroups.insert(e.path());
-                }
-            }
-        }
-    }
+    let mounts = common::tiers::mounts_under(tmp);
+    let cgroups = common::tiers::isobench_cgroups(|n| n.contains(run));
     let docker = if Path::new("/var/run/docker.sock").exists() {
         sh(
             "docker",
@@ -142,36 +111,15 @@ fn census(tmp: &Path, run: &str) -> Census {
     }
 }
 
-fn budget() -> Budget {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .take(2)
-        .collect();
-    Budget {
-        cpus,
-        memory_mib: 512,
-    }
-}
-
 /// Prepare `tier`, run `body`, finish (even on panic), then: ledger empty, census unchanged,
 /// scratch empty.
 fn with_backend(tier: Tier, body: impl FnOnce(&mut dyn Backend, &RunEnv)) {
     let tmp = tempfile::tempdir().unwrap();
     let sd = StateDir::open(tmp.path().join("state")).unwrap();
     // The run id is the state's own (unique, made by begin_run), as in a real run.
-    let state = Arc::new(sd.begin_run(&format!("rt-{tier}")).unwrap());
-    let run = state.id.clone();
+    let env = run_env(&sd, &format!("rt-{tier}"), tmp.path(), budget(2, 512));
+    let run = env.state.id.clone();
     let before = census(tmp.path(), &run);
-    let env = RunEnv {
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-        state,
-        cache_dir: tmp.path().join("cache"),
-        budget: budget(),
-        options: BackendOptions::default(),
-        host: HostFacts::detect(),
-        cancel: Arc::new(AtomicBool::new(false)),
-    };
     let mut made: Option<Box<dyn Backend>> = None;
     let res = catch_unwind(AssertUnwindSafe(|| {
         let b = made.insert(registry::make(tier, &env).unwrap());
@@ -504,18 +452,9 @@ fn runtime_cgroup_parents_are_never_adopted() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let sd = StateDir::open(tmp.path().join("state")).unwrap();
-        let state = Arc::new(sd.begin_run(&format!("adopt-{tier}")).unwrap());
-        let run = state.id.clone();
+        let env = run_env(&sd, &format!("adopt-{tier}"), tmp.path(), budget(2, 512));
+        let run = env.state.id.clone();
         let before = census(tmp.path(), &run);
-        let env = RunEnv {
-            agent: PathBuf::from(env!("CARGO_BIN_EXE_isobench-agent")),
-            state,
-            cache_dir: tmp.path().join("cache"),
-            budget: budget(),
-            options: BackendOptions::default(),
-            host: HostFacts::detect(),
-            cancel: Arc::new(AtomicBool::new(false)),
-        };
         let parents = isobench::backend::runtimes::oci::cgroup_dirs_for(
             &isobench::host::cgroup::Hierarchies::detect(),
             env.host.cgroup_layout,

@@ -14,6 +14,7 @@ use crate::backend::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEAD
 use crate::backend::process;
 use crate::backend::resources::{make_data_dir, remove_data_dir};
 use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::host::rootfs;
 use crate::measure::launch;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
@@ -37,26 +38,41 @@ pub struct Bare {
     cancel: Arc<AtomicBool>,
     /// The fs workload's host directory, recorded in `state` (None once finished).
     data: Option<PathBuf>,
+    /// The directory holding the agent's copy, recorded in `state` (None once finished).
+    bin: Option<PathBuf>,
     /// The net workload's peer on 127.0.0.1.
     peer: Option<NetPeer>,
 }
 
 impl Bare {
-    /// Prepare the bare tier: its data directory (recorded, then made) and its loopback peer.
+    /// Prepare the bare tier: the agent's copy and its data directory (each recorded, then
+    /// made) and its loopback peer. The agent runs from a copy written as every rootfs's copy
+    /// is (see `rootfs::install_agent`), so all tiers load the same bytes the same way.
     pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
         process::cpuset(&env.budget.cpus)?;
+        let bin = env.state.scratch().join("bare-bin");
+        make_data_dir(&env.state, &bin)?;
+        let program = bin.join("isobench-agent");
+        if let Err(e) = rootfs::install_agent(&env.agent, &program) {
+            let _ = remove_data_dir(&env.state, &bin);
+            return Err(BackendError::Other(format!("installing the agent: {e}")));
+        }
         let dir = env.state.scratch().join("bare-data");
-        make_data_dir(&env.state, &dir)?;
+        if let Err(e) = make_data_dir(&env.state, &dir) {
+            let _ = remove_data_dir(&env.state, &bin);
+            return Err(e);
+        }
         let peer = match loopback_peer() {
             Ok(p) => p,
             Err(e) => {
                 let _ = remove_data_dir(&env.state, &dir);
+                let _ = remove_data_dir(&env.state, &bin);
                 return Err(e);
             }
         };
         Ok(Bare {
             agent: AgentLaunch {
-                program: env.agent.clone(),
+                program,
                 chroot: None,
                 path_env: "/usr/local/bin:/usr/bin:/bin",
                 cpus: env.budget.cpus.clone(),
@@ -66,6 +82,7 @@ impl Bare {
             state: env.state.clone(),
             cancel: env.cancel.clone(),
             data: Some(dir),
+            bin: Some(bin),
             peer: Some(peer),
         })
     }
@@ -91,6 +108,9 @@ impl Backend for Bare {
             p.stop();
         }
         if let Some(dir) = self.data.take() {
+            remove_data_dir(&self.state, &dir)?;
+        }
+        if let Some(dir) = self.bin.take() {
             remove_data_dir(&self.state, &dir)?;
         }
         Ok(())

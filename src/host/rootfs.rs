@@ -96,13 +96,32 @@ pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
     }
     std::fs::set_permissions(dest.join("tmp"), std::fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &dest.join("tmp")))?;
-    let target = dest.join(AGENT_IN_ROOTFS.trim_start_matches('/'));
-    std::fs::copy(agent, &target).map_err(io("copying", agent))?;
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555))
-        .map_err(io("chmod", &target))?;
+    install_agent(agent, &dest.join(AGENT_IN_ROOTFS.trim_start_matches('/')))?;
     std::fs::write(dest.join("etc/hostname"), "isobench\n")
         .map_err(io("writing", &dest.join("etc/hostname")))?;
     Ok(vec![PathBuf::from(AGENT_IN_ROOTFS)])
+}
+
+/// Copy the agent to `target` (a new file), read-only and executable. Every tier runs a copy
+/// made here, `bare` included: the copies are written the same way, so the page cache holds
+/// them the same way (on a recent kernel a file written in one go sits in large folios, which a
+/// page fault maps whole), and the agent's resident memory does not depend on how the build
+/// happened to write the original.
+pub fn install_agent(agent: &Path, target: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    require_static(agent)?;
+    std::fs::copy(agent, target).map_err(|source| RootfsError::Io {
+        what: "copying",
+        path: agent.into(),
+        source,
+    })?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o555)).map_err(|source| {
+        RootfsError::Io {
+            what: "chmod",
+            path: target.into(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -61,28 +61,8 @@ pub struct LocalCensus {
 
 /// Take a [`LocalCensus`] for the test whose temp directory is `tmp`.
 pub fn local_census(tmp: &Path, net: bool) -> LocalCensus {
-    let tmp = tmp.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&tmp))
-        .map(String::from)
-        .collect();
-    let mut cgroups = BTreeSet::new();
-    let root = Path::new("/sys/fs/cgroup");
-    let mut levels = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        levels.extend(rd.flatten().map(|e| e.path()));
-    }
-    for l in levels {
-        if let Ok(rd) = std::fs::read_dir(&l) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with("isobench-") {
-                    cgroups.insert(e.path());
-                }
-            }
-        }
-    }
+    let mounts = mounts_under(tmp);
+    let cgroups = isobench_cgroups(|_| true);
     let (mut links, mut nft_tables, mut ip_forward) = (vec![], vec![], String::new());
     if net {
         links = std::fs::read_dir("/sys/class/net")
@@ -107,6 +87,39 @@ pub fn local_census(tmp: &Path, net: bool) -> LocalCensus {
         ip_forward,
         children: children_of_self(),
     }
+}
+
+/// The mounts whose mountinfo line names `tmp`.
+pub fn mounts_under(tmp: &Path) -> Vec<String> {
+    let tmp = tmp.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&tmp))
+        .map(String::from)
+        .collect()
+}
+
+/// `isobench-*` cgroups whose name passes `keep`, in every hierarchy, two levels deep (a
+/// runtime's cgroups sit below ours on a v1 host).
+pub fn isobench_cgroups(keep: impl Fn(&str) -> bool) -> BTreeSet<PathBuf> {
+    let mut cgroups = BTreeSet::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut levels = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        levels.extend(rd.flatten().map(|e| e.path()));
+    }
+    for l in levels {
+        if let Ok(rd) = std::fs::read_dir(&l) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("isobench-") && keep(&n) {
+                    cgroups.insert(e.path());
+                }
+            }
+        }
+    }
+    cgroups
 }
 
 /// Live children of this test process.
