@@ -11,8 +11,9 @@
 //! STREAM's Copy loop (loop distribution turns it into a `memcpy` call). For copies this large
 //! glibc's `memcpy` uses non-temporal stores, which skip the read-for-ownership of `c`; the
 //! element loop rustc emitted here instead (16-byte SSE2 loads and stores, no `memcpy`: the
-//! arrays are not provably disjoint at that point) pays that extra read and read ~14 % below
-//! C STREAM. The bytes counted are STREAM's either way. Triad stays an element loop in both
+//! arrays are not provably disjoint at that point) pays that extra read (issue 11 saw Copy
+//! ~14 % below C STREAM; in-process here the element loop read a median 0.93 of `memcpy`). The
+//! bytes counted are STREAM's either way. Triad stays an element loop in both
 //! (SSE2 `mulpd` + `addpd`, plain stores). The C reference is `benches/stream/stream.c`, run side
 //! by side by `benches/stream/compare.sh` (docs/accuracy.md, "Memory bandwidth against C STREAM").
 //!
@@ -56,10 +57,13 @@ fn reserve_f64(n: usize) -> Result<Vec<f64>, String> {
     Ok(a)
 }
 
+/// `(a, b, c)`.
+type StreamArrays = (Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// STREAM's three arrays, `a = 1`, `b = 2`, `c = 0`, first touched together element by element
 /// as STREAM's initialisation loop does (see the module comment for why the order matters).
 /// Every page is faulted in here, before any timed loop.
-fn stream_arrays(n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), String> {
+fn stream_arrays(n: usize) -> Result<StreamArrays, String> {
     let (mut a, mut b, mut c) = (reserve_f64(n)?, reserve_f64(n)?, reserve_f64(n)?);
     // The values come through black_box so that no store can be skipped as already zero.
     let (va, vb, vc) = black_box((1.0f64, 2.0f64, 0.0f64));
