@@ -81,8 +81,8 @@ pub enum OverlayMode {
 }
 
 impl OverlayMode {
-    /// Read the `overlay` setting (declared in the container's registry row); a value other than `default`/`volatile` is an error (the
-    /// registry's check normally catches it first).
+    /// Read the `overlay` setting (declared in the container's registry row); a value other
+    /// than `default`/`volatile` is an error (the registry's check normally catches it first).
     pub fn from_settings(settings: &BTreeMap<String, String>) -> Result<Self, BackendError> {
         match settings.get("overlay").map(String::as_str) {
             None | Some("default") => Ok(OverlayMode::Default),
