@@ -208,7 +208,14 @@ pub fn row(tier: Tier) -> Row {
             default: true,
             availability: |_, host, _| container::availability(host),
             prepare: |_, env| Ok(Box::new(container::Container::prepare(env)?)),
-            settings: &[],
+            // Read by container::OverlayMode::from_settings.
+            settings: &[Setting {
+                key: "overlay",
+                kind: SettingKind::Choice(&["default", "volatile"]),
+                help: "overlay mount: default = as Docker's overlay2 (fsync reaches the disk); \
+                       volatile = fsync and syncfs are no-ops (Linux 5.10+; not Docker's \
+                       default, recorded as overlay=volatile in the results)",
+            }],
         },
         Tier::Runc | Tier::Crun | Tier::Docker | Tier::Lxc | Tier::Gvisor => Row {
             tier,

@@ -3,8 +3,12 @@
 //!
 //! Per launch: a cgroup with the budget's memory limit, CPU quota and `pids.max` (v2, or v1 on
 //! v1/hybrid hosts), fresh overlay upper/work/merged directories under the run's scratch area
-//! (lower = the run's read-only rootfs; mounted `volatile` where the kernel has it, as podman does for
-//! transient containers: no syncfs of the whole upper filesystem when the overlay goes), then
+//! (lower = the run's read-only rootfs). By default the overlay is mounted as Docker's overlay2
+//! mounts it (no `volatile`: fsync on the overlay reaches the disk, and the upper filesystem is
+//! synced when the overlay goes), so the container's fs figures stand beside docker's and the
+//! study's; `--set overlay=volatile` (Linux 5.10+) mounts it `volatile` as podman does for
+//! transient containers (fsync and syncfs are no-ops), recorded as `overlay=volatile` in the
+//! tier's settings. Then
 //! `clone(VM|NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET)` through [`crate::backend::process`]. The child,
 //! PID 1 of its pid namespace, moves itself into the cgroup, waits until the parent has set up
 //! its network (if any), then runs [`syscalls::setup_container`] as the spawn's setup hook (cgroup ns, rprivate /, hostname, overlay, volume, pivot_root,
@@ -67,6 +71,37 @@ pub const HOSTNAME: &str = "isobench";
 /// Directories of the rootfs that the launch mounts over or works in; none may be a symlink.
 const ROOTFS_MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "data", "volume"];
 
+/// How the overlay is mounted, from the `overlay` setting (absent = `default`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayMode {
+    /// As Docker's overlay2: no `volatile`.
+    Default,
+    /// `volatile`: fsync and syncfs on the overlay do nothing (podman's transient containers).
+    Volatile,
+}
+
+impl OverlayMode {
+    /// Read the `overlay` setting (declared in the container's registry row); a value other
+    /// than `default`/`volatile` is an error (the registry's check normally catches it first).
+    pub fn from_settings(settings: &BTreeMap<String, String>) -> Result<Self, BackendError> {
+        match settings.get("overlay").map(String::as_str) {
+            None | Some("default") => Ok(OverlayMode::Default),
+            Some("volatile") => Ok(OverlayMode::Volatile),
+            Some(v) => Err(BackendError::Other(format!(
+                "overlay={v}: use overlay=default (as Docker) or overlay=volatile"
+            ))),
+        }
+    }
+
+    /// The word recorded in the tier's settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlayMode::Default => "default",
+            OverlayMode::Volatile => "volatile",
+        }
+    }
+}
+
 pub fn availability(host: &HostFacts) -> Availability {
     if !host.is_root {
         return Availability::unavailable(
@@ -121,7 +156,7 @@ pub(crate) struct Prepared {
     cgroup_rel: PathBuf,
     parent: CgroupManager,
     cgroup_mount: CgroupMount,
-    /// Mount the overlay with `volatile` (Linux 5.10+).
+    /// Mount the overlay with `volatile` (Linux 5.10+; only when `overlay=volatile` is set).
     volatile: bool,
 }
 
@@ -251,7 +286,7 @@ fn check_rootfs(lower: &Path) -> Result<(), BackendError> {
 }
 
 /// The fallible part of `prepare`, after `base` is recorded.
-fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
+fn prepare_in(env: &RunEnv, base: &Path, overlay: OverlayMode) -> Result<Prepared, BackendError> {
     std::fs::create_dir(base)
         .map_err(|e| BackendError::io(format!("creating {}", base.display()), e))?;
     let lower = base.join("rootfs");
@@ -286,14 +321,11 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         &env.state,
     )
     .map_err(|e| BackendError::Other(format!("creating the run's cgroup: {e}")))?;
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
     Ok(Prepared {
         state: env.state.clone(),
         layout: env.host.cgroup_layout,
         hier,
-        volatile: kernel_has_volatile(&release),
+        volatile: overlay == OverlayMode::Volatile,
         budget: env.budget.clone(),
         cancel: env.cancel.clone(),
         base: base.to_path_buf(),
@@ -325,9 +357,21 @@ impl Container {
             )));
         }
         cpuset(&env.budget.cpus)?;
+        let overlay = OverlayMode::from_settings(&env.options.settings)?;
+        if overlay == OverlayMode::Volatile {
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !kernel_has_volatile(&release) {
+                return Err(BackendError::Other(format!(
+                    "overlay=volatile needs Linux 5.10 or later (this kernel is {release}): \
+                     drop --set overlay=volatile to mount the overlay as Docker does"
+                )));
+            }
+        }
         let base = env.state.scratch().join("container");
         check_overlay_path(&base)?;
-        let p = crate::backend::prepare_run_dir(env, &base, || prepare_in(env, &base))?;
+        let p = crate::backend::prepare_run_dir(env, &base, || prepare_in(env, &base, overlay))?;
         Ok(Container {
             p,
             net: None,
@@ -433,14 +477,24 @@ impl Backend for Container {
                  (net.ipv4.conf.<dev>.forwarding); ip_forward is never changed"
                     .into(),
             );
+            let mode = if p.volatile {
+                OverlayMode::Volatile
+            } else {
+                OverlayMode::Default
+            };
+            s.insert("overlay".into(), mode.as_str().into());
             s.insert(
                 "overlay_options".into(),
-                if p.volatile {
-                    "volatile: the upper layer is thrown away after each launch, so the overlay \
-                     skips the syncfs of the whole upper filesystem at unmount (as podman does \
-                     for transient containers)"
-                } else {
-                    "default (kernel older than 5.10: no volatile)"
+                match mode {
+                    OverlayMode::Volatile => {
+                        "volatile (set overlay=volatile; NOT Docker's default): fsync and syncfs \
+                         on the overlay are no-ops and the upper filesystem is not synced at \
+                         unmount, as podman does for transient containers"
+                    }
+                    OverlayMode::Default => {
+                        "as Docker's overlay2 (no volatile): fsync on the overlay reaches the \
+                         disk and the upper filesystem is synced at unmount"
+                    }
                 }
                 .into(),
             );
@@ -454,5 +508,49 @@ impl Backend for Container {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::registry::check_settings;
+
+    fn set(v: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("overlay".to_string(), v.to_string())])
+    }
+
+    #[test]
+    fn overlay_defaults_to_dockers_mount_and_volatile_is_opt_in() {
+        assert_eq!(
+            OverlayMode::from_settings(&BTreeMap::new()).unwrap(),
+            OverlayMode::Default
+        );
+        assert_eq!(
+            OverlayMode::from_settings(&set("default")).unwrap(),
+            OverlayMode::Default
+        );
+        assert_eq!(
+            OverlayMode::from_settings(&set("volatile")).unwrap(),
+            OverlayMode::Volatile
+        );
+        assert!(OverlayMode::from_settings(&set("fast")).is_err());
+    }
+
+    #[test]
+    fn overlay_is_a_typed_setting_of_the_container_tier_only() {
+        assert!(check_settings(&[Tier::Container], &set("volatile"), "--set").is_ok());
+        assert!(check_settings(&[Tier::Container], &set("default"), "--set").is_ok());
+        let bad = check_settings(&[Tier::Container], &set("yes"), "--set").unwrap_err();
+        assert!(bad.0.contains("default, volatile"), "{}", bad.0);
+        assert!(check_settings(&[Tier::Bare], &set("volatile"), "--set").is_err());
+    }
+
+    #[test]
+    fn volatile_needs_linux_5_10() {
+        assert!(kernel_has_volatile("6.1.0-57-amd64"));
+        assert!(kernel_has_volatile("5.10.0"));
+        assert!(!kernel_has_volatile("5.4.0-150-generic"));
+        assert!(!kernel_has_volatile(""));
     }
 }

@@ -1,9 +1,21 @@
 //! `memory`: STREAM-style bandwidth and pointer-chase latency, single-threaded.
 //!
 //! Bandwidth: three f64 arrays of `array_mib` each (far above the LLC), initialised (and so
-//! faulted in) before any timing. Each repetition times STREAM's Copy (`c[j] = a[j]`) and Triad
-//! (`a[j] = b[j] + q*c[j]`); the best repetition counts, and bytes are counted as STREAM does
-//! (Copy 2 x 8 bytes, Triad 3 x 8 bytes per element; write-allocate traffic is not counted).
+//! faulted in) before any timing, in one loop over all three (`a[j] = 1; b[j] = 2; c[j] = 0`) as
+//! STREAM's own initialisation does, so both get the same first-touch order. Each repetition
+//! times STREAM's Copy (`c[j] = a[j]`) and Triad (`a[j] = b[j] + q*c[j]`); the best repetition
+//! counts, and bytes are counted as STREAM does (Copy 2 x 8 bytes, Triad 3 x 8 bytes per
+//! element; write-allocate traffic is not counted).
+//!
+//! Copy is `copy_from_slice`, i.e. libc's `memcpy`, because that is what gcc -O2 makes of
+//! STREAM's Copy loop (loop distribution turns it into a `memcpy` call). For copies this large
+//! glibc's `memcpy` uses non-temporal stores, which skip the read-for-ownership of `c`; the
+//! element loop rustc emitted here instead (16-byte SSE2 loads and stores, no `memcpy`: the
+//! arrays are not provably disjoint at that point) pays that extra read (issue 11 saw Copy
+//! ~14 % below C STREAM; in-process here the element loop read a median 0.93 of `memcpy`). The
+//! bytes counted are STREAM's either way. Triad stays an element loop in both
+//! (SSE2 `mulpd` + `addpd`, plain stores). The C reference is `benches/stream/stream.c`, run side
+//! by side by `benches/stream/compare.sh` (docs/accuracy.md, "Memory bandwidth against C STREAM").
 //!
 //! Latency: a buffer of `chase_mib` split into 64-byte cache lines, linked into one random cycle
 //! (Sattolo) through the first word of each line; each load's address depends on the previous
@@ -38,20 +50,35 @@ fn elements(mib: u64, elem_bytes: u64) -> Result<usize, String> {
         .map_err(|_| format!("memory: {mib} MiB does not fit this address space"))
 }
 
-fn alloc_f64(n: usize, v: f64) -> Result<Vec<f64>, String> {
+fn reserve_f64(n: usize) -> Result<Vec<f64>, String> {
     let mut a = Vec::new();
     a.try_reserve_exact(n)
         .map_err(|e| format!("memory: cannot allocate {n} f64: {e}; lower array_mib"))?;
-    // Writing every element faults every page in before the timed loops.
-    a.resize(n, v);
     Ok(a)
+}
+
+/// `(a, b, c)`.
+type StreamArrays = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// STREAM's three arrays, `a = 1`, `b = 2`, `c = 0`, first touched together element by element
+/// as STREAM's initialisation loop does (see the module comment for why the order matters).
+/// Every page is faulted in here, before any timed loop.
+fn stream_arrays(n: usize) -> Result<StreamArrays, String> {
+    let (mut a, mut b, mut c) = (reserve_f64(n)?, reserve_f64(n)?, reserve_f64(n)?);
+    // The values come through black_box so that no store can be skipped as already zero.
+    let (va, vb, vc) = black_box((1.0f64, 2.0f64, 0.0f64));
+    for _ in 0..n {
+        // Within the reserved capacity: no reallocation.
+        a.push(va);
+        b.push(vb);
+        c.push(vc);
+    }
+    Ok((a, b, c))
 }
 
 fn bandwidth(p: &MemoryParams) -> Result<Vec<Metric>, String> {
     let n = elements(p.array_mib, F64_BYTES)?;
-    let mut a = alloc_f64(n, 1.0)?;
-    let b = alloc_f64(n, 2.0)?;
-    let mut c = alloc_f64(n, 0.0)?;
+    let (mut a, b, mut c) = stream_arrays(n)?;
     let q = black_box(3.0f64);
 
     let budget = Budget::ms(p.time_budget_ms);
@@ -60,9 +87,8 @@ fn bandwidth(p: &MemoryParams) -> Result<Vec<Metric>, String> {
     let mut done = 0u32;
     while done < p.repeats {
         let t0 = Instant::now();
-        for (cj, aj) in c.iter_mut().zip(a.iter()) {
-            *cj = *aj;
-        }
+        // STREAM Copy, as gcc -O2 compiles it: one memcpy (see the module comment).
+        c.copy_from_slice(&a);
         black_box(c.as_mut_slice());
         let t1 = Instant::now();
         for ((aj, bj), cj) in a.iter_mut().zip(b.iter()).zip(c.iter()) {
