@@ -48,7 +48,8 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Compare two runs metric by metric; exit 0 none regressed, 1 regressed, 2 error.
+    /// Compare two runs metric by metric; exit 0 none regressed, 1 regressed, 2 error, 3 cannot
+    /// see (too few runs for any metric to be significant, or nothing decided).
     Compare(CompareArgs),
     /// Same-host A/B: two variants of one tier (backend settings), interleaved, then compared.
     Ab(AbArgs),
@@ -153,8 +154,8 @@ pub struct CompareArgs {
     pub new: PathBuf,
     #[arg(long, value_enum, default_value_t = crate::compare::render::Format::Table)]
     pub format: crate::compare::render::Format,
-    /// Thresholds and alpha (TOML, see docs/compare.md) [default: the new run's scenario
-    /// `[compare]` table, else built-in defaults].
+    /// Thresholds and alpha (TOML, see docs/compare.md) [default: the base run's scenario
+    /// `[compare]` table, else built-in defaults; never the new run's].
     #[arg(long, value_name = "FILE")]
     pub thresholds: Option<PathBuf>,
 }

@@ -120,6 +120,7 @@ impl Builder {
                 value,
                 position: Some(round % 3),
                 previous_tier: Some(PREVIOUS[round as usize % 3]),
+                kind: isobench::protocol::MetricKind::Measured,
             });
         }
         self
@@ -138,6 +139,7 @@ impl Builder {
                 value,
                 position: Some(0),
                 previous_tier,
+                kind: isobench::protocol::MetricKind::Measured,
             });
         }
         self

@@ -86,7 +86,7 @@ pub fn run(a: AbArgs) -> anyhow::Result<ExitCode> {
             thresholds,
             ..Default::default()
         },
-        None => compare_options(None, &rb)?,
+        None => compare_options(None, &ra)?,
     };
     let c = compare(
         &ra,

@@ -1,10 +1,10 @@
-//! `isobench compare`: two runs metric by metric; and the comparison printing and exit code
-//! that `run --baseline` and `ab` share.
+//! `isobench compare`: two runs metric by metric; and the choice of thresholds, the comparison
+//! printing and the exit code that `run --baseline` and `ab` share.
 
 use std::path::Path;
 
 use crate::cli::CompareArgs;
-use crate::compare::render::{render, Format};
+use crate::compare::render::{self, render, Format};
 use crate::compare::{compare, CompareOptions, Comparison, Thresholds};
 use crate::exit_codes::ExitCode;
 use crate::model::results::Results;
@@ -12,7 +12,7 @@ use crate::model::results::Results;
 pub fn run(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     let base = Results::load(&a.base)?;
     let new = Results::load(&a.new)?;
-    let opts = compare_options(a.thresholds.as_deref(), &new)?;
+    let opts = compare_options(a.thresholds.as_deref(), &base)?;
     let c = compare(
         &base,
         &a.base.display().to_string(),
@@ -23,13 +23,20 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     Ok(report_comparison(&c, a.format))
 }
 
-/// Thresholds: --thresholds FILE, else the new run's scenario `[compare]`, else the defaults.
-pub fn compare_options(thresholds: Option<&Path>, new: &Results) -> anyhow::Result<CompareOptions> {
-    let thresholds = match (thresholds, &new.scenario.compare) {
+/// Thresholds: --thresholds FILE, else the **base** run's scenario `[compare]`, else the
+/// defaults. Never the new run's: a change must not be able to loosen its own gate.
+pub fn compare_options(
+    thresholds: Option<&Path>,
+    base: &Results,
+) -> anyhow::Result<CompareOptions> {
+    let thresholds = match (thresholds, &base.scenario.compare) {
         (Some(p), _) => Thresholds::load(p)?,
         (None, Some(spec)) => Thresholds::from_spec(
             spec.clone(),
-            &format!("[compare] of scenario {}", new.scenario.name),
+            &format!(
+                "[compare] of the base run's scenario {}",
+                base.scenario.name
+            ),
         )?,
         (None, None) => Thresholds::default(),
     };
@@ -39,7 +46,8 @@ pub fn compare_options(thresholds: Option<&Path>, new: &Results) -> anyhow::Resu
     })
 }
 
-/// Print a comparison; exit 1 naming every regressed metric, else 0.
+/// Print a comparison; exit 1 naming every regressed metric, else 3 when the gate could not see
+/// (a tested metric undetectable at its n, or no metric decided), else 0.
 pub fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
     crate::out!("{}", render(c, format));
     if format != Format::Table {
@@ -51,10 +59,13 @@ pub fn report_comparison(c: &Comparison, format: Format) -> ExitCode {
         .regressed()
         .map(|m| format!("{} ({:+.1}%)", m.key(), m.change_pct().unwrap_or(f64::NAN)))
         .collect();
-    if bad.is_empty() {
-        ExitCode::Success
-    } else {
+    if !bad.is_empty() {
         eprintln!("regressed: {}", bad.join(", "));
-        ExitCode::Failure
+        return ExitCode::Failure;
     }
+    if c.blind() {
+        eprintln!("cannot see: {}", render::blind_reason(c));
+        return ExitCode::Undetectable;
+    }
+    ExitCode::Success
 }

@@ -169,7 +169,7 @@ fn after_run(args: &RunArgs, r: &Results, code: ExitCode) -> anyhow::Result<Exit
     let Some((base, label)) = baseline else {
         return Ok(code);
     };
-    let opts = compare_options(args.thresholds.as_deref(), r)?;
+    let opts = compare_options(args.thresholds.as_deref(), &base)?;
     let c = compare(&base, &label, r, &r.run_id, &opts);
     Ok(report_comparison(&c, Format::Table))
 }

@@ -5,8 +5,11 @@
 //! bootstrap interval, a two-sided Mann-Whitney U test on the raw samples, Holm's correction over
 //! every metric compared at once. A metric is `regressed` only when the adjusted p-value is at
 //! most alpha, the change is beyond the metric's noise threshold, and it goes the bad way.
+//! Bookkeeping counters are never tested; a metric whose sample sizes cannot reach alpha after
+//! the correction is "cannot detect at this n", with the runs per side that would (`power`).
 
 pub mod mwu;
+pub mod power;
 pub mod render;
 #[doc(hidden)]
 pub mod synthetic;
@@ -18,7 +21,7 @@ use serde::Serialize;
 
 use crate::model::results::Results;
 use crate::model::tier::Tier;
-use crate::protocol::Better;
+use crate::protocol::{Better, MetricKind};
 use crate::stats;
 
 pub use mwu::Method;
@@ -30,9 +33,14 @@ pub use thresholds::{Thresholds, ThresholdsError};
 pub enum Verdict {
     Regressed,
     Improved,
+    /// Tested, but at these sample sizes and this many metrics no result could reach alpha
+    /// after Holm's correction: the smallest possible p times the family size is above alpha.
+    CannotDetect,
     Unchanged,
     /// Too few samples, or present on one side only.
     Inconclusive,
+    /// A bookkeeping counter (`MetricKind::Bookkeeping`): shown, never tested.
+    Bookkeeping,
 }
 
 impl Verdict {
@@ -40,8 +48,10 @@ impl Verdict {
         match self {
             Verdict::Regressed => "regressed",
             Verdict::Improved => "improved",
+            Verdict::CannotDetect => "cannot detect at this n",
             Verdict::Unchanged => "unchanged",
             Verdict::Inconclusive => "inconclusive",
+            Verdict::Bookkeeping => "bookkeeping",
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct MetricComparison {
     pub test_method: Option<Method>,
     /// Relative noise threshold applied (0.1 = 10%).
     pub threshold: f64,
+    /// Observed noise and the runs per side that would detect a 5% and a 10% change.
+    pub power: Option<Power>,
     pub verdict: Verdict,
     /// Why the verdict is what it is, when that is not obvious.
     pub note: Option<String>,
@@ -130,6 +142,17 @@ impl MetricComparison {
     }
 }
 
+/// What a metric's noise allows: `runs_*` are runs per side for which a 5% / 10% change is
+/// found with probability 0.8 at the first Holm bar (alpha / family size); None: more than
+/// `power::MAX_RUNS`. Method: `power`, docs/compare.md.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Power {
+    /// Robust relative spread (0.03 = 3%).
+    pub noise: f64,
+    pub runs_5pct: Option<usize>,
+    pub runs_10pct: Option<usize>,
+}
+
 /// The whole comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
@@ -139,6 +162,10 @@ pub struct Comparison {
     pub correction: &'static str,
     pub alpha: f64,
     pub min_samples: usize,
+    /// Metrics in Holm's family (tested ones; bookkeeping never is).
+    pub family_size: usize,
+    /// Fewest runs per side at which anything in this family can be significant.
+    pub min_runs: Option<usize>,
     /// Loud caveats (different hosts or kernels, interrupted runs, ...).
     pub warnings: Vec<String>,
     pub metrics: Vec<MetricComparison>,
@@ -154,6 +181,37 @@ impl Comparison {
     pub fn count(&self, v: Verdict) -> usize {
         self.metrics.iter().filter(|m| m.verdict == v).count()
     }
+
+    /// The gate could not see: a tested metric was undetectable at its n, or no metric got a
+    /// verdict at all (everything inconclusive or bookkeeping). `isobench compare` exits 3 then
+    /// (unless something regressed: 1).
+    pub fn blind(&self) -> bool {
+        let decided = [Verdict::Regressed, Verdict::Improved, Verdict::Unchanged]
+            .iter()
+            .map(|&v| self.count(v))
+            .sum::<usize>();
+        self.count(Verdict::CannotDetect) > 0 || decided == 0
+    }
+
+    /// Runs per side that would detect a change of 5% and 10% on every metric that has a
+    /// noise estimate, with the metric that needs the most (None inside: more than
+    /// `power::MAX_RUNS`). None when no metric has one.
+    pub fn runs_needed(&self) -> Option<[(Option<usize>, String); 2]> {
+        let with: Vec<&MetricComparison> =
+            self.metrics.iter().filter(|m| m.power.is_some()).collect();
+        let worst = |f: fn(&Power) -> Option<usize>| {
+            with.iter()
+                .max_by_key(|m| f(m.power.as_ref().expect("filtered")).unwrap_or(usize::MAX))
+                .map(|m| (f(m.power.as_ref().expect("filtered")), m.key()))
+        };
+        Some([worst(|p| p.runs_5pct)?, worst(|p| p.runs_10pct)?])
+    }
+}
+
+/// Bookkeeping by name, for results written before metrics carried their kind: the counters
+/// the agent and density report (`*_done`, `multi_threads`, `instances`, `direct_io`).
+pub fn legacy_bookkeeping(metric: &str) -> bool {
+    metric.ends_with("_done") || matches!(metric, "multi_threads" | "instances" | "direct_io")
 }
 
 type Key = (Tier, String, String);
@@ -161,6 +219,7 @@ type Key = (Tier, String, String);
 struct Group {
     unit: String,
     better: Better,
+    bookkeeping: bool,
     values: Vec<f64>,
 }
 
@@ -172,8 +231,10 @@ fn groups(r: &Results) -> BTreeMap<Key, Group> {
             .or_insert_with(|| Group {
                 unit: s.unit.clone(),
                 better: s.better,
+                bookkeeping: legacy_bookkeeping(&s.metric),
                 values: vec![],
             });
+        e.bookkeeping |= s.kind == MetricKind::Bookkeeping;
         if s.value.is_finite() {
             e.values.push(s.value);
         }
@@ -226,10 +287,14 @@ pub fn compare(
             p_adjusted: None,
             test_method: None,
             threshold,
+            power: None,
             verdict: Verdict::Inconclusive,
             note: None,
         };
+        // Either side marking it is enough: the history store does not keep the kind.
+        let bookkeeping = b.is_some_and(|g| g.bookkeeping) || n.is_some_and(|g| g.bookkeeping);
         match (b, n) {
+            _ if bookkeeping => m.verdict = Verdict::Bookkeeping,
             (None, _) => m.note = Some("only in the new run".into()),
             (_, None) => m.note = Some("only in the base run".into()),
             (Some(_), Some(_)) if base_n < th.min_samples || new_n < th.min_samples => {
@@ -265,9 +330,39 @@ pub fn compare(
         .iter()
         .map(|&i| metrics[i].p_value.expect("tested"))
         .collect();
+    let family = tested.len();
     for (&i, adj) in tested.iter().zip(mwu::holm(&raw)) {
         metrics[i].p_adjusted = Some(adj);
         decide(&mut metrics[i], th.alpha);
+        let floor = mwu::min_p(metrics[i].base_n, metrics[i].new_n) * family as f64;
+        if floor > th.alpha {
+            let m = &mut metrics[i];
+            m.verdict = Verdict::CannotDetect;
+            m.note = Some(format!(
+                "smallest possible p at {} vs {} runs is {:.2e}, x {family} metrics = {floor:.3} > alpha {}",
+                m.base_n, m.new_n, mwu::min_p(m.base_n, m.new_n), th.alpha
+            ));
+        }
+    }
+
+    // Power at the first Holm bar of this family (of every metric that could be tested, when
+    // none was), for every metric with two samples on each side.
+    let model = power::PowerModel::new(th.alpha / family.max(1) as f64);
+    for m in metrics.iter_mut() {
+        if m.verdict == Verdict::Bookkeeping {
+            continue;
+        }
+        let key = (m.tier, m.workload.clone(), m.metric.clone());
+        let (Some(b), Some(n)) = (gb.get(&key), gn.get(&key)) else {
+            continue;
+        };
+        if let Some(noise) = power::relative_noise(&b.values, &n.values) {
+            m.power = Some(Power {
+                noise,
+                runs_5pct: model.runs_needed(noise, 0.05),
+                runs_10pct: model.runs_needed(noise, 0.10),
+            });
+        }
     }
 
     Comparison {
@@ -277,6 +372,8 @@ pub fn compare(
         correction: "holm",
         alpha: th.alpha,
         min_samples: th.min_samples,
+        family_size: family,
+        min_runs: model.min_runs(),
         warnings: warnings(base, new),
         metrics,
     }
@@ -355,6 +452,12 @@ pub fn warnings(base: &Results, new: &Results) -> Vec<String> {
     }
     if hb.kernel != hn.kernel {
         w.push(format!("runs come from different host kernels ({} vs {}): differences may be the kernel, not the change", hb.kernel, hn.kernel));
+    }
+    if base.scenario.compare != new.scenario.compare {
+        w.push(format!(
+            "the new run's scenario has a different [compare] table from the base run's: ignored, thresholds come from {}",
+            if base.scenario.compare.is_some() { "the base run's scenario or --thresholds" } else { "the defaults or --thresholds" }
+        ));
     }
     if base.scenario.name != new.scenario.name {
         w.push(format!(

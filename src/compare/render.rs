@@ -1,5 +1,7 @@
 //! A comparison as a terminal table, Markdown (CI job summaries) or JSON. Warnings come first
-//! in every format, so that nobody reads numbers from two different machines unwarned.
+//! in every format, so that nobody reads numbers from two different machines unwarned; what the
+//! comparison could not see (power) comes right after the counts. Bookkeeping counters are
+//! counted, not listed, in the table and Markdown (JSON lists them).
 
 use std::fmt::Write as _;
 
@@ -27,7 +29,11 @@ pub fn render(c: &Comparison, f: Format) -> String {
 }
 
 fn sorted(c: &Comparison) -> Vec<&MetricComparison> {
-    let mut v: Vec<&MetricComparison> = c.metrics.iter().collect();
+    let mut v: Vec<&MetricComparison> = c
+        .metrics
+        .iter()
+        .filter(|m| m.verdict != Verdict::Bookkeeping)
+        .collect();
     v.sort_by(|a, b| {
         (a.verdict, &a.workload, &a.metric, a.tier).cmp(&(
             b.verdict,
@@ -74,19 +80,68 @@ fn median(v: Option<f64>, n: usize) -> String {
     v.map_or("-".into(), |v| format!("{} (n={n})", num(v)))
 }
 
+/// Runs per side, or "more than MAX".
+fn runs(r: Option<usize>) -> String {
+    r.map_or(format!(">{}", super::power::MAX_RUNS), |n| n.to_string())
+}
+
+/// "12 / 5": runs per side to detect 5% / 10% at the observed noise.
+fn runs_cell(m: &MetricComparison) -> String {
+    m.power.map_or("-".into(), |p| {
+        format!("{} / {}", runs(p.runs_5pct), runs(p.runs_10pct))
+    })
+}
+
 /// The headline: counts of every verdict and how they were decided.
 pub fn summary_line(c: &Comparison) -> String {
     format!(
-        "{} regressed, {} improved, {} unchanged, {} inconclusive ({}, {} correction over {} tested metrics, alpha {})",
+        "{} regressed, {} improved, {} unchanged, {} cannot detect at this n, {} inconclusive, {} bookkeeping (not tested) ({}, {} correction over {} tested metrics, alpha {})",
         c.count(Verdict::Regressed),
         c.count(Verdict::Improved),
         c.count(Verdict::Unchanged),
+        c.count(Verdict::CannotDetect),
         c.count(Verdict::Inconclusive),
+        c.count(Verdict::Bookkeeping),
         c.test,
         c.correction,
-        c.metrics.iter().filter(|m| m.p_value.is_some()).count(),
+        c.family_size,
         c.alpha,
     )
+}
+
+/// Why the gate could not see (for `Comparison::blind`).
+pub fn blind_reason(c: &Comparison) -> String {
+    let k = c.count(Verdict::CannotDetect);
+    if k > 0 {
+        format!(
+            "{k} of {} tested metrics cannot detect any change at their n (with {} metrics, alpha {} needs at least {} runs per side)",
+            c.family_size,
+            c.family_size,
+            c.alpha,
+            runs(c.min_runs)
+        )
+    } else {
+        "no metric could be tested (every one inconclusive or bookkeeping)".into()
+    }
+}
+
+/// What the comparison could see, and the runs per side that would see a 5% and a 10% change
+/// on every metric at the noise observed: one line per statement.
+pub fn power_lines(c: &Comparison) -> Vec<String> {
+    let mut v = vec![];
+    if c.blind() {
+        v.push(format!("CANNOT SEE: {}", blind_reason(c)));
+    }
+    if let Some([(r5, k5), (r10, k10)]) = c.runs_needed() {
+        v.push(format!(
+            "runs per side to detect a change on every metric at the observed noise (power {}, Holm over {} metrics): 5%: {} (most needed by {k5}); 10%: {} (by {k10})",
+            super::power::POWER,
+            c.family_size.max(1),
+            runs(r5),
+            runs(r10),
+        ));
+    }
+    v
 }
 
 fn table(c: &Comparison) -> String {
@@ -115,14 +170,15 @@ fn table(c: &Comparison) -> String {
         "change [95% CI]",
         "p (Holm)",
         "threshold",
+        "runs for 5% / 10%",
         "verdict",
     ]);
     for m in sorted(c) {
         let colour = match m.verdict {
             Verdict::Regressed => Color::Red,
             Verdict::Improved => Color::Green,
-            Verdict::Unchanged => Color::Reset,
-            Verdict::Inconclusive => Color::Yellow,
+            Verdict::Unchanged | Verdict::Bookkeeping => Color::Reset,
+            Verdict::Inconclusive | Verdict::CannotDetect => Color::Yellow,
         };
         let mut verdict = m.verdict.as_str().to_string();
         if let Some(n) = &m.note {
@@ -138,11 +194,15 @@ fn table(c: &Comparison) -> String {
             right(change(m)),
             right(p_cell(m)),
             right(format!("±{:.0}%", m.threshold * 100.0)),
+            right(runs_cell(m)),
             Cell::new(verdict).fg(colour),
         ]);
     }
     let _ = writeln!(out, "{t}");
     let _ = writeln!(out, "{}", summary_line(c));
+    for l in power_lines(c) {
+        let _ = writeln!(out, "{l}");
+    }
     out
 }
 
@@ -154,6 +214,8 @@ fn markdown(c: &Comparison) -> String {
     let mut out = String::new();
     let headline = if c.count(Verdict::Regressed) > 0 {
         "❌ regression"
+    } else if c.blind() {
+        "⚠️ cannot see (no regression found, none could have been)"
     } else {
         "✅ no regression"
     };
@@ -171,9 +233,13 @@ fn markdown(c: &Comparison) -> String {
         "- new: `{}` ({}, host {}, kernel {})",
         c.new.label, c.new.run_id, c.new.hostname, c.new.kernel
     );
-    let _ = writeln!(out, "- {}\n", summary_line(c));
-    let _ = writeln!(out, "| tier | workload | metric | base median | new median | change [95% CI] | p (Holm) | threshold | verdict |");
-    let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(out, "- {}", summary_line(c));
+    for l in power_lines(c) {
+        let _ = writeln!(out, "- {}", md_escape(&l));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| tier | workload | metric | base median | new median | change [95% CI] | p (Holm) | threshold | runs for 5% / 10% | verdict |");
+    let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|---|");
     for m in sorted(c) {
         let mut verdict = match m.verdict {
             Verdict::Regressed => "**regressed**".to_string(),
@@ -184,7 +250,7 @@ fn markdown(c: &Comparison) -> String {
         }
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}) | {} | {} | {} | {} | ±{:.0}% | {} |",
+            "| {} | {} | {} ({}) | {} | {} | {} | {} | ±{:.0}% | {} | {} |",
             m.tier,
             md_escape(&m.workload),
             md_escape(&m.metric),
@@ -194,6 +260,7 @@ fn markdown(c: &Comparison) -> String {
             change(m),
             p_cell(m),
             m.threshold * 100.0,
+            runs_cell(m),
             md_escape(&verdict),
         );
     }
@@ -207,6 +274,10 @@ fn json(c: &Comparison) -> String {
         "improved": c.count(Verdict::Improved),
         "unchanged": c.count(Verdict::Unchanged),
         "inconclusive": c.count(Verdict::Inconclusive),
+        "cannot_detect": c.count(Verdict::CannotDetect),
+        "bookkeeping": c.count(Verdict::Bookkeeping),
+        "blind": c.blind(),
+        "power": power_lines(c),
         "regressed_metrics": c.regressed().map(MetricComparison::key).collect::<Vec<_>>(),
     });
     let mut s = serde_json::to_string_pretty(&v).expect("json value serialises");

@@ -90,6 +90,7 @@ pub fn draw(seed: u64, metrics: usize, n: usize, slow: Option<(usize, f64)>) -> 
                 value: v,
                 position: None,
                 previous_tier: None,
+                kind: crate::protocol::MetricKind::Measured,
             });
         }
     }

@@ -333,6 +333,7 @@ impl History {
                     value,
                     position: None,
                     previous_tier: None,
+                    kind: crate::protocol::MetricKind::Measured,
                 })
             })
             .collect()

@@ -80,7 +80,7 @@ pub fn measure(backend: &mut dyn Backend, p: &DensityParams) -> Result<Vec<Metri
         return Err(e);
     }
     let kf = f64::from(k);
-    let mut m = vec![Metric::new("instances", "count", kf, Better::Higher)];
+    let mut m = vec![Metric::bookkeeping("instances", "count", kf)];
     if let Some(d) = during {
         // MemAvailable can rise meanwhile (another process freed memory): report it as measured.
         let drop_kib = before as f64 - d as f64;

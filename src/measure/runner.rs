@@ -162,6 +162,7 @@ fn launch_samples(
                 value: m.value,
                 position: None,
                 previous_tier: None,
+                kind: m.kind,
             })
             .collect()),
         w => backend
@@ -205,6 +206,7 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
         value,
         position: None,
         previous_tier: None,
+        kind: crate::protocol::MetricKind::Measured,
     })
     .collect::<Vec<_>>();
     for m in &o.report.metrics {
@@ -218,6 +220,7 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             value: m.value,
             position: None,
             previous_tier: None,
+            kind: m.kind,
         });
     }
     if let Some(kib) = o.report.peak_rss_kib {
@@ -231,6 +234,7 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             value: kib as f64,
             position: None,
             previous_tier: None,
+            kind: crate::protocol::MetricKind::Measured,
         });
     }
     v

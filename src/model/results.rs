@@ -13,7 +13,7 @@ use crate::model::budget::Budget;
 use crate::model::facts::HostFacts;
 use crate::model::scenario::{ResolvedPlan, Scenario};
 use crate::model::tier::Tier;
-use crate::protocol::Better;
+use crate::protocol::{Better, MetricKind};
 use crate::stats::{self, Ratio};
 
 /// Bumped on every change of [`Results`]; documented in docs/results.md.
@@ -41,6 +41,9 @@ pub struct Sample {
     /// included); None for the run's first launch and in results before schema version 2.
     #[serde(default)]
     pub previous_tier: Option<Tier>,
+    /// Bookkeeping counters are shown, never compared (absent in older results: measured).
+    #[serde(default, skip_serializing_if = "MetricKind::is_measured")]
+    pub kind: MetricKind,
 }
 
 /// How the order of the arms within each round was drawn (docs/results.md).
@@ -273,6 +276,7 @@ mod tests {
             value: v,
             position: Some(1),
             previous_tier: Some(Tier::Bare),
+            kind: MetricKind::Measured,
         }
     }
 

@@ -105,6 +105,25 @@ pub enum Better {
     Lower,
 }
 
+/// What a metric is: a measurement of the system, or bookkeeping about the run itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// A measurement (a time, a rate, a size): what comparisons test.
+    #[default]
+    Measured,
+    /// A counter or setting that describes how the run was done (`*_done` counts, thread and
+    /// instance counts, whether direct I/O was used). Kept for the reader; never tested for a
+    /// regression (docs/compare.md).
+    Bookkeeping,
+}
+
+impl MetricKind {
+    pub fn is_measured(&self) -> bool {
+        *self == MetricKind::Measured
+    }
+}
+
 /// One measured value. The unit is part of the name as well (`copy_gb_per_s`), so a column
 /// header alone is never ambiguous.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +132,9 @@ pub struct Metric {
     pub unit: String,
     pub value: f64,
     pub better: Better,
+    /// Absent in reports of older agents: measured.
+    #[serde(default, skip_serializing_if = "MetricKind::is_measured")]
+    pub kind: MetricKind,
 }
 
 impl Metric {
@@ -122,6 +144,15 @@ impl Metric {
             unit: unit.into(),
             value,
             better,
+            kind: MetricKind::Measured,
+        }
+    }
+
+    /// A bookkeeping counter (see [`MetricKind::Bookkeeping`]).
+    pub fn bookkeeping(name: &str, unit: &str, value: f64) -> Self {
+        Metric {
+            kind: MetricKind::Bookkeeping,
+            ..Metric::new(name, unit, value, Better::Higher)
         }
     }
 }
@@ -220,5 +251,17 @@ mod tests {
         let line = format!("\r[    1.23] random kernel noise {}\r\n", r.to_line());
         assert_eq!(AgentReport::parse_line(&line).unwrap().unwrap(), r);
         assert!(AgentReport::parse_line("ISOBENCH-READY").is_none());
+    }
+
+    #[test]
+    fn metric_kind_defaults_to_measured_and_round_trips() {
+        let old = r#"{"name":"x_done","unit":"ops","value":3.0,"better":"higher"}"#;
+        let m: Metric = serde_json::from_str(old).unwrap();
+        assert_eq!(m.kind, MetricKind::Measured);
+        assert!(!serde_json::to_string(&m).unwrap().contains("kind"));
+        let b = Metric::bookkeeping("x_done", "ops", 3.0);
+        let s = serde_json::to_string(&b).unwrap();
+        assert!(s.contains(r#""kind":"bookkeeping""#), "{s}");
+        assert_eq!(serde_json::from_str::<Metric>(&s).unwrap(), b);
     }
 }

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use super::{count_f64, higher, per_s, Budget};
+use super::{count, count_f64, higher, per_s, Budget};
 use crate::protocol::Metric;
 use crate::workload::CpuParams;
 
@@ -33,9 +33,9 @@ pub fn run(p: &CpuParams) -> Result<Vec<Metric>, String> {
     Ok(vec![
         higher("single_ops_per_s", "ops/s", per_s(single_done, single_t)),
         higher("multi_ops_per_s", "ops/s", per_s(multi_done, multi_t)),
-        higher("multi_threads", "threads", count_f64(threads_u64)),
-        higher("single_ops_done", "ops", count_f64(single_done)),
-        higher("multi_ops_done", "ops", count_f64(multi_done)),
+        count("multi_threads", "threads", count_f64(threads_u64)),
+        count("single_ops_done", "ops", count_f64(single_done)),
+        count("multi_ops_done", "ops", count_f64(multi_done)),
     ])
 }
 

@@ -26,7 +26,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{count_f64, higher, lower, p50_p99, per_s, Budget, SplitMix64};
+use super::{count, count_f64, higher, lower, p50_p99, per_s, Budget, SplitMix64};
 use crate::protocol::Metric;
 use crate::workload::FsParams;
 
@@ -42,7 +42,7 @@ pub fn run(p: &FsParams) -> Result<Vec<Metric>, String> {
     let work = WorkDir::create(Path::new(&p.dir))?;
     let mut m = Vec::new();
     let direct = data_phases(p, &work.path, &mut m)?;
-    m.push(higher("direct_io", "bool", if direct { 1.0 } else { 0.0 }));
+    m.push(count("direct_io", "bool", if direct { 1.0 } else { 0.0 }));
     m.extend(meta_phase(p, &work.path)?);
     m.extend(fsync_phase(p, &work.path)?);
     drop(work);
@@ -87,7 +87,7 @@ fn data_phases(p: &FsParams, dir: &Path, m: &mut Vec<Metric>) -> Result<bool, St
         "MB/s",
         mb_per_s(written, t_write),
     ));
-    m.push(higher(
+    m.push(count(
         "seq_mib_done",
         "MiB",
         count_f64(written) / count_f64(MIB),
@@ -121,7 +121,7 @@ fn data_phases(p: &FsParams, dir: &Path, m: &mut Vec<Metric>) -> Result<bool, St
             .map_err(|e| ctx("random read", e))
     })?;
     m.push(higher("rand_read_iops", "ops/s", per_s(n, t)));
-    m.push(higher("rand_read_ops_done", "ops", count_f64(n)));
+    m.push(count("rand_read_ops_done", "ops", count_f64(n)));
     drop(f);
 
     let (f, _) = open_data(&path, direct, true).map_err(|e| ctx("open", e))?;
@@ -134,7 +134,7 @@ fn data_phases(p: &FsParams, dir: &Path, m: &mut Vec<Metric>) -> Result<bool, St
     f.sync_all().map_err(|e| ctx("fsync", e))?;
     let t = t0.elapsed();
     m.push(higher("rand_write_iops", "ops/s", per_s(n, t)));
-    m.push(higher("rand_write_ops_done", "ops", count_f64(n)));
+    m.push(count("rand_write_ops_done", "ops", count_f64(n)));
     drop(f);
     std::fs::remove_file(&path).map_err(|e| ctx("remove", e))?;
     Ok(direct)
@@ -193,7 +193,7 @@ fn meta_phase(p: &FsParams, dir: &Path) -> Result<Vec<Metric>, String> {
     std::fs::remove_dir(&sub).map_err(|e| err("rmdir", &sub, e))?;
     Ok(vec![
         higher("meta_ops_per_s", "ops/s", per_s(3 * files, t)),
-        higher("meta_files_done", "files", count_f64(files)),
+        count("meta_files_done", "files", count_f64(files)),
     ])
 }
 
@@ -229,7 +229,7 @@ fn fsync_phase(p: &FsParams, dir: &Path) -> Result<Vec<Metric>, String> {
     Ok(vec![
         lower("fsync_p50_us", "us", p50),
         lower("fsync_p99_us", "us", p99),
-        higher("fsync_ops_done", "ops", count_f64(done)),
+        count("fsync_ops_done", "ops", count_f64(done)),
     ])
 }
 

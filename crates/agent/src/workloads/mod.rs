@@ -87,6 +87,11 @@ pub(crate) fn higher(name: &str, unit: &str, value: f64) -> Metric {
     Metric::new(name, unit, value, Better::Higher)
 }
 
+/// A bookkeeping counter (how much work a phase did, a setting): reported, never compared.
+pub(crate) fn count(name: &str, unit: &str, value: f64) -> Metric {
+    Metric::bookkeeping(name, unit, value)
+}
+
 /// A metric where less is better.
 pub(crate) fn lower(name: &str, unit: &str, value: f64) -> Metric {
     Metric::new(name, unit, value, Better::Lower)

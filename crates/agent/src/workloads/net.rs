@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::{count_f64, higher, lower, p50_p99, per_s, Budget};
+use super::{count, count_f64, higher, lower, p50_p99, per_s, Budget};
 use crate::protocol::Metric;
 use crate::workload::NetParams;
 use isobench_protocol::net::{MAX_MESSAGE, MODE_RR, MODE_STREAM};
@@ -95,7 +95,7 @@ fn stream(p: &NetParams, addr: SocketAddr) -> Result<Vec<Metric>, String> {
             "Gbit/s",
             per_s(received, t) * 8.0 / 1e9,
         ),
-        higher(
+        count(
             "stream_mib_done",
             "MiB",
             count_f64(received) / count_f64(1 << 20),
@@ -142,7 +142,7 @@ fn request_response(p: &NetParams, addr: SocketAddr) -> Result<Vec<Metric>, Stri
         lower("rr_latency_p50_us", "us", p50),
         lower("rr_latency_p99_us", "us", p99),
         higher("rr_transactions_per_s", "ops/s", per_s(done, total)),
-        higher("rr_transactions_done", "ops", count_f64(done)),
+        count("rr_transactions_done", "ops", count_f64(done)),
     ])
 }
 
