@@ -100,10 +100,7 @@ pub fn ci_text(s: &Summary) -> String {
     match (s.ci(), s.ci_below_target()) {
         (Some((lo, hi)), None) => format!("[{}, {}]", num(lo), num(hi)),
         (Some((lo, hi)), Some(c)) => format!("[{}, {}] at {:.1}%", num(lo), num(hi), c * 100.0),
-        (None, _) => s
-            .ci_missing
-            .clone()
-            .unwrap_or_else(|| "no interval".into()),
+        (None, _) => s.ci_missing.clone().unwrap_or_else(|| "no interval".into()),
     }
 }
 
@@ -111,10 +108,7 @@ pub fn ci_text(s: &Summary) -> String {
 pub fn ratio_ci_text(r: &Ratio) -> String {
     match r.ci() {
         Some((lo, hi)) => format!("[{lo:.2}, {hi:.2}]"),
-        None => format!(
-            "({})",
-            r.ci_missing.as_deref().unwrap_or("no interval")
-        ),
+        None => format!("({})", r.ci_missing.as_deref().unwrap_or("no interval")),
     }
 }
 

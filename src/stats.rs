@@ -114,9 +114,8 @@ pub fn no_median_interval(n: usize) -> String {
 
 /// Why a ratio of `n` over `n_ref` samples has no interval (None when it has one).
 pub fn no_ratio_interval(n: usize, n_ref: usize) -> Option<String> {
-    (n < MIN_N_RATIO || n_ref < MIN_N_RATIO).then(|| {
-        format!("no interval: n = {n} vs {n_ref}, needs >= {MIN_N_RATIO} per side")
-    })
+    (n < MIN_N_RATIO || n_ref < MIN_N_RATIO)
+        .then(|| format!("no interval: n = {n} vs {n_ref}, needs >= {MIN_N_RATIO} per side"))
 }
 
 /// The ranks (1-based) of the order-statistic interval of the median and its exact coverage.
@@ -337,7 +336,11 @@ mod tests {
         for (n, lo, hi, cov) in expected {
             let r = median_ci_ranks(n).unwrap();
             assert_eq!((r.lower, r.upper), (lo, hi), "n = {n}");
-            assert!((r.coverage - cov).abs() < 1e-9, "n = {n}: {} vs {cov}", r.coverage);
+            assert!(
+                (r.coverage - cov).abs() < 1e-9,
+                "n = {n}: {} vs {cov}",
+                r.coverage
+            );
         }
         // Large n does not underflow.
         let r = median_ci_ranks(100_000).unwrap();
@@ -396,7 +399,10 @@ mod tests {
                 let exact = median_ci_ranks(n).unwrap().coverage;
                 println!("median interval n = {n} lognormal = {lognormal}: coverage {cov:.4} (exact {exact:.4})");
                 assert!(cov >= 0.93, "n = {n}: {cov}");
-                assert!((cov - exact).abs() < 0.015, "n = {n}: {cov} vs exact {exact}");
+                assert!(
+                    (cov - exact).abs() < 0.015,
+                    "n = {n}: {cov} vs exact {exact}"
+                );
             }
         }
     }
@@ -452,10 +458,7 @@ mod tests {
                 row[0], row[1]
             );
             if nx >= MIN_N_RATIO && nr >= MIN_N_RATIO {
-                assert!(
-                    row.iter().all(|c| *c >= 0.93),
-                    "n = {nx} vs {nr}: {row:?}"
-                );
+                assert!(row.iter().all(|c| *c >= 0.93), "n = {nx} vs {nr}: {row:?}");
             } else {
                 below_min.push(row[0].min(row[1]));
             }

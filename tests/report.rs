@@ -648,16 +648,16 @@ fn claim1_inconclusive_when_a_metric_is_not_measured() {
 fn claim1_inconclusive_below_the_minimum_n() {
     use isobench::report::claims::CLAIM_MIN_N;
     let mut r = claim1_case(1.4, 0.005);
-    r.samples
-        .retain(|s| s.tier != Tier::Bare || s.round < 3);
+    r.samples.retain(|s| s.tier != Tier::Bare || s.round < 3);
     r.summarize();
     let c = judge(&r).remove(0);
     assert_eq!(c.verdict, Verdict::Inconclusive, "{:#?}", c.checks);
     for k in &c.checks {
         assert_eq!(k.verdict, Verdict::Inconclusive, "{k:#?}");
         assert!(
-            k.evidence
-                .starts_with(&format!("bare has 3 samples; claims need >= {CLAIM_MIN_N} per tier")),
+            k.evidence.starts_with(&format!(
+                "bare has 3 samples; claims need >= {CLAIM_MIN_N} per tier"
+            )),
             "{k:#?}"
         );
     }

@@ -354,7 +354,9 @@ mod tests {
         let path = dir.path().join("results.json");
         std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
         let back = Results::load(&path).unwrap();
-        let bare = back.summary(Tier::Bare, "noop", "launch_to_exit_ms").unwrap();
+        let bare = back
+            .summary(Tier::Bare, "noop", "launch_to_exit_ms")
+            .unwrap();
         assert_eq!(bare.stats.ci(), None);
         assert_eq!(
             bare.stats.ci_missing.as_deref(),

@@ -191,15 +191,11 @@ impl Spec for Startup<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         let n = self.tiers.len();
-        let (lo, hi) = positive_range(
-            self.tiers
-                .iter()
-                .flat_map(|(_, s, v)| {
-                    v.iter()
-                        .copied()
-                        .chain(s.stats.ci().into_iter().flat_map(|(l, h)| [l, h]))
-                }),
-        );
+        let (lo, hi) = positive_range(self.tiers.iter().flat_map(|(_, s, v)| {
+            v.iter()
+                .copied()
+                .chain(s.stats.ci().into_iter().flat_map(|(l, h)| [l, h]))
+        }));
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, style(20))
             .margin(12)
@@ -247,10 +243,7 @@ impl Spec for Startup<'_> {
                             vec![(x + 0.06, cl.max(lo)), (x + 0.18, cl.max(lo))],
                             c.stroke_width(2),
                         ),
-                        PathElement::new(
-                            vec![(x + 0.06, ch), (x + 0.18, ch)],
-                            c.stroke_width(2),
-                        ),
+                        PathElement::new(vec![(x + 0.06, ch), (x + 0.18, ch)], c.stroke_width(2)),
                     ])
                     .map_err(err)?;
             }
@@ -319,9 +312,11 @@ impl Spec for Spectrum {
             self.rows
                 .iter()
                 .flat_map(|r| {
-                    r.ratios
-                        .iter()
-                        .flat_map(|x| [x.1].into_iter().chain(x.2.into_iter().flat_map(|(l, h)| [l, h])))
+                    r.ratios.iter().flat_map(|x| {
+                        [x.1]
+                            .into_iter()
+                            .chain(x.2.into_iter().flat_map(|(l, h)| [l, h]))
+                    })
                 })
                 .chain([1.0]),
         );
@@ -406,7 +401,12 @@ impl Spec for Bars<'_> {
             let first = group[0];
             let hi = group
                 .iter()
-                .map(|s| s.stats.ci_high.unwrap_or(s.stats.median).max(s.stats.median))
+                .map(|s| {
+                    s.stats
+                        .ci_high
+                        .unwrap_or(s.stats.median)
+                        .max(s.stats.median)
+                })
                 .fold(0.0f64, f64::max)
                 * 1.18;
             let hi = if hi > 0.0 { hi } else { 1.0 };

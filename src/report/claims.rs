@@ -167,12 +167,16 @@ pub fn too_few_samples(r: &Results, wl: &str, metric: &str, tiers: &[Tier]) -> O
         .iter()
         .filter_map(|t| {
             let n = r.summary(*t, wl, metric)?.stats.n;
-            (n < CLAIM_MIN_N).then(|| {
-                format!("{t} has {n} sample{}", if n == 1 { "" } else { "s" })
-            })
+            (n < CLAIM_MIN_N)
+                .then(|| format!("{t} has {n} sample{}", if n == 1 { "" } else { "s" }))
         })
         .collect();
-    (!short.is_empty()).then(|| format!("{}; claims need >= {CLAIM_MIN_N} per tier", short.join(", ")))
+    (!short.is_empty()).then(|| {
+        format!(
+            "{}; claims need >= {CLAIM_MIN_N} per tier",
+            short.join(", ")
+        )
+    })
 }
 
 /// A check on the cost ratio of one metric between two tiers.
@@ -754,7 +758,10 @@ mod tests {
     fn band_and_threshold_rules() {
         assert_eq!(within_band(&r(1.0, 0.97, 1.03), 0.05), Verdict::Supported);
         assert_eq!(within_band(&r(1.2, 1.1, 1.3), 0.05), Verdict::Contradicted);
-        assert_eq!(within_band(&r(1.04, 1.0, 1.08), 0.05), Verdict::Inconclusive);
+        assert_eq!(
+            within_band(&r(1.04, 1.0, 1.08), 0.05),
+            Verdict::Inconclusive
+        );
         assert_eq!(at_least(&r(2.0, 1.6, 2.4), 1.5), Verdict::Supported);
         assert_eq!(at_least(&r(1.0, 0.9, 1.1), 1.5), Verdict::Contradicted);
         assert_eq!(at_least(&r(1.5, 1.2, 1.8), 1.5), Verdict::Inconclusive);

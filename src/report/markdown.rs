@@ -54,7 +54,7 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
     o.push('\n');
     let _ = writeln!(
         o,
-        "### Startup (noop workload, ms: median [95% interval; 93.8% at n = 5; none below], ratio to bare [95% interval, with >= 5 samples per side])\n"
+        "### Startup (noop workload, ms: median [interval], ratio to bare [interval]; intervals 95%, 93.8% at n = 5, none below)\n"
     );
     let _ = writeln!(
         o,
