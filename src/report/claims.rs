@@ -27,8 +27,8 @@ pub const COSTLIER: f64 = 1.10;
 /// Fewest samples per tier (of the metric a check compares) for a check to be judged at all;
 /// below it the check is inconclusive and says so. It is the bootstrap ratio interval's own
 /// minimum, [`stats::MIN_N_RATIO`]: the seeded coverage simulation in `src/stats.rs` measured
-/// the nominal 95% ratio interval at 0.88-0.92 coverage with 3 samples per side and >= 0.95
-/// from 5 (docs/accuracy.md), and below 5 the median has no interval at all, so a verdict
+/// the nominal 95% ratio interval at 0.90-0.91 coverage with 3 samples per side, 0.92-0.93
+/// with 4 and 0.945-0.971 from 5 (docs/accuracy.md), and below 5 the median has no interval at all, so a verdict
 /// there would rest on an interval that does not hold (or on none).
 pub const CLAIM_MIN_N: usize = stats::MIN_N_RATIO;
 
