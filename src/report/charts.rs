@@ -288,11 +288,14 @@ impl Spec for Startup<'_> {
     }
 }
 
+/// A tier's cost ratio to bare and its interval (when both sides have enough samples).
+type CostPoint = (Tier, f64, Option<(f64, f64)>);
+
 /// One row of the spectrum: a metric and each non-bare tier's cost ratio to bare.
 struct SpectrumRow {
     label: String,
     /// (tier, cost ratio, its interval when both sides have enough samples)
-    ratios: Vec<(Tier, f64, Option<(f64, f64)>)>,
+    ratios: Vec<CostPoint>,
 }
 
 struct Spectrum {
@@ -545,7 +548,7 @@ pub fn draw_all(r: &Results, dir: &Path, families: &[Family]) -> Result<Vec<Char
     let mut rows = vec![];
     for fam in families {
         for g in family_groups(r, fam) {
-            let ratios: Vec<(Tier, f64, Option<(f64, f64)>)> = g
+            let ratios: Vec<CostPoint> = g
                 .iter()
                 .filter_map(|s| {
                     let c = cost_ratio(s.ratio_to_bare.clone()?, s.better);
