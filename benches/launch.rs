@@ -68,8 +68,8 @@ fn launch(c: &mut Criterion) {
 fn stats(c: &mut Criterion) {
     let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1009) as f64).collect();
     let ys: Vec<f64> = xs.iter().map(|x| x * 1.1).collect();
-    c.bench_function("bootstrap_median_ci_n1000", |b| {
-        b.iter(|| isobench::stats::bootstrap_median_ci(&xs, 2000))
+    c.bench_function("summarize_n1000", |b| {
+        b.iter(|| isobench::stats::summarize(&xs))
     });
     c.bench_function("ratio_of_medians_n1000", |b| {
         b.iter(|| isobench::stats::ratio_of_medians(&ys, &xs, 2000))

@@ -18,7 +18,8 @@ median() { python3 -c "import json,sys; r=json.load(open('$1')); print(*(f\"{x['
 isob() { python3 -c "
 import json; r=json.load(open('$1/results.json'))
 for s in r['summaries']:
-    if s['metric']=='launch_to_exit_ms': print(f\"isobench {s['tier']}: launch_to_exit median {s['median']:.3f} ms [{s['ci_low']:.3f}, {s['ci_high']:.3f}]\")"; }
+    ci = f\"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]\" if s.get('ci_low') is not None else f\"({s.get('ci_missing')})\"
+    if s['metric']=='launch_to_exit_ms': print(f\"isobench {s['tier']}: launch_to_exit median {s['median']:.3f} ms {ci}\")"; }
 
 echo "== bare vs hyperfine -N (CPU $CPU), alternating, 3 rounds (bare alone, as hyperfine runs it)"
 for i in 1 2 3; do

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::model::availability::Availability;
 use crate::model::results::{MetricSummary, Results, TierStatus};
 use crate::model::tier::Tier;
+use crate::stats::{Ratio, Summary};
 
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static EXIT_ON_CLOSED_STDOUT: AtomicBool = AtomicBool::new(true);
@@ -92,10 +93,29 @@ pub fn num(v: f64) -> String {
     }
 }
 
-/// "1.23× [1.10, 1.40]"
+/// The median's interval as shown everywhere: "[1.20, 1.90]"; "[1.20, 1.90] at 93.8%" when its
+/// coverage is below 95% (n = 5, [min, max]); the reason when there is none
+/// ("no interval: n = 3 < 5").
+pub fn ci_text(s: &Summary) -> String {
+    match (s.ci(), s.ci_below_target()) {
+        (Some((lo, hi)), None) => format!("[{}, {}]", num(lo), num(hi)),
+        (Some((lo, hi)), Some(c)) => format!("[{}, {}] at {:.1}%", num(lo), num(hi), c * 100.0),
+        (None, _) => s.ci_missing.clone().unwrap_or_else(|| "no interval".into()),
+    }
+}
+
+/// A ratio's interval: "[1.10, 1.40]", or the reason there is none.
+pub fn ratio_ci_text(r: &Ratio) -> String {
+    match r.ci() {
+        Some((lo, hi)) => format!("[{lo:.2}, {hi:.2}]"),
+        None => format!("({})", r.ci_missing.as_deref().unwrap_or("no interval")),
+    }
+}
+
+/// "1.23× [1.10, 1.40]" (or "1.23× (no interval: ...)")
 pub fn ratio_cell(m: &MetricSummary) -> String {
-    match m.ratio_to_bare {
-        Some(r) => format!("{:.2}× [{:.2}, {:.2}]", r.ratio, r.ci_low, r.ci_high),
+    match &m.ratio_to_bare {
+        Some(r) => format!("{:.2}× {}", r.ratio, ratio_ci_text(r)),
         None if m.tier == Tier::Bare => "1 (reference)".into(),
         None => "-".into(),
     }
@@ -145,12 +165,7 @@ pub fn results_table(r: &Results) -> String {
             Cell::new(m.tier.as_str()),
             Cell::new(m.stats.n).set_alignment(CellAlignment::Right),
             Cell::new(num(m.stats.median)).set_alignment(CellAlignment::Right),
-            Cell::new(format!(
-                "[{}, {}]",
-                num(m.stats.ci_low),
-                num(m.stats.ci_high)
-            ))
-            .set_alignment(CellAlignment::Right),
+            Cell::new(ci_text(&m.stats)).set_alignment(CellAlignment::Right),
             Cell::new(ratio_cell(m)).set_alignment(CellAlignment::Right),
         ]);
     }

@@ -134,7 +134,7 @@ fn bare_run_writes_results_and_samples() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["schema_version"], 3);
     assert_eq!(r["interrupted"], false);
     assert_eq!(r["tiers"][0]["tier"], "bare");
     assert_eq!(r["tiers"][0]["status"], "ran");
@@ -155,6 +155,9 @@ fn bare_run_writes_results_and_samples() {
         .clone();
     assert!(sum["ci_low"].as_f64().unwrap() <= sum["median"].as_f64().unwrap());
     assert!(sum["median"].as_f64().unwrap() <= sum["ci_high"].as_f64().unwrap());
+    // 5 runs: the median's interval is [min, max], labelled with its 93.75% coverage.
+    assert_eq!(sum["ci_coverage"].as_f64(), Some(0.9375));
+    assert!(sum["ci_missing"].is_null());
     // The ready instant comes before the exit instant.
     let ready = sum["median"].as_f64().unwrap();
     let exit = r["summaries"]

@@ -644,6 +644,32 @@ fn claim1_inconclusive_when_a_metric_is_not_measured() {
         .any(|k| k.evidence.starts_with("not measured")));
 }
 
+/// Below `CLAIM_MIN_N` samples on one side every check comparing it is inconclusive and says
+/// why, even where the numbers would contradict the claim; at the minimum it is judged again.
+#[test]
+fn claim1_inconclusive_below_the_minimum_n() {
+    use isobench::report::claims::CLAIM_MIN_N;
+    let mut r = claim1_case(1.4, 0.005);
+    r.samples.retain(|s| s.tier != Tier::Bare || s.round < 3);
+    r.summarize();
+    let c = judge(&r).remove(0);
+    assert_eq!(c.verdict, Verdict::Inconclusive, "{:#?}", c.checks);
+    for k in &c.checks {
+        assert_eq!(k.verdict, Verdict::Inconclusive, "{k:#?}");
+        assert!(
+            k.evidence.starts_with(&format!(
+                "bare has 3 samples; claims need >= {CLAIM_MIN_N} per tier"
+            )),
+            "{k:#?}"
+        );
+    }
+    let mut r = claim1_case(1.4, 0.005);
+    r.samples
+        .retain(|s| s.tier != Tier::Bare || s.round < CLAIM_MIN_N as u32);
+    r.summarize();
+    assert_eq!(claim(&r, 1), Verdict::Contradicted);
+}
+
 #[test]
 fn claim2_inconclusive_when_only_emulated_ran() {
     let r = synthetic();

@@ -315,7 +315,7 @@ pub fn compare(
 
     if opts.resamples > 0 {
         let cis = parallel_map(&intervals, |&(_, n, b)| {
-            stats::ratio_of_medians(n, b, opts.resamples).map(|r| (r.ci_low, r.ci_high))
+            stats::ratio_of_medians(n, b, opts.resamples).and_then(|r| r.ci())
         });
         for (&(i, _, _), ci) in intervals.iter().zip(cis) {
             metrics[i].ratio_ci = ci;

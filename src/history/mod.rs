@@ -206,8 +206,10 @@ impl History {
                     better_str(m.better),
                     n,
                     s.median,
-                    s.ci_low,
-                    s.ci_high,
+                    // The columns are NOT NULL: a summary without an interval (n < 5) stores
+                    // its median in both, and readers draw no interval below that n.
+                    s.ci_low.unwrap_or(s.median),
+                    s.ci_high.unwrap_or(s.median),
                     s.mean,
                     s.stddev
                 ])

@@ -1,5 +1,5 @@
 //! Per-metric trends over the stored runs: a table (median per run) and one SVG chart per
-//! (workload, metric), one line per tier with the 95% interval of each median as a bar.
+//! (workload, metric), one line per tier with the interval of each median (none below n = 5) as a bar.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +23,14 @@ pub struct Point {
     pub ci_low: f64,
     pub ci_high: f64,
     pub n: usize,
+}
+
+impl Point {
+    /// The median's interval; None below `stats::MIN_N_INTERVAL` samples (stored as the
+    /// median then).
+    pub fn ci(&self) -> Option<(f64, f64)> {
+        (self.n >= crate::stats::MIN_N_INTERVAL).then_some((self.ci_low, self.ci_high))
+    }
 }
 
 /// One metric over the runs, per tier.
@@ -210,7 +218,7 @@ fn draw(t: &Trends, tr: &Trend, path: &Path) -> Result<(), Box<dyn std::error::E
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "{} / {} ({}): median per run, 95% CI",
+                "{} / {} ({}): median per run, interval of the median (none below n = 5)",
                 tr.workload, tr.metric, tr.unit
             ),
             ("sans-serif", 18),
@@ -244,11 +252,12 @@ fn draw(t: &Trends, tr: &Trend, path: &Path) -> Result<(), Box<dyn std::error::E
             .label(tier.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         chart.draw_series(xy.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))?;
-        chart.draw_series(pts.iter().map(|p| {
-            PathElement::new(
-                vec![(p.run as f64, p.ci_low), (p.run as f64, p.ci_high)],
+        chart.draw_series(pts.iter().filter_map(|p| {
+            let (lo, hi) = p.ci()?;
+            Some(PathElement::new(
+                vec![(p.run as f64, lo), (p.run as f64, hi)],
                 c.stroke_width(1),
-            )
+            ))
         }))?;
     }
     chart

@@ -17,7 +17,14 @@ use crate::protocol::{Better, MetricKind};
 use crate::stats::{self, Ratio};
 
 /// Bumped on every change of [`Results`]; documented in docs/results.md.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: summaries carry honest intervals (`ci_low`/`ci_high` null below n = 5, `ci_coverage`,
+/// `ci_missing`); files of versions 1 and 2 have their summaries recomputed from their samples
+/// when loaded.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// First schema version whose stored summaries are used as they are (older ones carried
+/// bootstrap "95%" intervals at any n; [`Results::load`] recomputes them from the samples).
+pub const HONEST_INTERVALS_SINCE: u32 = 3;
 
 /// Oldest schema version this isobench still reads (fields added since are optional).
 pub const OLDEST_READABLE: u32 = 1;
@@ -67,8 +74,8 @@ pub struct MetricSummary {
     pub better: Better,
     #[serde(flatten)]
     pub stats: stats::Summary,
-    /// This tier's median over bare's, with a 95% bootstrap interval (None for bare itself or
-    /// when bare did not run).
+    /// This tier's median over bare's, with a 95% bootstrap interval when both sides have
+    /// enough samples (`stats::MIN_N_RATIO`); None for bare itself or when bare did not run.
     pub ratio_to_bare: Option<Ratio>,
 }
 
@@ -216,10 +223,15 @@ impl Results {
                 found: u32::try_from(found).unwrap_or(u32::MAX),
             });
         }
-        serde_json::from_value(v).map_err(|e| ResultsError::Parse {
+        let mut r: Results = serde_json::from_value(v).map_err(|e| ResultsError::Parse {
             path: file,
             message: e.to_string(),
-        })
+        })?;
+        if r.schema_version < HONEST_INTERVALS_SINCE {
+            // Migration: the stored intervals were bootstrap ones at any n; recompute.
+            r.summarize();
+        }
+        Ok(r)
     }
 }
 
@@ -286,7 +298,7 @@ mod tests {
         s.extend((1..=10).map(|i| sample(Tier::Container, f64::from(i) * 3.0)));
         let sum = summarize_samples(&s);
         let c = sum.iter().find(|m| m.tier == Tier::Container).unwrap();
-        assert!((c.ratio_to_bare.unwrap().ratio - 3.0).abs() < 1e-9);
+        assert!((c.ratio_to_bare.as_ref().unwrap().ratio - 3.0).abs() < 1e-9);
         assert!(sum
             .iter()
             .find(|m| m.tier == Tier::Bare)
@@ -317,6 +329,55 @@ mod tests {
             text.lines().nth(1).unwrap(),
             "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,"
         );
+    }
+
+    /// A results.json of schema version 2 carried a bootstrap "95%" interval at any n: loading
+    /// it recomputes the summaries, so n = 3 has no interval (and says why), n = 6 the
+    /// order-statistic one; a version 3 file keeps its null intervals.
+    #[test]
+    fn schema_2_intervals_are_recomputed() {
+        let mut samples: Vec<Sample> = (1..=3).map(|i| sample(Tier::Bare, f64::from(i))).collect();
+        samples.extend((1..=6).map(|i| sample(Tier::Container, f64::from(i) * 2.0)));
+        let mut r = crate::compare::synthetic::results("old", samples);
+        r.summarize();
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["schema_version"] = 2.into();
+        for s in v["summaries"].as_array_mut().unwrap() {
+            let o = s.as_object_mut().unwrap();
+            o.insert("ci_low".into(), 1.0.into());
+            o.insert("ci_high".into(), 3.0.into());
+            o.remove("ci_coverage");
+            o.remove("ci_missing");
+            if let Some(rt) = o.get_mut("ratio_to_bare").and_then(|x| x.as_object_mut()) {
+                rt.insert("ci_low".into(), 1.5.into());
+                rt.insert("ci_high".into(), 2.5.into());
+                rt.remove("ci_missing");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let back = Results::load(&path).unwrap();
+        let bare = back
+            .summary(Tier::Bare, "noop", "launch_to_exit_ms")
+            .unwrap();
+        assert_eq!(bare.stats.ci(), None);
+        assert_eq!(
+            bare.stats.ci_missing.as_deref(),
+            Some("no interval: n = 3 < 5")
+        );
+        let c = back
+            .summary(Tier::Container, "noop", "launch_to_exit_ms")
+            .unwrap();
+        assert_eq!(c.stats.ci(), Some((2.0, 12.0)));
+        assert_eq!(c.stats.ci_coverage, Some(0.96875));
+        let ratio = c.ratio_to_bare.as_ref().unwrap();
+        assert_eq!((ratio.ratio, ratio.ci()), (3.5, None));
+        // Version 3 as written: nulls load as None.
+        let fresh = serde_json::to_vec(&back).unwrap();
+        std::fs::write(&path, fresh).unwrap();
+        let again = Results::load(&path).unwrap();
+        assert_eq!(again.summaries, back.summaries);
     }
 
     /// A results.json of schema version 1 (no order, no position, no previous_tier) still

@@ -156,6 +156,16 @@ fn axis_num(v: f64) -> String {
     }
 }
 
+/// A tier's label under its bar or dot: the name, and "(n = 3, no interval)" when the median has
+/// none, "(n = 5, 93.8%)" when its interval covers less than 95%.
+fn tier_label(tier: &str, s: &crate::stats::Summary) -> String {
+    match (s.ci(), s.ci_below_target()) {
+        (None, _) => format!("{tier} (n = {}, no interval)", s.n),
+        (Some(_), Some(c)) => format!("{tier} (n = {}, {:.1}%)", s.n, c * 100.0),
+        (Some(_), None) => tier.to_string(),
+    }
+}
+
 fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
@@ -167,8 +177,8 @@ fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
-/// Startup of one metric per tier: every sample (small dots), median (large dot) and its 95% CI
-/// (whisker), on a log scale.
+/// Startup of one metric per tier: every sample (small dots), median (large dot) and its
+/// interval (whisker; none below n = 5, and the tier label says so), on a log scale.
 struct Startup<'a> {
     title: String,
     unit: String,
@@ -181,11 +191,11 @@ impl Spec for Startup<'_> {
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         let n = self.tiers.len();
-        let (lo, hi) = positive_range(
-            self.tiers
-                .iter()
-                .flat_map(|(_, s, v)| v.iter().copied().chain([s.stats.ci_low, s.stats.ci_high])),
-        );
+        let (lo, hi) = positive_range(self.tiers.iter().flat_map(|(_, s, v)| {
+            v.iter()
+                .copied()
+                .chain(s.stats.ci().into_iter().flat_map(|(l, h)| [l, h]))
+        }));
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, style(20))
             .margin(12)
@@ -222,28 +232,21 @@ impl Spec for Startup<'_> {
                         }),
                 )
                 .map_err(err)?;
-            chart
-                .draw_series([
-                    PathElement::new(
-                        vec![
-                            (x + 0.12, s.stats.ci_low.max(lo)),
-                            (x + 0.12, s.stats.ci_high),
-                        ],
-                        c.stroke_width(2),
-                    ),
-                    PathElement::new(
-                        vec![
-                            (x + 0.06, s.stats.ci_low.max(lo)),
-                            (x + 0.18, s.stats.ci_low.max(lo)),
-                        ],
-                        c.stroke_width(2),
-                    ),
-                    PathElement::new(
-                        vec![(x + 0.06, s.stats.ci_high), (x + 0.18, s.stats.ci_high)],
-                        c.stroke_width(2),
-                    ),
-                ])
-                .map_err(err)?;
+            if let Some((cl, ch)) = s.stats.ci() {
+                chart
+                    .draw_series([
+                        PathElement::new(
+                            vec![(x + 0.12, cl.max(lo)), (x + 0.12, ch)],
+                            c.stroke_width(2),
+                        ),
+                        PathElement::new(
+                            vec![(x + 0.06, cl.max(lo)), (x + 0.18, cl.max(lo))],
+                            c.stroke_width(2),
+                        ),
+                        PathElement::new(vec![(x + 0.06, ch), (x + 0.18, ch)], c.stroke_width(2)),
+                    ])
+                    .map_err(err)?;
+            }
             chart
                 .draw_series([Circle::new(
                     (x + 0.12, s.stats.median.max(lo)),
@@ -253,7 +256,7 @@ impl Spec for Startup<'_> {
                 .map_err(err)?;
             let (px, py) = chart.backend_coord(&(x, lo));
             root.draw(&Text::new(
-                t.as_str().to_string(),
+                tier_label(t.as_str(), &s.stats),
                 (px, py + 8),
                 style(14).pos(Pos::new(HPos::Center, VPos::Top)),
             ))
@@ -275,7 +278,7 @@ impl Spec for Startup<'_> {
         .map_err(err)?;
         let (_, by) = chart.backend_coord(&(0.0, lo));
         root.draw(&Text::new(
-            "tier — small dots: every launch; large dot: median; whisker: 95% CI of the median"
+            "tier — small dots: every launch; large dot: median; whisker: 95% interval of the median (93.8% at n = 5, none below)"
                 .to_string(),
             (i32::try_from(WIDTH / 2).unwrap_or(450), by + 28),
             style(12).pos(Pos::new(HPos::Center, VPos::Top)),
@@ -285,10 +288,14 @@ impl Spec for Startup<'_> {
     }
 }
 
+/// A tier's cost ratio to bare and its interval (when both sides have enough samples).
+type CostPoint = (Tier, f64, Option<(f64, f64)>);
+
 /// One row of the spectrum: a metric and each non-bare tier's cost ratio to bare.
 struct SpectrumRow {
     label: String,
-    ratios: Vec<(Tier, f64, f64, f64)>,
+    /// (tier, cost ratio, its interval when both sides have enough samples)
+    ratios: Vec<CostPoint>,
 }
 
 struct Spectrum {
@@ -307,7 +314,13 @@ impl Spec for Spectrum {
         let (lo, hi) = positive_range(
             self.rows
                 .iter()
-                .flat_map(|r| r.ratios.iter().flat_map(|x| [x.2, x.3]))
+                .flat_map(|r| {
+                    r.ratios.iter().flat_map(|x| {
+                        [x.1]
+                            .into_iter()
+                            .chain(x.2.into_iter().flat_map(|(l, h)| [l, h]))
+                    })
+                })
                 .chain([1.0]),
         );
         let mut chart = ChartBuilder::on(root)
@@ -338,16 +351,18 @@ impl Spec for Spectrum {
                     )])
                     .map_err(err)?;
             }
-            for (t, ratio, cl, ch) in &row.ratios {
+            for (t, ratio, ci) in &row.ratios {
                 let j = self.tiers.iter().position(|x| x == t).unwrap_or(0) as f64;
                 let y = y0 + 0.32 - 0.64 * (j + 0.5) / k;
                 let c = colour(*t);
-                chart
-                    .draw_series([PathElement::new(
-                        vec![(cl.max(lo), y), (ch.min(hi), y)],
-                        c.stroke_width(2),
-                    )])
-                    .map_err(err)?;
+                if let Some((cl, ch)) = ci {
+                    chart
+                        .draw_series([PathElement::new(
+                            vec![(cl.max(lo), y), (ch.min(hi), y)],
+                            c.stroke_width(2),
+                        )])
+                        .map_err(err)?;
+                }
                 chart
                     .draw_series([Circle::new((ratio.clamp(lo, hi), y), 4, c.filled())])
                     .map_err(err)?;
@@ -365,7 +380,8 @@ impl Spec for Spectrum {
     }
 }
 
-/// Small multiples: one panel per metric, a bar per tier (median) with its 95% CI.
+/// Small multiples: one panel per metric, a bar per tier (median) with its interval (none below
+/// n = 5, and the tier label says so).
 struct Bars<'a> {
     title: String,
     metrics: Vec<Vec<&'a MetricSummary>>,
@@ -388,7 +404,12 @@ impl Spec for Bars<'_> {
             let first = group[0];
             let hi = group
                 .iter()
-                .map(|s| s.stats.ci_high.max(s.stats.median))
+                .map(|s| {
+                    s.stats
+                        .ci_high
+                        .unwrap_or(s.stats.median)
+                        .max(s.stats.median)
+                })
                 .fold(0.0f64, f64::max)
                 * 1.18;
             let hi = if hi > 0.0 { hi } else { 1.0 };
@@ -424,26 +445,25 @@ impl Spec for Bars<'_> {
                         c.mix(0.85).filled(),
                     )])
                     .map_err(err)?;
-                chart
-                    .draw_series([
-                        PathElement::new(
-                            vec![(x, s.stats.ci_low), (x, s.stats.ci_high)],
-                            BLACK.stroke_width(2),
-                        ),
-                        PathElement::new(
-                            vec![(x - 0.1, s.stats.ci_low), (x + 0.1, s.stats.ci_low)],
-                            BLACK.stroke_width(2),
-                        ),
-                        PathElement::new(
-                            vec![(x - 0.1, s.stats.ci_high), (x + 0.1, s.stats.ci_high)],
-                            BLACK.stroke_width(2),
-                        ),
-                    ])
-                    .map_err(err)?;
+                if let Some((cl, ch)) = s.stats.ci() {
+                    chart
+                        .draw_series([
+                            PathElement::new(vec![(x, cl), (x, ch)], BLACK.stroke_width(2)),
+                            PathElement::new(
+                                vec![(x - 0.1, cl), (x + 0.1, cl)],
+                                BLACK.stroke_width(2),
+                            ),
+                            PathElement::new(
+                                vec![(x - 0.1, ch), (x + 0.1, ch)],
+                                BLACK.stroke_width(2),
+                            ),
+                        ])
+                        .map_err(err)?;
+                }
                 let (px, py) = chart.backend_coord(&(x, 0.0));
                 panel
                     .draw(&Text::new(
-                        s.tier.as_str().to_string(),
+                        tier_label(s.tier.as_str(), &s.stats),
                         (
                             px - panel.get_base_pixel().0,
                             py - panel.get_base_pixel().1 + 6,
@@ -528,10 +548,12 @@ pub fn draw_all(r: &Results, dir: &Path, families: &[Family]) -> Result<Vec<Char
     let mut rows = vec![];
     for fam in families {
         for g in family_groups(r, fam) {
-            let ratios: Vec<(Tier, f64, f64, f64)> = g
+            let ratios: Vec<CostPoint> = g
                 .iter()
-                .filter_map(|s| s.ratio_to_bare.map(|x| (s.tier, cost_ratio(x, s.better))))
-                .map(|(t, c)| (t, c.ratio, c.ci_low, c.ci_high))
+                .filter_map(|s| {
+                    let c = cost_ratio(s.ratio_to_bare.clone()?, s.better);
+                    Some((s.tier, c.ratio, c.ci()))
+                })
                 .collect();
             if !ratios.is_empty() {
                 rows.push(SpectrumRow {
@@ -586,7 +608,10 @@ pub fn draw_all(r: &Results, dir: &Path, families: &[Family]) -> Result<Vec<Char
         if metrics.is_empty() {
             continue;
         }
-        let title = format!("{}: median per tier with 95% CI", fam.title());
+        let title = format!(
+            "{}: median per tier with its interval (95%; 93.8% at n = 5; none below)",
+            fam.title()
+        );
         out.push(render(
             &Bars {
                 title: title.clone(),

@@ -4,7 +4,8 @@
 //! A claim is a list of checks. Each check is Supported, Contradicted or Inconclusive on its own
 //! evidence; the claim is Contradicted when any check is, Supported when every check is, and
 //! Inconclusive otherwise (a metric not measured, a tier missing, an interval straddling the
-//! threshold, a VM that ran emulated where the claim is about hardware virtualization).
+//! threshold, a VM that ran emulated where the claim is about hardware virtualization, or
+//! fewer than [`CLAIM_MIN_N`] samples on either side of a comparison).
 
 use serde::Serialize;
 
@@ -23,6 +24,13 @@ pub const FAST_START_ADDED_MS: f64 = 50.0;
 pub const FAR_FASTER: f64 = 1.5;
 /// "Heavier" / "costlier": the cost ratio's CI lies at or above this.
 pub const COSTLIER: f64 = 1.10;
+/// Fewest samples per tier (of the metric a check compares) for a check to be judged at all;
+/// below it the check is inconclusive and says so. It is the bootstrap ratio interval's own
+/// minimum, [`stats::MIN_N_RATIO`]: the seeded coverage simulation in `src/stats.rs` measured
+/// the nominal 95% ratio interval at 0.90-0.91 coverage with 3 samples per side, 0.92-0.93
+/// with 4 and 0.945-0.971 from 5 (docs/accuracy.md), and below 5 the median has no interval at all, so a verdict
+/// there would rest on an interval that does not hold (or on none).
+pub const CLAIM_MIN_N: usize = stats::MIN_N_RATIO;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,22 +79,30 @@ pub fn combine(checks: &[Check]) -> Verdict {
     }
 }
 
-/// Cost ratio's CI inside 1 ± tol: supported; entirely above 1 + tol: contradicted.
-pub fn within_band(c: Ratio, tol: f64) -> Verdict {
-    if c.ci_low >= 1.0 - tol && c.ci_high <= 1.0 + tol {
+/// Cost ratio's CI inside 1 ± tol: supported; entirely above 1 + tol: contradicted; no
+/// interval: inconclusive.
+pub fn within_band(c: &Ratio, tol: f64) -> Verdict {
+    let Some((lo, hi)) = c.ci() else {
+        return Verdict::Inconclusive;
+    };
+    if lo >= 1.0 - tol && hi <= 1.0 + tol {
         Verdict::Supported
-    } else if c.ci_low > 1.0 + tol {
+    } else if lo > 1.0 + tol {
         Verdict::Contradicted
     } else {
         Verdict::Inconclusive
     }
 }
 
-/// Cost ratio's CI at or above `t`: supported; entirely below: contradicted.
-pub fn at_least(c: Ratio, t: f64) -> Verdict {
-    if c.ci_low >= t {
+/// Cost ratio's CI at or above `t`: supported; entirely below: contradicted; no interval:
+/// inconclusive.
+pub fn at_least(c: &Ratio, t: f64) -> Verdict {
+    let Some((lo, hi)) = c.ci() else {
+        return Verdict::Inconclusive;
+    };
+    if lo >= t {
         Verdict::Supported
-    } else if c.ci_high < t {
+    } else if hi < t {
         Verdict::Contradicted
     } else {
         Verdict::Inconclusive
@@ -128,7 +144,7 @@ pub fn tier_cost(
             .collect()
     };
     let ratio = if den_tier == Tier::Bare && s.ratio_to_bare.is_some() {
-        s.ratio_to_bare?
+        s.ratio_to_bare.clone()?
     } else {
         stats::ratio_of_medians(
             &values(num_tier),
@@ -139,8 +155,28 @@ pub fn tier_cost(
     Some((cost_ratio(ratio, s.better), s.better, s.unit.clone()))
 }
 
-fn fmt_cost(c: Ratio) -> String {
-    format!("×{:.2} [{:.2}, {:.2}]", c.ratio, c.ci_low, c.ci_high)
+fn fmt_cost(c: &Ratio) -> String {
+    format!("×{:.2} {}", c.ratio, crate::output::ratio_ci_text(c))
+}
+
+/// Why a check on `metric` between `tiers` cannot be judged at this n (a tier with fewer than
+/// [`CLAIM_MIN_N`] samples), if so: "bare has 3 samples; claims need >= 5 per tier". Tiers
+/// without the metric are left to the caller's "not measured".
+pub fn too_few_samples(r: &Results, wl: &str, metric: &str, tiers: &[Tier]) -> Option<String> {
+    let short: Vec<String> = tiers
+        .iter()
+        .filter_map(|t| {
+            let n = r.summary(*t, wl, metric)?.stats.n;
+            (n < CLAIM_MIN_N)
+                .then(|| format!("{t} has {n} sample{}", if n == 1 { "" } else { "s" }))
+        })
+        .collect();
+    (!short.is_empty()).then(|| {
+        format!(
+            "{}; claims need >= {CLAIM_MIN_N} per tier",
+            short.join(", ")
+        )
+    })
 }
 
 /// A check on the cost ratio of one metric between two tiers.
@@ -150,7 +186,7 @@ fn ratio_check(
     metric: &str,
     num_tier: Tier,
     den_tier: Tier,
-    rule: impl Fn(Ratio) -> Verdict,
+    rule: impl Fn(&Ratio) -> Verdict,
 ) -> Check {
     let what = format!("{wl}/{metric}: {num_tier} vs {den_tier}");
     match tier_cost(r, wl, metric, num_tier, den_tier) {
@@ -165,15 +201,23 @@ fn ratio_check(
             } else {
                 "lower is better"
             };
-            Check {
-                what,
-                verdict: rule(c),
-                evidence: format!(
-                    "cost {} (medians {} vs {} {unit}, {dir})",
-                    fmt_cost(c),
-                    med(num_tier),
-                    med(den_tier)
-                ),
+            let evidence = format!(
+                "cost {} (medians {} vs {} {unit}, {dir})",
+                fmt_cost(&c),
+                med(num_tier),
+                med(den_tier)
+            );
+            match too_few_samples(r, wl, metric, &[num_tier, den_tier]) {
+                Some(why) => Check {
+                    what,
+                    verdict: Verdict::Inconclusive,
+                    evidence: format!("{why}; {evidence}"),
+                },
+                None => Check {
+                    what,
+                    verdict: rule(&c),
+                    evidence,
+                },
             }
         }
         None => {
@@ -260,10 +304,25 @@ fn startup_added(r: &Results, ct: Tier) -> Check {
         r.summary(Tier::Bare, m::NOOP, m::LAUNCH_TO_READY_MS),
     ) {
         (Some(c), Some(b)) => {
-            let (lo, hi) = (
-                c.stats.ci_low - b.stats.ci_high,
-                c.stats.ci_high - b.stats.ci_low,
+            let medians = format!(
+                "medians {} vs {} ms",
+                num(c.stats.median),
+                num(b.stats.median)
             );
+            let short = too_few_samples(r, m::NOOP, m::LAUNCH_TO_READY_MS, &[ct, Tier::Bare]);
+            let (Some((cl, ch)), Some((bl, bh)), None) = (c.stats.ci(), b.stats.ci(), &short)
+            else {
+                return Check {
+                    what,
+                    verdict: Verdict::Inconclusive,
+                    evidence: format!(
+                        "{}; added {} ms ({medians})",
+                        short.unwrap_or_else(|| "no interval of a median".into()),
+                        num(c.stats.median - b.stats.median)
+                    ),
+                };
+            };
+            let (lo, hi) = (cl - bh, ch - bl);
             let verdict = if hi <= FAST_START_ADDED_MS {
                 Verdict::Supported
             } else if lo > FAST_START_ADDED_MS {
@@ -275,12 +334,10 @@ fn startup_added(r: &Results, ct: Tier) -> Check {
                 what,
                 verdict,
                 evidence: format!(
-                    "added {} ms [{}, {}] (medians {} vs {} ms)",
+                    "added {} ms [{}, {}] ({medians})",
                     num(c.stats.median - b.stats.median),
                     num(lo),
                     num(hi),
-                    num(c.stats.median),
-                    num(b.stats.median)
                 ),
             }
         }
@@ -368,7 +425,7 @@ fn claim2(r: &Results) -> ClaimVerdict {
 
 /// Claim 3: emulated heavier than microvm; microvm costlier than container and bare.
 fn claim3(r: &Results) -> ClaimVerdict {
-    let costlier = |c| at_least(c, COSTLIER);
+    let costlier = |c: &Ratio| at_least(c, COSTLIER);
     let hw = hardware_vm_missing(r);
     let mut checks = vec![];
     for (wl, metric) in [
@@ -694,21 +751,20 @@ mod tests {
     use super::*;
 
     fn r(ratio: f64, lo: f64, hi: f64) -> Ratio {
-        Ratio {
-            ratio,
-            ci_low: lo,
-            ci_high: hi,
-        }
+        Ratio::with_ci(ratio, lo, hi)
     }
 
     #[test]
     fn band_and_threshold_rules() {
-        assert_eq!(within_band(r(1.0, 0.97, 1.03), 0.05), Verdict::Supported);
-        assert_eq!(within_band(r(1.2, 1.1, 1.3), 0.05), Verdict::Contradicted);
-        assert_eq!(within_band(r(1.04, 1.0, 1.08), 0.05), Verdict::Inconclusive);
-        assert_eq!(at_least(r(2.0, 1.6, 2.4), 1.5), Verdict::Supported);
-        assert_eq!(at_least(r(1.0, 0.9, 1.1), 1.5), Verdict::Contradicted);
-        assert_eq!(at_least(r(1.5, 1.2, 1.8), 1.5), Verdict::Inconclusive);
+        assert_eq!(within_band(&r(1.0, 0.97, 1.03), 0.05), Verdict::Supported);
+        assert_eq!(within_band(&r(1.2, 1.1, 1.3), 0.05), Verdict::Contradicted);
+        assert_eq!(
+            within_band(&r(1.04, 1.0, 1.08), 0.05),
+            Verdict::Inconclusive
+        );
+        assert_eq!(at_least(&r(2.0, 1.6, 2.4), 1.5), Verdict::Supported);
+        assert_eq!(at_least(&r(1.0, 0.9, 1.1), 1.5), Verdict::Contradicted);
+        assert_eq!(at_least(&r(1.5, 1.2, 1.8), 1.5), Verdict::Inconclusive);
     }
 
     #[test]

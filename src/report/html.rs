@@ -12,7 +12,7 @@ use super::{esc, honesty_warnings};
 use crate::model::availability::Availability;
 use crate::model::results::{MetricSummary, Results, TierStatus};
 use crate::model::tier::Tier;
-use crate::output::num;
+use crate::output::{ci_text, num, ratio_ci_text};
 use crate::stats::Ratio;
 
 const CSS: &str = r#"
@@ -57,8 +57,8 @@ fn verdict(v: Verdict) -> String {
     format!("<span class=\"v v-{0}\">{0}</span>", v.label())
 }
 
-fn ratio_text(r: Ratio) -> String {
-    format!("×{:.2} [{:.2}, {:.2}]", r.ratio, r.ci_low, r.ci_high)
+fn ratio_text(r: &Ratio) -> String {
+    format!("×{:.2} {}", r.ratio, esc(&ratio_ci_text(r)))
 }
 
 /// Inline a chart's SVG so that it scales with the page (the viewBox stays, the fixed size goes).
@@ -221,20 +221,19 @@ fn family_table(r: &Results, fam: &Family, out: &mut String) {
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</table></div><p class=\"muted\">Each cell: median [95% CI of the median] (n launches); second line: cost ratio to bare [95% CI], &gt; 1 = costlier. ↑ higher is better, ↓ lower is better.</p>\n");
+    out.push_str("</table></div><p class=\"muted\">Each cell: median [95% interval of the median, distribution-free; at n = 5 it is [min, max] and labelled with its 93.8% coverage; none below n = 5] (n launches); second line: cost ratio to bare [95% bootstrap interval, only with ≥ 5 samples on both sides], &gt; 1 = costlier. ↑ higher is better, ↓ lower is better.</p>\n");
 }
 
 fn cell(s: &MetricSummary) -> String {
-    let ratio = match s.ratio_to_bare {
-        Some(x) => ratio_text(cost_ratio(x, s.better)),
+    let ratio = match &s.ratio_to_bare {
+        Some(x) => ratio_text(&cost_ratio(x.clone(), s.better)),
         None if s.tier == Tier::Bare => "reference".into(),
         None => "-".into(),
     };
     format!(
-        "{} [{}, {}] (n={})<br><span class=\"muted\">{}</span>",
+        "{} {} (n={})<br><span class=\"muted\">{}</span>",
         num(s.stats.median),
-        num(s.stats.ci_low),
-        num(s.stats.ci_high),
+        esc(&ci_text(&s.stats)),
         s.stats.n,
         ratio
     )
@@ -341,7 +340,7 @@ fn provenance(p: &Provenance, out: &mut String) {
     out.push_str("</p>\n");
 }
 
-fn opt_ratio(r: Option<Ratio>) -> String {
+fn opt_ratio(r: Option<&Ratio>) -> String {
     r.map(ratio_text).unwrap_or_else(|| "not measured".into())
 }
 
@@ -356,10 +355,10 @@ fn felter(p: &Published, out: &mut String) {
             esc(&row.benchmark),
             esc(&row.what),
             esc(&row.docker),
-            opt_ratio(row.container),
+            opt_ratio(row.container.as_ref()),
             esc(&row.kvm),
-            opt_ratio(row.microvm),
-            opt_ratio(row.emulated),
+            opt_ratio(row.microvm.as_ref()),
+            opt_ratio(row.emulated.as_ref()),
             esc(row.ours.as_deref().unwrap_or("none comparable")),
             esc(&row.note)
         );
@@ -368,7 +367,7 @@ fn felter(p: &Published, out: &mut String) {
 }
 
 fn figures(rows: &[FigureRow], out: &mut String) {
-    out.push_str("<div class=\"scroll\"><table><tr><th>figure</th><th>published</th><th>ours: median [95% CI]</th></tr>\n");
+    out.push_str("<div class=\"scroll\"><table><tr><th>figure</th><th>published</th><th>ours: median [interval of the median]</th></tr>\n");
     for f in rows {
         let _ = writeln!(
             out,
@@ -481,7 +480,7 @@ pub fn page(
             "spectrum",
             "Spectrum: what each tier costs, metric by metric",
         );
-        out.push_str("<p class=\"muted\">Every charted metric's ratio to bare, oriented so that &gt; 1 always means costlier (time and latency: tier / bare; throughput: bare / tier). Dots are medians, bars the 95% bootstrap interval.</p>\n");
+        out.push_str("<p class=\"muted\">Every charted metric's ratio to bare, oriented so that &gt; 1 always means costlier (time and latency: tier / bare; throughput: bare / tier). Dots are medians, bars the 95% bootstrap interval (drawn only when both sides have ≥ 5 samples).</p>\n");
         out.push_str(&inline_svg(c));
         out.push_str("</section>\n");
     }

@@ -9,7 +9,7 @@ use super::honesty_warnings;
 use super::metrics::{LAUNCH_TO_EXIT_MS, LAUNCH_TO_READY_MS, NOOP};
 use crate::model::results::Results;
 use crate::model::tier::Tier;
-use crate::output::num;
+use crate::output::{ci_text, num, ratio_ci_text};
 
 /// Table cells must not break the table.
 fn cell(s: &str) -> String {
@@ -19,14 +19,9 @@ fn cell(s: &str) -> String {
 fn startup_cell(r: &Results, t: Tier, metric: &str) -> (String, String) {
     match r.summary(t, NOOP, metric) {
         Some(s) => (
-            format!(
-                "{} [{}, {}]",
-                num(s.stats.median),
-                num(s.stats.ci_low),
-                num(s.stats.ci_high)
-            ),
-            match s.ratio_to_bare {
-                Some(x) => format!("×{:.2} [{:.2}, {:.2}]", x.ratio, x.ci_low, x.ci_high),
+            format!("{} {}", num(s.stats.median), ci_text(&s.stats)),
+            match &s.ratio_to_bare {
+                Some(x) => format!("×{:.2} {}", x.ratio, ratio_ci_text(x)),
                 None if t == Tier::Bare => "1 (reference)".into(),
                 None => "-".into(),
             },
@@ -59,7 +54,7 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
     o.push('\n');
     let _ = writeln!(
         o,
-        "### Startup (noop workload, ms: median [95% CI], ratio to bare [95% CI])\n"
+        "### Startup (noop workload, ms: median [interval], ratio to bare [interval]; intervals 95%, 93.8% at n = 5, none below)\n"
     );
     let _ = writeln!(
         o,

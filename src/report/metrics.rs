@@ -146,8 +146,9 @@ pub fn cost_ratio(r: Ratio, better: Better) -> Ratio {
         Better::Lower => r,
         Better::Higher => Ratio {
             ratio: recip(r.ratio),
-            ci_low: recip(r.ci_high),
-            ci_high: recip(r.ci_low),
+            ci_low: r.ci_high.map(recip),
+            ci_high: r.ci_low.map(recip),
+            ci_missing: r.ci_missing,
         },
     }
 }
@@ -174,16 +175,15 @@ mod tests {
 
     #[test]
     fn cost_ratio_is_oriented() {
-        let r = Ratio {
-            ratio: 0.5,
-            ci_low: 0.4,
-            ci_high: 0.8,
-        };
-        let c = cost_ratio(r, Better::Higher);
+        let r = Ratio::with_ci(0.5, 0.4, 0.8);
+        let c = cost_ratio(r.clone(), Better::Higher);
         assert_eq!(c.ratio, 2.0);
-        assert_eq!(c.ci_low, 1.25);
-        assert_eq!(c.ci_high, 2.5);
-        assert_eq!(cost_ratio(r, Better::Lower), r);
+        assert_eq!(c.ci(), Some((1.25, 2.5)));
+        assert_eq!(cost_ratio(r.clone(), Better::Lower), r);
+        let none = Ratio::without_ci(0.5, "no interval: n = 3 vs 10, needs >= 5 per side");
+        let c = cost_ratio(none, Better::Higher);
+        assert_eq!((c.ratio, c.ci()), (2.0, None));
+        assert!(c.ci_missing.unwrap().contains("n = 3 vs 10"));
     }
 
     #[test]

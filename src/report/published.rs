@@ -173,7 +173,7 @@ fn provenance(t: &Table, title_key: &str) -> Provenance {
 }
 
 fn ratio_of(r: &Results, tier: Tier, workload: &str, metric: &str, invert: bool) -> Option<Ratio> {
-    let ratio = r.summary(tier, workload, metric)?.ratio_to_bare?;
+    let ratio = r.summary(tier, workload, metric)?.ratio_to_bare.clone()?;
     Some(if invert {
         super::metrics::cost_ratio(ratio, Better::Higher)
     } else {
@@ -184,11 +184,10 @@ fn ratio_of(r: &Results, tier: Tier, workload: &str, metric: &str, invert: bool)
 fn median_of(r: &Results, tier: Tier, workload: &str, metric: &str) -> Option<String> {
     r.summary(tier, workload, metric).map(|s| {
         format!(
-            "{} {} [{}, {}]",
+            "{} {} {}",
             crate::output::num(s.stats.median),
             s.unit,
-            crate::output::num(s.stats.ci_low),
-            crate::output::num(s.stats.ci_high)
+            crate::output::ci_text(&s.stats)
         )
     })
 }
@@ -280,7 +279,7 @@ pub fn compare(r: &Results) -> Result<Published, ReportError> {
     };
     let cpu_ratio = |tier: Tier| {
         ratio_of(r, tier, m::CPU, m::CPU_SINGLE, false)
-            .map(|x| format!("{:.2} [{:.2}, {:.2}]", x.ratio, x.ci_low, x.ci_high))
+            .map(|x| format!("{:.2} {}", x.ratio, crate::output::ratio_ci_text(&x)))
     };
     let firecracker_rows = vec![
         FigureRow {
