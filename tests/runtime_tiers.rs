@@ -423,14 +423,22 @@ fn runc_and_gvisor_density() {
         }
         with_backend(tier, |b, _| {
             let p = isobench::workload::DensityParams {
-                instances: 2,
+                counts: vec![0, 1, 2],
                 settle_ms: 100,
+                instances: None,
             };
             let m = isobench::measure::density::measure(b, &p).unwrap();
             let pss = m
                 .iter()
-                .find(|x| x.name == "pss_per_instance_mib")
-                .expect("pss measured");
+                .find(|x| x.name == "memory_per_instance_mib")
+                .expect("pss slope measured");
+            let cg = m
+                .iter()
+                .find(|x| x.name == "cgroup_memory_per_instance_mib")
+                .expect("the container's cgroup measured (its leaf)");
+            if tier == Tier::Runc {
+                assert!(cg.value > 0.0, "{tier}: cgroup slope {}", cg.value);
+            }
             // The runtime CLI plus the container beneath it: more than nothing, less than a VM.
             assert!(
                 pss.value > 0.5 && pss.value < 512.0,

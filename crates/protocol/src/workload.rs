@@ -28,7 +28,7 @@ pub enum Workload {
     /// measurement. Not listed in scenarios directly; `density` uses it.
     Idle(IdleParams),
     /// Host-side: what one more idle sandbox of the tier costs the host's memory. The runner
-    /// starts `instances` idle agents at once and reads host memory before and while they run.
+    /// starts each of `counts` idle agents at once, reads their memory, and fits the slope.
     Density(DensityParams),
 }
 
@@ -91,21 +91,40 @@ impl Default for IdleParams {
     }
 }
 
-/// `density`: memory per idle instance of a tier.
+/// `density`: memory per idle instance of a tier, as a slope. For each count in `counts` the
+/// host starts that many idle instances at once, waits `settle_ms`, reads the memory of their
+/// host processes (PSS) and cgroups, and stops them; the per-instance cost is the slope of the
+/// least-squares line memory = a + b * count (docs/results.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DensityParams {
-    /// Idle instances started at once.
-    pub instances: u32,
-    /// Wait after the last instance is ready before reading host memory, ms.
+    /// Instance counts measured, each from a fresh start (at least two distinct counts; 0 is
+    /// allowed and costs nothing to measure).
+    pub counts: Vec<u32>,
+    /// Wait after the last instance of a count is ready before reading host memory, ms.
     pub settle_ms: u64,
+    /// Before issue 11 density took one count, `instances`. Still parsed so that older
+    /// results files load; a scenario that gives it is refused with the replacement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+}
+
+impl DensityParams {
+    /// The default counts: 0, 1, 2, 4, 8.
+    pub const DEFAULT_COUNTS: [u32; 5] = [0, 1, 2, 4, 8];
+
+    /// The largest count (how many instances run at once at most).
+    pub fn max_count(&self) -> u32 {
+        self.counts.iter().copied().max().unwrap_or(0)
+    }
 }
 
 impl Default for DensityParams {
     fn default() -> Self {
         DensityParams {
-            instances: 4,
+            counts: Self::DEFAULT_COUNTS.to_vec(),
             settle_ms: 1000,
+            instances: None,
         }
     }
 }

@@ -25,8 +25,10 @@ pub const MAX_PHASE_MS: u64 = 3_600_000;
 pub const MAX_WAIT_MS: u64 = 600_000;
 /// Most threads of the cpu workload.
 pub const MAX_THREADS: usize = 4_096;
-/// Most idle instances of a density measurement.
+/// Most idle instances of a density measurement (its largest count).
 pub const MAX_INSTANCES: u32 = 1_000;
+/// Most counts a density measurement may list (each is a start of that many instances).
+pub const MAX_DENSITY_COUNTS: usize = 16;
 /// Most operations of a counted phase (cpu rounds, chase loads).
 pub const MAX_OPS: u64 = 1_000_000_000_000;
 /// Most items of a counted phase (random I/O, files, fsyncs, transactions, STREAM repeats).
@@ -294,7 +296,31 @@ fn net(l: &str, p: &NetParams) -> Result<(), String> {
 }
 
 fn density(l: &str, p: &DensityParams) -> Result<(), String> {
-    within(&format!("{l} instances"), p.instances, 1, MAX_INSTANCES, "")?;
+    if let Some(n) = p.instances {
+        return Err(format!(
+            "{l} instances = {n}: density is now a slope over several counts; replace it with counts = [0, 1, 2, 4, {}] (or any {} counts, at least two distinct)",
+            n.max(8),
+            MAX_DENSITY_COUNTS
+        ));
+    }
+    if p.counts.is_empty() || p.counts.len() > MAX_DENSITY_COUNTS {
+        return Err(format!(
+            "{l} counts has {} entries: give 2 to {MAX_DENSITY_COUNTS} instance counts, e.g. counts = [0, 1, 2, 4, 8]",
+            p.counts.len()
+        ));
+    }
+    for &c in &p.counts {
+        within(&format!("{l} counts entry"), c, 0, MAX_INSTANCES, "")?;
+    }
+    let mut distinct = p.counts.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Err(format!(
+            "{l} counts = {:?}: a slope needs at least two distinct counts, e.g. counts = [0, 1, 2, 4, 8]",
+            p.counts
+        ));
+    }
     within(
         &format!("{l} settle_ms"),
         p.settle_ms,
@@ -408,12 +434,12 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
             if let Workload::Density(p) = w {
                 // Each VM instance reserves the budget's RAM; process instances are small.
                 if any_vm {
-                    let need = u64::from(p.instances).saturating_mul(s.budget.memory_mib);
+                    let need = u64::from(p.max_count()).saturating_mul(s.budget.memory_mib);
                     if need > avail {
                         return Err(format!(
-                            "{}: {} VM instances of {} MiB need {need} MiB but only {avail} MiB is available (MemAvailable): lower instances to at most {} or [budget] memory_mib",
+                            "{}: {} VM instances (the largest of counts) of {} MiB need {need} MiB but only {avail} MiB is available (MemAvailable): lower the counts to at most {} or [budget] memory_mib",
                             label(i, w),
-                            p.instances,
+                            p.max_count(),
                             s.budget.memory_mib,
                             avail / s.budget.memory_mib.max(1)
                         ));
@@ -442,7 +468,7 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
         for (i, w) in s.workloads.iter().enumerate() {
             let (what, n) = match w {
                 Workload::Cpu(p) => ("threads", p.threads as u64),
-                Workload::Density(p) => ("instances", u64::from(p.instances)),
+                Workload::Density(p) => ("the largest of counts", u64::from(p.max_count())),
                 _ => continue,
             };
             if n > room {
@@ -485,7 +511,19 @@ mod tests {
                 "array_mib",
             ),
             ("[[workload]]\nkind='cpu'\nthreads = 100000\n", "threads"),
-            ("[[workload]]\nkind='density'\ninstances = 0\n", "instances"),
+            (
+                "[[workload]]\nkind='density'\ninstances = 4\n",
+                "counts = [0, 1, 2, 4, 8]",
+            ),
+            (
+                "[[workload]]\nkind='density'\ncounts = [2, 2]\n",
+                "two distinct",
+            ),
+            ("[[workload]]\nkind='density'\ncounts = []\n", "counts"),
+            (
+                "[[workload]]\nkind='density'\ncounts = [0, 5000]\n",
+                "counts entry",
+            ),
             (
                 "[[workload]]\nkind='net'\nconnect_timeout_ms = 0\n",
                 "connect_timeout_ms",
@@ -501,7 +539,7 @@ mod tests {
 
     #[test]
     fn machine_bounds() {
-        let s = scenario("[budget]\nmemory_mib = 1024\n[[workload]]\nkind='fs'\nfile_mib = 100\n[[workload]]\nkind='density'\ninstances = 4\n[[workload]]\nkind='cpu'\nthreads = 64\n").unwrap();
+        let s = scenario("[budget]\nmemory_mib = 1024\n[[workload]]\nkind='fs'\nfile_mib = 100\n[[workload]]\nkind='density'\ncounts = [0, 2, 4]\n[[workload]]\nkind='cpu'\nthreads = 64\n").unwrap();
         let roomy = Machine {
             mem_available_mib: Some(8192),
             free_disk_mib: Some(1000),
@@ -530,7 +568,7 @@ mod tests {
         };
         check_machine(&s, &[Tier::Bare], &small).unwrap();
         let e = check_machine(&s, &[Tier::Emulated], &small).unwrap_err();
-        assert!(e.contains("instances"), "{e}");
+        assert!(e.contains("4 VM instances") && e.contains("counts"), "{e}");
         let e = check_machine(
             &s,
             &[Tier::Bare],
