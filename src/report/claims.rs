@@ -468,11 +468,17 @@ fn memory_check(r: &Results, vm: Tier, ct: Tier) -> Check {
 }
 
 /// The container tiers claim 3's memory is judged against: docker and container, each where
-/// it has a density slope (container alone when neither has one, so the check says so).
+/// density ran (container alone when neither ran it, so the check says so).
 fn claim3_containers(r: &Results) -> Vec<Tier> {
     let with: Vec<Tier> = [Tier::Docker, Tier::Container]
         .into_iter()
-        .filter(|t| density_slope(r, *t).is_some())
+        .filter(|t| {
+            r.samples.iter().any(|s| {
+                s.tier == *t
+                    && s.workload.starts_with(m::DENSITY_PREFIX)
+                    && s.metric == m::DENSITY_MEM_PER_INSTANCE
+            })
+        })
         .collect();
     if with.is_empty() {
         vec![Tier::Container]

@@ -117,6 +117,39 @@ impl DensityParams {
     pub fn max_count(&self) -> u32 {
         self.counts.iter().copied().max().unwrap_or(0)
     }
+
+    /// The counts a slope can be fitted to: 2 to `max_len` of them, each at most `max`, at
+    /// least two distinct; and not the old `instances` (refused with its replacement).
+    pub fn check_counts(&self, max: u32, max_len: usize) -> Result<(), String> {
+        let eg = "e.g. counts = [0, 1, 2, 4, 8]";
+        if let Some(n) = self.instances {
+            return Err(format!(
+                "instances = {n}: density is now a slope over several counts; replace it with counts = [0, 1, 2, 4, {}] (any 2 to {max_len} counts, at least two distinct)",
+                n.max(8)
+            ));
+        }
+        if self.counts.is_empty() || self.counts.len() > max_len {
+            return Err(format!(
+                "counts has {} entries: give 2 to {max_len} instance counts, {eg}",
+                self.counts.len()
+            ));
+        }
+        if let Some(c) = self.counts.iter().find(|&&c| c > max) {
+            return Err(format!(
+                "counts entry = {c} is out of bounds: give 0 to {max}"
+            ));
+        }
+        let mut distinct = self.counts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 2 {
+            return Err(format!(
+                "counts = {:?}: a slope needs at least two distinct counts, {eg}",
+                self.counts
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DensityParams {

@@ -296,31 +296,8 @@ fn net(l: &str, p: &NetParams) -> Result<(), String> {
 }
 
 fn density(l: &str, p: &DensityParams) -> Result<(), String> {
-    if let Some(n) = p.instances {
-        return Err(format!(
-            "{l} instances = {n}: density is now a slope over several counts; replace it with counts = [0, 1, 2, 4, {}] (or any {} counts, at least two distinct)",
-            n.max(8),
-            MAX_DENSITY_COUNTS
-        ));
-    }
-    if p.counts.is_empty() || p.counts.len() > MAX_DENSITY_COUNTS {
-        return Err(format!(
-            "{l} counts has {} entries: give 2 to {MAX_DENSITY_COUNTS} instance counts, e.g. counts = [0, 1, 2, 4, 8]",
-            p.counts.len()
-        ));
-    }
-    for &c in &p.counts {
-        within(&format!("{l} counts entry"), c, 0, MAX_INSTANCES, "")?;
-    }
-    let mut distinct = p.counts.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() < 2 {
-        return Err(format!(
-            "{l} counts = {:?}: a slope needs at least two distinct counts, e.g. counts = [0, 1, 2, 4, 8]",
-            p.counts
-        ));
-    }
+    p.check_counts(MAX_INSTANCES, MAX_DENSITY_COUNTS)
+        .map_err(|e| format!("{l} {e}"))?;
     within(
         &format!("{l} settle_ms"),
         p.settle_ms,
