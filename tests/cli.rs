@@ -443,7 +443,7 @@ fn bad_inputs_are_refused_before_anything_is_created() {
         (w("kind = 'memory'\nchase_mib = 600"), vec![], "chase_mib"),
         (w("kind = 'density'\ninstances = 5000"), vec![], "instances"),
         (
-            "name='x'\n[budget]\nmemory_mib = 1024\n[[workload]]\nkind='density'\ninstances = 1000\n".into(),
+            "name='x'\n[budget]\nmemory_mib = 1024\n[[workload]]\nkind='density'\ncounts = [0, 1000]\n".into(),
             vec!["--backends", "emulated"],
             "instances",
         ),

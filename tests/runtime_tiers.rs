@@ -371,14 +371,22 @@ fn runc_and_gvisor_density() {
         }
         with_backend(tier, |b, _| {
             let p = isobench::workload::DensityParams {
-                instances: 2,
+                counts: vec![0, 1, 2],
                 settle_ms: 100,
+                instances: None,
             };
             let m = isobench::measure::density::measure(b, &p).unwrap();
             let pss = m
                 .iter()
-                .find(|x| x.name == "pss_per_instance_mib")
-                .expect("pss measured");
+                .find(|x| x.name == "memory_per_instance_mib")
+                .expect("pss slope measured");
+            let cg = m
+                .iter()
+                .find(|x| x.name == "cgroup_memory_per_instance_mib")
+                .expect("the container's cgroup measured (its leaf)");
+            if tier == Tier::Runc {
+                assert!(cg.value > 0.0, "{tier}: cgroup slope {}", cg.value);
+            }
             // The runtime CLI plus the container beneath it: more than nothing, less than a VM.
             assert!(
                 pss.value > 0.5 && pss.value < 512.0,
@@ -387,6 +395,53 @@ fn runc_and_gvisor_density() {
             );
         });
     }
+}
+
+/// Docker idle instances: the container's shim and processes (not the CLI's tree), its own
+/// cgroup, a slope per instance; nothing left behind (the census of `with_backend`).
+#[test]
+fn docker_density() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(own) =
+        common::dockerd::dockerd_if_needed("docker_density", "/tmp/isobench-test-dockerd.log")
+    else {
+        return;
+    };
+    with_backend(Tier::Docker, |b, _| {
+        let idle = isobench::protocol::Task::new(isobench::workload::Workload::Idle(
+            isobench::workload::IdleParams { max_s: 60 },
+        ));
+        let i = b.start_idle(&idle).unwrap();
+        let pids = i.host_pids();
+        let comms: Vec<String> = pids
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert!(
+            comms.iter().any(|c| c.starts_with("containerd-shim"))
+                && comms.iter().any(|c| c.starts_with("isobench-agent")),
+            "{comms:?}"
+        );
+        assert!(
+            !comms.iter().any(|c| c == "docker"),
+            "the CLI is not the instance: {comms:?}"
+        );
+        assert!(i.cgroup_memory_bytes().is_some_and(|m| m > 0));
+        i.stop().unwrap();
+        let p = isobench::workload::DensityParams {
+            counts: vec![0, 1, 2],
+            settle_ms: 100,
+            instances: None,
+        };
+        let m = isobench::measure::density::measure(b, &p).unwrap();
+        let get = |n: &str| m.iter().find(|x| x.name == n).map(|x| x.value);
+        let pss = get("memory_per_instance_mib").expect("pss slope");
+        assert!(pss > 0.5 && pss < 64.0, "docker pss slope {pss}");
+        assert!(get("cgroup_memory_per_instance_mib").is_some_and(|v| v > 0.0));
+        assert_eq!(get("instances_exited_early"), Some(0.0));
+    });
+    drop(own);
 }
 
 #[test]

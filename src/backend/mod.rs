@@ -162,16 +162,71 @@ pub trait Backend {
     }
 }
 
-/// A running idle sandbox, for the density measurement.
+/// A running idle sandbox, for the density measurement (`crate::measure::density`).
 pub trait IdleInstance {
-    /// Host processes that make up the instance (the agent, or the VMM), for PSS accounting.
+    /// Every host process that belongs to this instance and to no other, read at the time of
+    /// the call, for PSS accounting: the agent; the runtime CLI and what runs beneath it; a
+    /// Docker container's shim and processes (never the docker CLI's, never the shared
+    /// daemons); the VMM. Empty, or naming a process that has exited, once the instance has
+    /// ended early: the density measurement then leaves it out and counts it.
     fn host_pids(&self) -> Vec<nix::unistd::Pid>;
-    /// Memory charged to the instance's cgroup, bytes, if it has one.
+    /// Memory charged to the instance's own cgroup now, bytes, where it has one (v2
+    /// `memory.current`, v1 `memory.usage_in_bytes`).
     fn cgroup_memory_bytes(&self) -> Option<u64> {
         None
     }
     /// Stop the instance and release everything it holds (timed by nobody; must be complete).
     fn stop(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// Memory charged to a cgroup, bytes: the first of `dirs` (one per hierarchy) that has
+/// `memory.current` (v2) or `memory.usage_in_bytes` (v1's memory hierarchy).
+pub fn cgroup_memory_in(dirs: &[PathBuf]) -> Option<u64> {
+    dirs.iter().find_map(|d| {
+        ["memory.current", "memory.usage_in_bytes"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(d.join(f)).ok()?.trim().parse().ok())
+    })
+}
+
+/// The cgroup directories of `pid` that can report memory, from `/proc/PID/cgroup` (paths as
+/// this harness's cgroup namespace sees them): the v1 memory hierarchy's and the v2 one's,
+/// under the mounts `hier` lists. Empty when the process is gone.
+pub fn cgroup_dirs_of_pid(
+    pid: nix::unistd::Pid,
+    hier: &crate::host::cgroup::Hierarchies,
+) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return vec![];
+    };
+    cgroup_dirs_of(&text, hier)
+}
+
+/// [`cgroup_dirs_of_pid`] on the text of a `/proc/PID/cgroup`.
+pub fn cgroup_dirs_of(proc_cgroup: &str, hier: &crate::host::cgroup::Hierarchies) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let mount = if ctrl.is_empty() {
+            hier.v2().map(|h| h.mount.clone())
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            hier.v1("memory").map(|h| h.mount.clone())
+        } else {
+            None
+        };
+        if let Some(m) = mount {
+            out.push(m.join(rel));
+        }
+    }
+    // On hybrid hosts the unified hierarchy has no memory files: [`cgroup_memory_in`] skips it.
+    out
 }
 
 /// Make a backend's run-level directory `base` and fill it: refuse a `base` that exists (one
@@ -209,4 +264,44 @@ pub(crate) fn prepare_run_dir<P>(
             let _ = env.state.release(&res);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::cgroup::Hierarchies;
+    use std::path::Path;
+
+    #[test]
+    fn cgroup_dirs_of_a_docker_container() {
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                         31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                         32 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let hybrid = Hierarchies::parse(mountinfo, Path::new("/sys/fs/cgroup"));
+        let text = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/docker/abc\n";
+        assert_eq!(
+            cgroup_dirs_of(text, &hybrid),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/docker/abc"),
+                PathBuf::from("/sys/fs/cgroup/unified/docker/abc"),
+            ]
+        );
+        let v2 = Hierarchies::parse(
+            "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            Path::new("/sys/fs/cgroup"),
+        );
+        assert_eq!(
+            cgroup_dirs_of("0::/system.slice/docker-abc.scope\n", &v2),
+            vec![PathBuf::from(
+                "/sys/fs/cgroup/system.slice/docker-abc.scope"
+            )]
+        );
+        assert!(cgroup_dirs_of("0::/../etc\n", &v2).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.usage_in_bytes"), "4096\n").unwrap();
+        assert_eq!(
+            cgroup_memory_in(&[PathBuf::from("/nonexistent"), dir.path().to_path_buf()]),
+            Some(4096)
+        );
+    }
 }

@@ -208,10 +208,18 @@ impl Comparison {
     }
 }
 
-/// Bookkeeping by name, for results written before metrics carried their kind: the counters
-/// the agent and density report (`*_done`, `multi_threads`, `instances`, `direct_io`).
+/// Bookkeeping by name, for results written before metrics carried their kind and for rows of
+/// the history database (which does not store the kind): the counters the agent and density
+/// report (`*_done`, `multi_threads`, `instances`, `direct_io`, `instances_exited_early`,
+/// `fit_points`) and the bounds of density's fitted slopes (`*_ci_low_mib`, `*_ci_high_mib`).
 pub fn legacy_bookkeeping(metric: &str) -> bool {
-    metric.ends_with("_done") || matches!(metric, "multi_threads" | "instances" | "direct_io")
+    metric.ends_with("_done")
+        || metric.ends_with("_ci_low_mib")
+        || metric.ends_with("_ci_high_mib")
+        || matches!(
+            metric,
+            "multi_threads" | "instances" | "direct_io" | "instances_exited_early" | "fit_points"
+        )
 }
 
 type Key = (Tier, String, String);

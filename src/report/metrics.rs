@@ -47,8 +47,9 @@ pub const NET_STREAM: &str = "stream_gbit_per_s";
 pub const NET_RR_P50: &str = "rr_latency_p50_us";
 pub const NET_RR_P99: &str = "rr_latency_p99_us";
 pub const NET_RR_RATE: &str = "rr_transactions_per_s";
-// density: memory the host spends per running instance.
-pub const DENSITY_MEM_PER_INSTANCE: &str = "memory_per_instance_kib";
+// density: memory the host spends per running instance (the PSS slope over instance counts,
+// src/measure/density; its 95% interval in `memory_per_instance_ci_{low,high}_mib`).
+pub const DENSITY_MEM_PER_INSTANCE: &str = "memory_per_instance_mib";
 
 /// A section of the report, derived from the workload name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -28,7 +28,7 @@ pub enum Workload {
     /// measurement. Not listed in scenarios directly; `density` uses it.
     Idle(IdleParams),
     /// Host-side: what one more idle sandbox of the tier costs the host's memory. The runner
-    /// starts `instances` idle agents at once and reads host memory before and while they run.
+    /// starts each of `counts` idle agents at once, reads their memory, and fits the slope.
     Density(DensityParams),
 }
 
@@ -91,21 +91,73 @@ impl Default for IdleParams {
     }
 }
 
-/// `density`: memory per idle instance of a tier.
+/// `density`: memory per idle instance of a tier, as a slope. For each count in `counts` the
+/// host starts that many idle instances at once, waits `settle_ms`, reads the memory of their
+/// host processes (PSS) and cgroups, and stops them; the per-instance cost is the slope of the
+/// least-squares line memory = a + b * count (docs/results.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DensityParams {
-    /// Idle instances started at once.
-    pub instances: u32,
-    /// Wait after the last instance is ready before reading host memory, ms.
+    /// Instance counts measured, each from a fresh start (at least two distinct counts; 0 is
+    /// allowed and costs nothing to measure).
+    pub counts: Vec<u32>,
+    /// Wait after the last instance of a count is ready before reading host memory, ms.
     pub settle_ms: u64,
+    /// Before issue 11 density took one count, `instances`. Still parsed so that older
+    /// results files load; a scenario that gives it is refused with the replacement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+}
+
+impl DensityParams {
+    /// The default counts: 0, 1, 2, 4, 8.
+    pub const DEFAULT_COUNTS: [u32; 5] = [0, 1, 2, 4, 8];
+
+    /// The largest count (how many instances run at once at most).
+    pub fn max_count(&self) -> u32 {
+        self.counts.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The counts a slope can be fitted to: 2 to `max_len` of them, each at most `max`, at
+    /// least two distinct; and not the old `instances` (refused with its replacement).
+    pub fn check_counts(&self, max: u32, max_len: usize) -> Result<(), String> {
+        let eg = "e.g. counts = [0, 1, 2, 4, 8]";
+        if let Some(n) = self.instances {
+            return Err(format!(
+                "instances = {n}: density is now a slope over several counts; replace it with counts = [0, 1, 2, 4, {}] (any 2 to {max_len} counts, at least two distinct)",
+                n.max(8)
+            ));
+        }
+        if self.counts.is_empty() || self.counts.len() > max_len {
+            return Err(format!(
+                "counts has {} entries: give 2 to {max_len} instance counts, {eg}",
+                self.counts.len()
+            ));
+        }
+        if let Some(c) = self.counts.iter().find(|&&c| c > max) {
+            return Err(format!(
+                "counts entry = {c} is out of bounds: give 0 to {max}"
+            ));
+        }
+        let mut distinct = self.counts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 2 {
+            return Err(format!(
+                "counts = {:?}: a slope needs at least two distinct counts, {eg}",
+                self.counts
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DensityParams {
     fn default() -> Self {
         DensityParams {
-            instances: 4,
+            counts: Self::DEFAULT_COUNTS.to_vec(),
             settle_ms: 1000,
+            instances: None,
         }
     }
 }

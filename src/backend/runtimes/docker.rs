@@ -34,6 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,10 +44,12 @@ use std::time::Instant;
 
 use super::{check_run_id, fnv1a_hex, run_checked, stderr_tail, version_line, with_stderr};
 use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
-use crate::backend::launch::{loopback_peer, PROCESS_DEADLINE};
+use crate::backend::launch::{
+    check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
+};
 use crate::backend::process::cpuset;
-use crate::backend::process::Spec;
-use crate::backend::{Backend, BackendError, Outcome, RunEnv};
+use crate::backend::process::{Process, Spec};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
@@ -716,6 +719,10 @@ pub fn run_args(
             a.extend(["-v".into(), format!("{}:/volume", volume.display())]);
         }
     }
+    if matches!(task.workload, Workload::Idle(_)) {
+        // The idle agent ends when its stdin closes: keep it attached to the CLI's.
+        a.push("--interactive".into());
+    }
     a.push(image_id.into());
     a.push(AGENT_IN_ROOTFS.into());
     a
@@ -779,6 +786,9 @@ impl Launch for Docker {
             &p.budget.cpus,
         );
         put_task(&mut spec, &task);
+        if matches!(task.workload, Workload::Idle(_)) {
+            spec.stdin = crate::backend::process::Stdio::Pipe;
+        }
         Ok(DockerPlan {
             name,
             dir,
@@ -798,10 +808,19 @@ impl Launch for Docker {
     /// On the clock, after the CLI exited: `docker rm --force <id>` of the id its own `docker
     /// run` wrote (what a user who does not pass `--rm` pays), then the launch's directory.
     fn teardown(&mut self, plan: DockerPlan, _running: Option<()>) -> Result<(), BackendError> {
-        let p = &self.p;
-        let run_id = p.state.id.clone();
-        let state = p.state.clone();
-        self.last_stderr = stderr_tail(&plan.log(), 600);
+        let (done, said) = teardown_launch(&self.p.state, plan);
+        self.last_stderr = said;
+        done
+    }
+}
+
+/// Teardown of one launch: `docker rm --force <id>` of the id its own `docker run` wrote, then
+/// the launch's directory; the ledger releases (deferred by the core while it measures). Also
+/// returns what the CLI said on stderr.
+fn teardown_launch(state: &Arc<RunState>, plan: DockerPlan) -> (Result<(), BackendError>, String) {
+    let said = stderr_tail(&plan.log(), 600);
+    let run_id = state.id.clone();
+    let done = (|| {
         match read_cidfile(&plan.cid()) {
             // The id our own `docker run` wrote: this run created that container.
             Some(id) => {
@@ -826,10 +845,82 @@ impl Launch for Docker {
         }
         safe_remove_tree(&plan.dir)
             .map_err(|e| BackendError::io(format!("removing {}", plan.dir.display()), e))?;
-        // Deferred by the core until after the released instant.
         state
             .release_all(&plan.resources)
             .map_err(|e| BackendError::io("updating the run ledger", e))
+    })();
+    (done, said)
+}
+
+/// The host pid of a container's first process (`docker inspect`'s `.State.Pid`), if running.
+fn container_pid(id: &str) -> Option<nix::unistd::Pid> {
+    if !valid_container_id(id) {
+        return None;
+    }
+    let out = Command::new("docker")
+        .args(["container", "inspect", "--format", "{{.State.Pid}}", id])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && pid > 0).then(|| nix::unistd::Pid::from_raw(pid))
+}
+
+/// The parent of `pid` when it is the container's `containerd-shim*` (one per container).
+fn shim_of(pid: nix::unistd::Pid) -> Option<nix::unistd::Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: i32 = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 2..].split_whitespace().nth(1))?
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    comm.trim()
+        .starts_with("containerd-shim")
+        .then(|| nix::unistd::Pid::from_raw(ppid))
+}
+
+/// An idle Docker container: `docker run --interactive` in the foreground, the agent in the
+/// container waiting for end of file on the stdin the CLI forwards. Its host processes are the
+/// container's own (its first process and everything below its `containerd-shim`, the shim
+/// included), never the docker CLI's or the shared daemons'; its cgroup is the one
+/// `/proc/<pid>/cgroup` names for the container's first process (`docker/<id>` with the
+/// cgroupfs driver, `system.slice/docker-<id>.scope` with systemd; v1 memory hierarchy or v2).
+struct DockerIdle {
+    process: Option<Process>,
+    stdin: Option<OwnedFd>,
+    _stream: OwnedFd,
+    state: Arc<RunState>,
+    plan: Option<DockerPlan>,
+    pid: nix::unistd::Pid,
+    cgroup_dirs: Vec<PathBuf>,
+}
+
+impl IdleInstance for DockerIdle {
+    fn host_pids(&self) -> Vec<nix::unistd::Pid> {
+        match shim_of(self.pid) {
+            Some(shim) => crate::host::proc::descendants(shim),
+            // Gone (exited early: its PSS then cannot be read), or no shim above it.
+            None => crate::host::proc::descendants(self.pid),
+        }
+    }
+
+    fn cgroup_memory_bytes(&self) -> Option<u64> {
+        crate::backend::cgroup_memory_in(&self.cgroup_dirs)
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<(), BackendError> {
+        // End of file on stdin ends the idle agent (the CLI forwards it) and the CLI with it; a
+        // stuck one is killed at the deadline, and `docker rm --force` removes the container.
+        drop(self.stdin.take());
+        if let Some(mut p) = self.process.take() {
+            let _ = p.wait(Instant::now() + IDLE_STOP_DEADLINE, &AtomicBool::new(false));
+        }
+        let Some(plan) = self.plan.take() else {
+            return Ok(());
+        };
+        let (done, said) = teardown_launch(&self.state, plan);
+        done.map_err(|e| with_stderr(e, "docker", &said))
     }
 }
 
@@ -916,6 +1007,46 @@ impl Backend for Docker {
             container_name(&state.id, n, 0),
             container_name(&state.id, n, NAME_ATTEMPTS - 1)
         )))
+    }
+
+    fn start_idle(&mut self, task: &Task) -> Result<Box<dyn IdleInstance>, BackendError> {
+        check_idle(task)?;
+        self.launches += 1;
+        self.attempt = 0;
+        self.last_stderr.clear();
+        let cancel = self.p.cancel.clone();
+        let (plan, started) = launch::start_idle(self, task, IDLE_READY_DEADLINE, &cancel)
+            .map_err(|e| with_stderr(e, "docker", &self.last_stderr))?;
+        let Started {
+            mut process,
+            stream,
+            ..
+        } = started;
+        let stdin = process.stdin.take();
+        // Ready: `docker run` wrote the id before it started the container.
+        let pid = read_cidfile(&plan.cid()).and_then(|id| container_pid(&id));
+        let cgroup_dirs = pid
+            .map(|p| {
+                crate::backend::cgroup_dirs_of_pid(p, &crate::host::cgroup::Hierarchies::detect())
+            })
+            .unwrap_or_default();
+        let idle = DockerIdle {
+            process: Some(process),
+            stdin,
+            _stream: stream,
+            state: self.p.state.clone(),
+            plan: Some(plan),
+            pid: pid.unwrap_or(nix::unistd::Pid::from_raw(0)),
+            cgroup_dirs,
+        };
+        if pid.is_none() {
+            let stopped = Box::new(idle).stop();
+            return Err(BackendError::Other(format!(
+                "docker reported the idle container ready but `docker container inspect` gave no pid for it{}; check `docker info`",
+                stopped.err().map(|e| format!(" (and stopping it failed: {e})")).unwrap_or_default()
+            )));
+        }
+        Ok(Box::new(idle))
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {

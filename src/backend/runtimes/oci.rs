@@ -769,7 +769,7 @@ fn teardown_launch(ctx: &Ctx, plan: OciPlan) -> (Result<Vec<Resource>, BackendEr
 
 /// An idle container of a runtime tier: the runtime CLI in the foreground with the agent
 /// beneath it. Its host processes are the CLI and every descendant (runc's container init, or
-/// gVisor's sandbox and gofer), for PSS accounting.
+/// gVisor's sandbox and gofer), for PSS accounting; its cgroup is the launch's leaf.
 struct RuntimeIdle {
     process: Option<Process>,
     stdin: Option<OwnedFd>,
@@ -784,6 +784,18 @@ impl IdleInstance for RuntimeIdle {
             Some(p) => crate::host::proc::descendants(p.pid),
             None => vec![],
         }
+    }
+
+    /// The container's own cgroup (the leaf below the run's parent, in the memory hierarchy).
+    fn cgroup_memory_bytes(&self) -> Option<u64> {
+        let plan = self.plan.as_ref()?;
+        let leaves: Vec<PathBuf> = self
+            .ctx
+            .cgroup_dirs
+            .iter()
+            .map(|d| d.join(&plan.id))
+            .collect();
+        crate::backend::cgroup_memory_in(&leaves)
     }
 
     fn stop(mut self: Box<Self>) -> Result<(), BackendError> {

@@ -25,8 +25,10 @@ pub const MAX_PHASE_MS: u64 = 3_600_000;
 pub const MAX_WAIT_MS: u64 = 600_000;
 /// Most threads of the cpu workload.
 pub const MAX_THREADS: usize = 4_096;
-/// Most idle instances of a density measurement.
+/// Most idle instances of a density measurement (its largest count).
 pub const MAX_INSTANCES: u32 = 1_000;
+/// Most counts a density measurement may list (each is a start of that many instances).
+pub const MAX_DENSITY_COUNTS: usize = 16;
 /// Most operations of a counted phase (cpu rounds, chase loads).
 pub const MAX_OPS: u64 = 1_000_000_000_000;
 /// Most items of a counted phase (random I/O, files, fsyncs, transactions, STREAM repeats).
@@ -294,7 +296,8 @@ fn net(l: &str, p: &NetParams) -> Result<(), String> {
 }
 
 fn density(l: &str, p: &DensityParams) -> Result<(), String> {
-    within(&format!("{l} instances"), p.instances, 1, MAX_INSTANCES, "")?;
+    p.check_counts(MAX_INSTANCES, MAX_DENSITY_COUNTS)
+        .map_err(|e| format!("{l} {e}"))?;
     within(
         &format!("{l} settle_ms"),
         p.settle_ms,
@@ -408,12 +411,12 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
             if let Workload::Density(p) = w {
                 // Each VM instance reserves the budget's RAM; process instances are small.
                 if any_vm {
-                    let need = u64::from(p.instances).saturating_mul(s.budget.memory_mib);
+                    let need = u64::from(p.max_count()).saturating_mul(s.budget.memory_mib);
                     if need > avail {
                         return Err(format!(
-                            "{}: {} VM instances of {} MiB need {need} MiB but only {avail} MiB is available (MemAvailable): lower instances to at most {} or [budget] memory_mib",
+                            "{}: {} VM instances (the largest of counts) of {} MiB need {need} MiB but only {avail} MiB is available (MemAvailable): lower the counts to at most {} or [budget] memory_mib",
                             label(i, w),
-                            p.instances,
+                            p.max_count(),
                             s.budget.memory_mib,
                             avail / s.budget.memory_mib.max(1)
                         ));
@@ -442,7 +445,7 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
         for (i, w) in s.workloads.iter().enumerate() {
             let (what, n) = match w {
                 Workload::Cpu(p) => ("threads", p.threads as u64),
-                Workload::Density(p) => ("instances", u64::from(p.instances)),
+                Workload::Density(p) => ("the largest of counts", u64::from(p.max_count())),
                 _ => continue,
             };
             if n > room {
@@ -485,7 +488,19 @@ mod tests {
                 "array_mib",
             ),
             ("[[workload]]\nkind='cpu'\nthreads = 100000\n", "threads"),
-            ("[[workload]]\nkind='density'\ninstances = 0\n", "instances"),
+            (
+                "[[workload]]\nkind='density'\ninstances = 4\n",
+                "counts = [0, 1, 2, 4, 8]",
+            ),
+            (
+                "[[workload]]\nkind='density'\ncounts = [2, 2]\n",
+                "two distinct",
+            ),
+            ("[[workload]]\nkind='density'\ncounts = []\n", "counts"),
+            (
+                "[[workload]]\nkind='density'\ncounts = [0, 5000]\n",
+                "counts entry",
+            ),
             (
                 "[[workload]]\nkind='net'\nconnect_timeout_ms = 0\n",
                 "connect_timeout_ms",
@@ -501,7 +516,7 @@ mod tests {
 
     #[test]
     fn machine_bounds() {
-        let s = scenario("[budget]\nmemory_mib = 1024\n[[workload]]\nkind='fs'\nfile_mib = 100\n[[workload]]\nkind='density'\ninstances = 4\n[[workload]]\nkind='cpu'\nthreads = 64\n").unwrap();
+        let s = scenario("[budget]\nmemory_mib = 1024\n[[workload]]\nkind='fs'\nfile_mib = 100\n[[workload]]\nkind='density'\ncounts = [0, 2, 4]\n[[workload]]\nkind='cpu'\nthreads = 64\n").unwrap();
         let roomy = Machine {
             mem_available_mib: Some(8192),
             free_disk_mib: Some(1000),
@@ -530,7 +545,7 @@ mod tests {
         };
         check_machine(&s, &[Tier::Bare], &small).unwrap();
         let e = check_machine(&s, &[Tier::Emulated], &small).unwrap_err();
-        assert!(e.contains("instances"), "{e}");
+        assert!(e.contains("4 VM instances") && e.contains("counts"), "{e}");
         let e = check_machine(
             &s,
             &[Tier::Bare],
