@@ -172,7 +172,7 @@ fn bare_run_writes_results_and_samples() {
     let csv = std::fs::read_to_string(out_dir.join("samples.csv")).unwrap();
     assert_eq!(
         csv.lines().next().unwrap(),
-        "tier,workload,metric,unit,better,round,value,position,previous_tier"
+        "tier,workload,metric,unit,better,round,value,position,previous_tier,kind"
     );
     assert_eq!(csv.lines().count() - 1, samples.len());
     // The run's ledger directory is gone: nothing left behind.

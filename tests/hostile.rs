@@ -1239,10 +1239,13 @@ fn closed_stdout_ends_quietly() {
             }
             let (code, _, stderr) = g.output_bounded(i, SHORT_TIMEOUT);
             no_panic(&format!("{} | head -c1", args.join(" ")), &stderr);
-            assert_eq!(
-                code,
-                0,
-                "{test}: `isobench {} | head -c1`:\n{stderr}",
+            // The output may fit in the pipe before the reader goes: then the command ends as
+            // it would on a terminal, and `compare` of two 3-launch runs exits 3 (too few runs
+            // for any metric to be flagged: docs/compare.md), which is not a crash.
+            let normal = if args[0] == "compare" { [0, 3] } else { [0, 0] };
+            assert!(
+                normal.contains(&code),
+                "{test}: `isobench {} | head -c1` exited {code}:\n{stderr}",
                 args.join(" ")
             );
         }

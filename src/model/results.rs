@@ -49,7 +49,9 @@ pub struct Sample {
     #[serde(default)]
     pub previous_tier: Option<Tier>,
     /// Bookkeeping counters are shown, never compared (absent in older results: measured).
-    #[serde(default, skip_serializing_if = "MetricKind::is_measured")]
+    // Always written: samples.csv needs the same columns on every row (a skipped field would
+    // make a bookkeeping row one column longer than a measured one).
+    #[serde(default)]
     pub kind: MetricKind,
 }
 
@@ -314,11 +316,11 @@ mod tests {
         let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
         assert_eq!(
             text.lines().next().unwrap(),
-            "tier,workload,metric,unit,better,round,value,position,previous_tier"
+            "tier,workload,metric,unit,better,round,value,position,previous_tier,kind"
         );
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,bare"
+            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,bare,measured"
         );
         let mut first = sample(Tier::Chroot, 1.5);
         first.previous_tier = None;
@@ -327,8 +329,25 @@ mod tests {
         let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,"
+            "chroot,noop,launch_to_exit_ms,ms,lower,0,1.5,1,,measured"
         );
+    }
+
+    /// A run mixes measured and bookkeeping samples: every row has the same columns, and the
+    /// whole run writes and reads back.
+    #[test]
+    fn bookkeeping_rows_have_the_same_columns() {
+        let mut counter = sample(Tier::Bare, 5.0);
+        counter.metric = "stream_repeats_done".into();
+        counter.kind = MetricKind::Bookkeeping;
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(sample(Tier::Bare, 1.0)).unwrap();
+        w.serialize(counter).unwrap();
+        w.serialize(sample(Tier::Bare, 2.0)).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let widths: Vec<usize> = text.lines().map(|l| l.split(',').count()).collect();
+        assert_eq!(widths, vec![10, 10, 10, 10], "{text}");
+        assert!(text.lines().nth(2).unwrap().ends_with(",bookkeeping"));
     }
 
     /// A results.json of schema version 2 carried a bootstrap "95%" interval at any n: loading
