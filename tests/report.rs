@@ -700,6 +700,24 @@ fn isolation_claims_judged_on_the_observed_views() {
         .unwrap();
     chroot.isolation.as_mut().unwrap().visible_paths[0].1 = true;
     assert_eq!(claim(&leaky, 4), Verdict::Contradicted);
+    // A jail whose user namespace cannot be observed: "users stay shared" is not shown by a
+    // matching uid alone, so the check (and the claim) is inconclusive, not supported.
+    let mut unobserved = r.clone();
+    let chroot = unobserved
+        .tiers
+        .iter_mut()
+        .find(|t| t.tier == Tier::Chroot)
+        .unwrap();
+    chroot.isolation.as_mut().unwrap().namespaces.remove("user");
+    let verdicts = judge(&unobserved);
+    let users = verdicts[3]
+        .checks
+        .iter()
+        .find(|c| c.what == "users shared")
+        .unwrap();
+    assert_eq!(users.verdict, Verdict::Inconclusive, "{users:?}");
+    assert!(users.evidence.contains("not observable"), "{users:?}");
+    assert_eq!(claim(&unobserved, 4), Verdict::Inconclusive);
     // No container view: inconclusive, not supported.
     let mut blind = r;
     blind.tiers.retain(|t| t.tier != Tier::Container);

@@ -745,27 +745,30 @@ fn claim4(r: &Results) -> ClaimVerdict {
             ),
         ),
     };
-    let users = match bare {
-        Some(b) => {
-            let same_ns = own_namespace(v, bare, "user")
-                .map(|own| !own)
-                .unwrap_or(true);
-            check(
-                "users shared",
-                yes_no(v.uid == b.uid && same_ns, Verdict::Supported),
-                format!(
-                    "uid {} (bare: {}), user ns {}",
-                    v.uid,
-                    b.uid,
-                    if same_ns {
-                        "shared or not observable"
-                    } else {
-                        "own"
-                    }
-                ),
-            )
-        }
-        None => check(
+    // Users are shared when the jail's process is in the host's user namespace. A matching uid
+    // alone does not show that (a user namespace maps its root to a host uid), so without both
+    // namespace ids the check is inconclusive, never "shared".
+    let users = match (bare, own_namespace(v, bare, "user")) {
+        (Some(b), Some(own)) => check(
+            "users shared",
+            yes_no(!own && v.uid == b.uid, Verdict::Supported),
+            format!(
+                "uid {} (bare: {}), user ns {}",
+                v.uid,
+                b.uid,
+                if own { "own" } else { "shared with bare" }
+            ),
+        ),
+        (Some(b), None) => check(
+            "users shared",
+            Verdict::Inconclusive,
+            format!(
+                "uid {} (bare: {}), but the user namespace is not observable (no /proc/self/ns/user \
+                 to compare)",
+                v.uid, b.uid
+            ),
+        ),
+        (None, _) => check(
             "users shared",
             Verdict::Inconclusive,
             "bare's view missing".into(),
