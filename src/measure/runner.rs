@@ -148,9 +148,19 @@ fn launch_samples(
     tier: Tier,
     workload: &Workload,
     round: u32,
+    client_cpus: &[usize],
 ) -> Result<Vec<Sample>, BackendError> {
-    match workload {
-        Workload::Density(p) => Ok(crate::measure::density::measure(backend, p)?
+    let host_side = match workload {
+        Workload::Density(p) => Some(crate::measure::density::measure(backend, p)?),
+        Workload::Redis(p) => Some(crate::measure::apps::redis::measure(
+            backend,
+            p,
+            client_cpus,
+        )?),
+        _ => None,
+    };
+    match host_side {
+        Some(metrics) => Ok(metrics
             .into_iter()
             .map(|m| Sample {
                 tier,
@@ -165,9 +175,9 @@ fn launch_samples(
                 kind: m.kind,
             })
             .collect()),
-        w => backend
-            .run_once(&Task::new(w.clone()))
-            .map(|o| samples_of(tier, w.name(), round, &o)),
+        None => backend
+            .run_once(&Task::new(workload.clone()))
+            .map(|o| samples_of(tier, workload.name(), round, &o)),
     }
 }
 
@@ -505,6 +515,8 @@ struct ArmRun {
     /// Output index and tier-record index within it.
     out: usize,
     rec: usize,
+    /// CPUs outside the tier's budget, for an application workload's benchmark client.
+    client_cpus: Vec<usize>,
 }
 
 /// The tier record of arm `i`: its output's records hold the arms of that output, in order.
@@ -529,7 +541,7 @@ fn measure(
         .scenario
         .workloads
         .iter()
-        .map(|w| matches!(w, Workload::Density(_)))
+        .map(|w| matches!(w, Workload::Density(_) | Workload::Redis(_)))
         .collect();
     for &i in available {
         let arm = &cfg.arms[i];
@@ -544,6 +556,21 @@ fn measure(
             Ok(backend) => {
                 let mut settings = backend.settings();
                 settings.extend(arm.extra_settings.clone());
+                let client_cpus = crate::measure::apps::client_cpus(&envs[i].budget.cpus);
+                if cfg
+                    .scenario
+                    .workloads
+                    .iter()
+                    .any(|w| matches!(w, Workload::Redis(_)))
+                {
+                    settings.insert(
+                        "app_client_cpus".into(),
+                        format!(
+                            "{client_cpus:?} (the benchmark client, outside the tier's {:?})",
+                            envs[i].budget.cpus
+                        ),
+                    );
+                }
                 record.settings = settings;
                 record.versions = backend.versions();
                 for (k, v) in backend.versions() {
@@ -558,6 +585,7 @@ fn measure(
                     backend,
                     out,
                     rec,
+                    client_cpus,
                 });
                 progress.push(Progress::new(plan, no_warmup.clone()));
             }
@@ -675,7 +703,13 @@ fn interleave(
         let workload = &cfg.scenario.workloads[step.workload];
         pb.set_message(format!("{} {}", r.label, workload.name()));
         let start = Instant::now();
-        let out = launch_samples(r.backend.as_mut(), r.tier, workload, step.round);
+        let out = launch_samples(
+            r.backend.as_mut(),
+            r.tier,
+            workload,
+            step.round,
+            &r.client_cpus,
+        );
         let elapsed = start.elapsed();
         pb.inc(1);
         let rec = &mut outs[r.out].tiers[r.rec];
