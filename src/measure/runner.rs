@@ -331,6 +331,9 @@ pub fn run_arms(
             }
         }
     }
+    // Where an application workload's benchmark client runs: the CPUs left outside the budget
+    // (read before the harness pins itself below).
+    let client_cpus = crate::measure::apps::client_cpus(&budget.cpus);
     // The harness runs on the budget's CPUs too: a launch then costs no cross-CPU wakeup, as
     // when `taskset -c <cpus> hyperfine -N` times the agent (docs/architecture.md). The harness
     // sleeps in poll while a sandbox runs, so it takes nothing from the budget.
@@ -372,7 +375,7 @@ pub fn run_arms(
         }
     }
     note_stale_runs(&state_dir, &states, cfg.quiet);
-    let res = run_owned(cfg, cancel, host, budget, &states);
+    let res = run_owned(cfg, cancel, host, budget, &client_cpus, &states);
     let mut teardown = Ok(());
     for s in &states {
         let t = finish_run(s);
@@ -405,6 +408,7 @@ fn run_owned(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
     budget: Budget,
+    client_cpus: &[usize],
     states: &[Arc<RunState>],
 ) -> anyhow::Result<Vec<Results>> {
     let mut versions = BTreeMap::from([(
@@ -487,7 +491,15 @@ fn run_owned(
         })
         .collect();
 
-    let outcome = measure(cfg, &envs, &available, &mut outs, order.seed, &cancel);
+    let outcome = measure(
+        cfg,
+        &envs,
+        &available,
+        &mut outs,
+        order.seed,
+        client_cpus,
+        &cancel,
+    );
     for r in &mut outs {
         r.interrupted = cancel.load(Ordering::Relaxed);
         r.finished_at = Some(now_string());
@@ -532,6 +544,7 @@ fn measure(
     available: &[usize],
     outs: &mut [Results],
     seed: u64,
+    client_cpus: &[usize],
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut runs: Vec<ArmRun> = vec![];
@@ -556,7 +569,6 @@ fn measure(
             Ok(backend) => {
                 let mut settings = backend.settings();
                 settings.extend(arm.extra_settings.clone());
-                let client_cpus = crate::measure::apps::client_cpus(&envs[i].budget.cpus);
                 if cfg
                     .scenario
                     .workloads
@@ -585,7 +597,7 @@ fn measure(
                     backend,
                     out,
                     rec,
-                    client_cpus,
+                    client_cpus: client_cpus.to_vec(),
                 });
                 progress.push(Progress::new(plan, no_warmup.clone()));
             }
