@@ -79,6 +79,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "measure::plan",
             "measure::runner",
             "measure::density",
+            "measure::apps",
             "ab",
         ],
     ),
