@@ -40,7 +40,13 @@ fn refused(workload: &str) -> (String, bool) {
     let out = isobench()
         .arg("run")
         .arg(scenario(dir.path(), workload))
-        .args(["--backends", "bare", "--quiet", "--no-history", "--state-dir"])
+        .args([
+            "--backends",
+            "bare",
+            "--quiet",
+            "--no-history",
+            "--state-dir",
+        ])
         .arg(&state)
         .arg("--out")
         .arg(dir.path().join("out"))
@@ -63,7 +69,8 @@ fn zero_connections_is_a_one_line_error() {
 fn a_missing_server_names_the_package() {
     let (e, left) = refused("server_bin = \"/nonexistent/redis-server\"\n");
     assert!(
-        e.contains("/nonexistent/redis-server") && e.contains("apt-get install redis-server redis-tools"),
+        e.contains("/nonexistent/redis-server")
+            && e.contains("apt-get install redis-server redis-tools"),
         "{e}"
     );
     assert!(!left, "nothing may be created for a refused scenario");
@@ -157,9 +164,15 @@ fn redis_on_bare_and_container_leaves_nothing() {
         .cloned()
         .unwrap_or_default();
     if let Some(note) = runc["note"].as_str() {
-        assert!(note.contains("not yet carried by runc (issue 12)"), "{note}");
+        assert!(
+            note.contains("not yet carried by runc (issue 12)"),
+            "{note}"
+        );
     }
-    assert!(runc["failures"].as_array().is_none_or(|f| f.is_empty()), "{runc}");
+    assert!(
+        runc["failures"].as_array().is_none_or(|f| f.is_empty()),
+        "{runc}"
+    );
     assert_eq!(redis_servers(), servers_before, "a redis-server was left");
     common::assert_census_settles(test, &before, &[&state]);
 }
@@ -171,7 +184,11 @@ fn a_server_that_never_answers_fails_its_launch_and_leaves_nothing() {
         return;
     }
     if !Path::new("/usr/bin/redis-benchmark").is_file() {
-        common::skip(test, "redis-benchmark is missing", "ISOBENCH_REQUIRE_PRIVILEGED");
+        common::skip(
+            test,
+            "redis-benchmark is missing",
+            "ISOBENCH_REQUIRE_PRIVILEGED",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -185,7 +202,13 @@ fn a_server_that_never_answers_fails_its_launch_and_leaves_nothing() {
             dir.path(),
             "connections = [1]\nrequests = 10\nstart_timeout_s = 1\nserver_bin = \"/bin/true\"\n",
         ))
-        .args(["--backends", "bare", "--quiet", "--no-history", "--state-dir"])
+        .args([
+            "--backends",
+            "bare",
+            "--quiet",
+            "--no-history",
+            "--state-dir",
+        ])
         .arg(&state)
         .arg("--out")
         .arg(&out_dir)

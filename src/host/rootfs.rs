@@ -181,7 +181,10 @@ pub fn install_with_libs(dest: &Path, programs: &[PathBuf]) -> Result<Vec<PathBu
             path: f.clone(),
             source: std::io::Error::other("not an absolute path to a regular file"),
         };
-        if !f.is_absolute() || f.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if !f.is_absolute()
+            || f.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(bad());
         }
         let real = std::fs::canonicalize(&f).map_err(|_| bad())?;

@@ -294,7 +294,10 @@ impl RedisParams {
     /// command that installs them.
     pub fn check_binaries(&self) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
-        for (what, p) in [("server_bin", &self.server_bin), ("client_bin", &self.client_bin)] {
+        for (what, p) in [
+            ("server_bin", &self.server_bin),
+            ("client_bin", &self.client_bin),
+        ] {
             let ok = std::fs::metadata(p)
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
             if !ok {

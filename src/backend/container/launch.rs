@@ -297,9 +297,11 @@ pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInsta
     let cancel = c.p.cancel.clone();
     let (plan, started) = measure::start_idle(c, task, IDLE_READY_DEADLINE, &cancel)?;
     let addr = match &plan.task.workload {
-        Workload::Redis(p) => p.bind.parse::<std::net::Ipv4Addr>().ok().map(|ip| {
-            std::net::SocketAddr::from((ip, p.port))
-        }),
+        Workload::Redis(p) => p
+            .bind
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::from((ip, p.port))),
         _ => None,
     };
     let mut process = started.process;
@@ -322,7 +324,6 @@ pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInsta
         }
     }
 }
-
 
 /// An idle container: its agent waits for end of file on stdin.
 pub struct IdleContainer {

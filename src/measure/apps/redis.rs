@@ -89,10 +89,20 @@ pub fn point_metrics(rows: &[CsvRow], c: u32) -> Vec<Metric> {
             Better::Higher,
         ));
         if let Some(v) = r.p50_ms {
-            m.push(Metric::new(&format!("{op}_p50_ms_c{c}"), "ms", v, Better::Lower));
+            m.push(Metric::new(
+                &format!("{op}_p50_ms_c{c}"),
+                "ms",
+                v,
+                Better::Lower,
+            ));
         }
         if let Some(v) = r.p99_ms {
-            m.push(Metric::new(&format!("{op}_p99_ms_c{c}"), "ms", v, Better::Lower));
+            m.push(Metric::new(
+                &format!("{op}_p99_ms_c{c}"),
+                "ms",
+                v,
+                Better::Lower,
+            ));
         }
     }
     m
@@ -303,6 +313,9 @@ mod tests {
             4,
         );
         let s = a.join(" ");
-        assert!(s.contains("-h 10.214.0.2 -p 6379 -c 4 -n 500 -d 50 -r 100000 -t set,get --csv"), "{s}");
+        assert!(
+            s.contains("-h 10.214.0.2 -p 6379 -c 4 -n 500 -d 50 -r 100000 -t set,get --csv"),
+            "{s}"
+        );
     }
 }

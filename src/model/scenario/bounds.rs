@@ -444,7 +444,8 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
     }
     for (i, w) in s.workloads.iter().enumerate() {
         if let Workload::Redis(p) = w {
-            p.check_binaries().map_err(|e| format!("{}: {e}", label(i, w)))?;
+            p.check_binaries()
+                .map_err(|e| format!("{}: {e}", label(i, w)))?;
         }
     }
     if let Some(max) = m.max_tasks {

@@ -82,8 +82,14 @@ pub fn run(p: &RedisParams) -> Result<Vec<Metric>, String> {
     })?;
     drop(child.stdin.take());
     for out in [
-        child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child.stderr.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -131,7 +137,9 @@ fn wait_ready(addr: SocketAddr, deadline: Instant, child: &mut Child) -> Result<
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("redis: the server did not answer PING at {addr} in time"));
+            return Err(format!(
+                "redis: the server did not answer PING at {addr} in time"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -177,7 +185,9 @@ mod tests {
 
     #[test]
     fn unassigned_address_and_missing_binary_are_errors() {
-        assert!(run(&RedisParams::default()).unwrap_err().contains("host assigns"));
+        assert!(run(&RedisParams::default())
+            .unwrap_err()
+            .contains("host assigns"));
         let e = run(&RedisParams {
             bind: "127.0.0.1".into(),
             port: 1,
