@@ -780,7 +780,13 @@ fn interleave(
     for (r, p) in runs.iter().zip(schedule.arms()) {
         let rec = &mut outs[r.out].tiers[r.rec];
         if rec.launches.values().all(|&n| n == 0) {
-            rec.status = TierStatus::Failed;
+            // A tier that can carry none of the workloads (its note says why) is skipped, not
+            // failed: nothing went wrong (e.g. redis on a tier that does not carry it yet).
+            rec.status = if p.unsupported.iter().all(|&u| u) {
+                TierStatus::Skipped
+            } else {
+                TierStatus::Failed
+            };
         }
         let short: Vec<String> = cfg
             .scenario
