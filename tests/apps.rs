@@ -164,9 +164,16 @@ fn redis_on_bare_and_container_leaves_nothing() {
         .cloned()
         .unwrap_or_default();
     if let Some(note) = runc["note"].as_str() {
+        // runc was available here: it was tried, said why it cannot carry redis, and is
+        // skipped (no failure, exit 0).
         assert!(
             note.contains("not yet carried by runc (issue 12)"),
             "{note}"
+        );
+        assert_eq!(runc["status"], "skipped", "{runc}");
+        assert!(
+            out.status.success(),
+            "an unsupported tier is no failure: {stderr}"
         );
     }
     assert!(
