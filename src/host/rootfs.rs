@@ -254,6 +254,37 @@ mod tests {
     }
 
     #[test]
+    fn installs_a_dynamic_program_with_its_closure() {
+        let prog = PathBuf::from("/bin/true");
+        if !prog.is_file()
+            || std::process::Command::new("ldd")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            println!("SKIPPED installs_a_dynamic_program_with_its_closure: no /bin/true or ldd");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let copied = install_with_libs(d.path(), std::slice::from_ref(&prog)).unwrap();
+        assert!(copied.contains(&prog));
+        for f in &copied {
+            let t = d.path().join(f.strip_prefix("/").unwrap());
+            assert!(t.is_file(), "{} missing", t.display());
+        }
+        // The loader comes along (every dynamic program names one).
+        assert!(
+            copied
+                .iter()
+                .any(|f| f.to_string_lossy().contains("ld-linux")),
+            "{copied:?}"
+        );
+        // A second install copies nothing; a relative or missing path is refused.
+        assert!(install_with_libs(d.path(), &[prog]).unwrap().is_empty());
+        assert!(install_with_libs(d.path(), &[PathBuf::from("/nonexistent/x")]).is_err());
+    }
+
+    #[test]
     fn static_elf_passes_dynamic_and_junk_do_not() {
         // PT_LOAD, PT_DYNAMIC (a static-pie has one), PT_GNU_STACK.
         assert_eq!(elf_static(&elf(&[1, 2, 0x6474_e551])), Ok(()));
