@@ -79,6 +79,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "measure::plan",
             "measure::runner",
             "measure::density",
+            "measure::apps",
             "ab",
         ],
     ),
@@ -159,6 +160,7 @@ const LONG_FILES: &[(&str, &str)] = &[
     ("src/measure/runner.rs", "the runner's rounds, budgets and result bookkeeping"),
     ("src/report/claims.rs", "one verdict per published claim, with tests"),
     ("src/report/charts.rs", "every chart of the report, with tests"),
+    ("src/model/scenario/bounds.rs", "every bound a scenario can break, fixed and against the machine, in one table with its tests"),
 ];
 
 const LINE_LIMIT: usize = 600;

@@ -10,10 +10,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
+use crate::backend::launch::{
+    loopback_peer, start_loopback_server, AgentIdle, AgentLaunch, PROCESS_DEADLINE,
+};
 use crate::backend::process;
 use crate::backend::resources::{make_data_dir, remove_data_dir};
-use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv, ServerInstance};
 use crate::host::rootfs;
 use crate::measure::launch;
 use crate::model::availability::Availability;
@@ -130,5 +132,10 @@ impl Backend for Bare {
             task,
             &self.cancel,
         )?))
+    }
+
+    /// The host's own `redis-server` on 127.0.0.1.
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        start_loopback_server(&mut self.agent, task, &self.cancel)
     }
 }

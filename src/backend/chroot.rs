@@ -18,8 +18,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::launch::{loopback_peer, AgentIdle, AgentLaunch, PROCESS_DEADLINE};
-use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::launch::{
+    loopback_peer, start_loopback_server, AgentIdle, AgentLaunch, PROCESS_DEADLINE,
+};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv, ServerInstance};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
@@ -143,6 +145,16 @@ impl Backend for Chroot {
             task,
             &self.cancel,
         )?))
+    }
+
+    /// The host's `redis-server` copied into the jail with its libraries, on 127.0.0.1.
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        if let (Some(root), crate::workload::Workload::Redis(p)) = (&self.rootfs, &task.workload) {
+            rootfs::install_with_libs(root, &[PathBuf::from(&p.server_bin)]).map_err(|e| {
+                BackendError::Other(format!("installing the redis server into the jail: {e}"))
+            })?;
+        }
+        start_loopback_server(&mut self.agent, task, &self.cancel)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {

@@ -160,6 +160,23 @@ pub trait Backend {
             self.tier()
         )))
     }
+    /// Start the tier serving an application (`redis`, issue 12): the agent running the
+    /// workload's server, returned once the agent has signalled ready (the caller then waits
+    /// for the server itself), with the address the host reaches the server at over the tier's
+    /// own network path. Stopped like an idle instance. A tier that cannot carry it says so.
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        let _ = task;
+        Err(BackendError::Unsupported(format!(
+            "not yet carried by {} (issue 12)",
+            self.tier()
+        )))
+    }
+}
+
+/// A tier serving an application: the running instance and where the host reaches it.
+pub struct ServerInstance {
+    pub instance: Box<dyn IdleInstance>,
+    pub addr: std::net::SocketAddr,
 }
 
 /// A running idle sandbox, for the density measurement (`crate::measure::density`).

@@ -124,6 +124,101 @@ pub fn install_agent(agent: &Path, target: &Path) -> Result<(), RootfsError> {
     })
 }
 
+/// The shared libraries `program` loads, with the loader: the absolute paths `ldd` prints
+/// (`name => /path (addr)` and the loader's `/path (addr)`; the vDSO has no path).
+pub fn ldd_closure(program: &Path) -> Result<Vec<PathBuf>, RootfsError> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|source| RootfsError::Io {
+            what: "running ldd on",
+            path: program.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(RootfsError::Io {
+            what: "ldd failed on",
+            path: program.into(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The absolute library paths of `ldd`'s output.
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=>").map_or(l, |(_, r)| r.trim());
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Copy extra host executables into the rootfs at `dest` at their own paths, each with its
+/// `ldd` closure (the libraries at the paths the loader finds them, the loader itself), the
+/// same way for every tier that has a rootfs (issue 12: the application servers). Files are
+/// copied read-only, never linked (RELIABILITY rule 6); a file already there is left alone.
+/// Refuses a path that does not resolve to a regular file or names `..`. Returns the paths
+/// copied, as the rootfs sees them.
+pub fn install_with_libs(dest: &Path, programs: &[PathBuf]) -> Result<Vec<PathBuf>, RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![];
+    for p in programs {
+        files.push(p.clone());
+        files.extend(ldd_closure(p)?);
+    }
+    let mut copied = vec![];
+    for f in files {
+        let bad = || RootfsError::Io {
+            what: "refusing to copy into a rootfs",
+            path: f.clone(),
+            source: std::io::Error::other("not an absolute path to a regular file"),
+        };
+        if !f.is_absolute()
+            || f.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad());
+        }
+        let real = std::fs::canonicalize(&f).map_err(|_| bad())?;
+        if !real.is_file() {
+            return Err(bad());
+        }
+        let target = dest.join(f.strip_prefix("/").expect("absolute"));
+        if std::fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        // A parent that is a symlink in the rootfs (none of isobench's) would lead outside it.
+        let parent = target.parent().expect("a file has a parent");
+        std::fs::create_dir_all(parent).map_err(|source| RootfsError::Io {
+            what: "creating",
+            path: parent.into(),
+            source,
+        })?;
+        std::fs::copy(&real, &target).map_err(|source| RootfsError::Io {
+            what: "copying",
+            path: real.clone(),
+            source,
+        })?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o555)).map_err(
+            |source| RootfsError::Io {
+                what: "chmod",
+                path: target.clone(),
+                source,
+            },
+        )?;
+        copied.push(f);
+    }
+    Ok(copied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +238,50 @@ mod tests {
             b.extend(ph);
         }
         b
+    }
+
+    #[test]
+    fn ldd_output_gives_absolute_paths() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(text),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libm.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn installs_a_dynamic_program_with_its_closure() {
+        let prog = PathBuf::from("/bin/true");
+        if !prog.is_file()
+            || std::process::Command::new("ldd")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            println!("SKIPPED installs_a_dynamic_program_with_its_closure: no /bin/true or ldd");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let copied = install_with_libs(d.path(), std::slice::from_ref(&prog)).unwrap();
+        assert!(copied.contains(&prog));
+        for f in &copied {
+            let t = d.path().join(f.strip_prefix("/").unwrap());
+            assert!(t.is_file(), "{} missing", t.display());
+        }
+        // The loader comes along (every dynamic program names one).
+        assert!(
+            copied
+                .iter()
+                .any(|f| f.to_string_lossy().contains("ld-linux")),
+            "{copied:?}"
+        );
+        // A second install copies nothing; a relative or missing path is refused.
+        assert!(install_with_libs(d.path(), &[prog]).unwrap().is_empty());
+        assert!(install_with_libs(d.path(), &[PathBuf::from("/nonexistent/x")]).is_err());
     }
 
     #[test]

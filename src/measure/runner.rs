@@ -148,9 +148,19 @@ fn launch_samples(
     tier: Tier,
     workload: &Workload,
     round: u32,
+    client_cpus: &[usize],
 ) -> Result<Vec<Sample>, BackendError> {
-    match workload {
-        Workload::Density(p) => Ok(crate::measure::density::measure(backend, p)?
+    let host_side = match workload {
+        Workload::Density(p) => Some(crate::measure::density::measure(backend, p)?),
+        Workload::Redis(p) => Some(crate::measure::apps::redis::measure(
+            backend,
+            p,
+            client_cpus,
+        )?),
+        _ => None,
+    };
+    match host_side {
+        Some(metrics) => Ok(metrics
             .into_iter()
             .map(|m| Sample {
                 tier,
@@ -165,9 +175,9 @@ fn launch_samples(
                 kind: m.kind,
             })
             .collect()),
-        w => backend
-            .run_once(&Task::new(w.clone()))
-            .map(|o| samples_of(tier, w.name(), round, &o)),
+        None => backend
+            .run_once(&Task::new(workload.clone()))
+            .map(|o| samples_of(tier, workload.name(), round, &o)),
     }
 }
 
@@ -321,6 +331,9 @@ pub fn run_arms(
             }
         }
     }
+    // Where an application workload's benchmark client runs: the CPUs left outside the budget
+    // (read before the harness pins itself below).
+    let client_cpus = crate::measure::apps::client_cpus(&budget.cpus);
     // The harness runs on the budget's CPUs too: a launch then costs no cross-CPU wakeup, as
     // when `taskset -c <cpus> hyperfine -N` times the agent (docs/architecture.md). The harness
     // sleeps in poll while a sandbox runs, so it takes nothing from the budget.
@@ -362,7 +375,7 @@ pub fn run_arms(
         }
     }
     note_stale_runs(&state_dir, &states, cfg.quiet);
-    let res = run_owned(cfg, cancel, host, budget, &states);
+    let res = run_owned(cfg, cancel, host, budget, &client_cpus, &states);
     let mut teardown = Ok(());
     for s in &states {
         let t = finish_run(s);
@@ -395,6 +408,7 @@ fn run_owned(
     cancel: Arc<AtomicBool>,
     host: HostFacts,
     budget: Budget,
+    client_cpus: &[usize],
     states: &[Arc<RunState>],
 ) -> anyhow::Result<Vec<Results>> {
     let mut versions = BTreeMap::from([(
@@ -477,7 +491,15 @@ fn run_owned(
         })
         .collect();
 
-    let outcome = measure(cfg, &envs, &available, &mut outs, order.seed, &cancel);
+    let outcome = measure(
+        cfg,
+        &envs,
+        &available,
+        &mut outs,
+        order.seed,
+        client_cpus,
+        &cancel,
+    );
     for r in &mut outs {
         r.interrupted = cancel.load(Ordering::Relaxed);
         r.finished_at = Some(now_string());
@@ -505,6 +527,8 @@ struct ArmRun {
     /// Output index and tier-record index within it.
     out: usize,
     rec: usize,
+    /// CPUs outside the tier's budget, for an application workload's benchmark client.
+    client_cpus: Vec<usize>,
 }
 
 /// The tier record of arm `i`: its output's records hold the arms of that output, in order.
@@ -520,6 +544,7 @@ fn measure(
     available: &[usize],
     outs: &mut [Results],
     seed: u64,
+    client_cpus: &[usize],
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut runs: Vec<ArmRun> = vec![];
@@ -529,7 +554,7 @@ fn measure(
         .scenario
         .workloads
         .iter()
-        .map(|w| matches!(w, Workload::Density(_)))
+        .map(|w| matches!(w, Workload::Density(_) | Workload::Redis(_)))
         .collect();
     for &i in available {
         let arm = &cfg.arms[i];
@@ -544,6 +569,20 @@ fn measure(
             Ok(backend) => {
                 let mut settings = backend.settings();
                 settings.extend(arm.extra_settings.clone());
+                if cfg
+                    .scenario
+                    .workloads
+                    .iter()
+                    .any(|w| matches!(w, Workload::Redis(_)))
+                {
+                    settings.insert(
+                        "app_client_cpus".into(),
+                        format!(
+                            "{client_cpus:?} (the benchmark client, outside the tier's {:?})",
+                            envs[i].budget.cpus
+                        ),
+                    );
+                }
                 record.settings = settings;
                 record.versions = backend.versions();
                 for (k, v) in backend.versions() {
@@ -558,6 +597,7 @@ fn measure(
                     backend,
                     out,
                     rec,
+                    client_cpus: client_cpus.to_vec(),
                 });
                 progress.push(Progress::new(plan, no_warmup.clone()));
             }
@@ -675,7 +715,13 @@ fn interleave(
         let workload = &cfg.scenario.workloads[step.workload];
         pb.set_message(format!("{} {}", r.label, workload.name()));
         let start = Instant::now();
-        let out = launch_samples(r.backend.as_mut(), r.tier, workload, step.round);
+        let out = launch_samples(
+            r.backend.as_mut(),
+            r.tier,
+            workload,
+            step.round,
+            &r.client_cpus,
+        );
         let elapsed = start.elapsed();
         pb.inc(1);
         let rec = &mut outs[r.out].tiers[r.rec];
@@ -734,7 +780,13 @@ fn interleave(
     for (r, p) in runs.iter().zip(schedule.arms()) {
         let rec = &mut outs[r.out].tiers[r.rec];
         if rec.launches.values().all(|&n| n == 0) {
-            rec.status = TierStatus::Failed;
+            // A tier that can carry none of the workloads (its note says why) is skipped, not
+            // failed: nothing went wrong (e.g. redis on a tier that does not carry it yet).
+            rec.status = if p.unsupported.iter().all(|&u| u) {
+                TierStatus::Skipped
+            } else {
+                TierStatus::Failed
+            };
         }
         let short: Vec<String> = cfg
             .scenario

@@ -30,6 +30,9 @@ pub enum Workload {
     /// Host-side: what one more idle sandbox of the tier costs the host's memory. The runner
     /// starts each of `counts` idle agents at once, reads their memory, and fits the slope.
     Density(DensityParams),
+    /// Host-side application: Debian's `redis-server` inside the tier (started by the agent),
+    /// `redis-benchmark` on the host against it over the tier's network path (issue 12).
+    Redis(RedisParams),
 }
 
 impl Workload {
@@ -50,6 +53,10 @@ impl Workload {
             },
             Workload::Idle(_) => "idle",
             Workload::Density(_) => "density",
+            Workload::Redis(p) => match p.path {
+                NetPath::Direct => "redis",
+                NetPath::Nat => "redis_nat",
+            },
         }
     }
 }
@@ -175,6 +182,7 @@ enum WorkloadRepr {
     Net(NetParams),
     Idle(IdleParams),
     Density(DensityParams),
+    Redis(RedisParams),
 }
 
 #[derive(Deserialize)]
@@ -191,7 +199,114 @@ impl From<WorkloadRepr> for Workload {
             WorkloadRepr::Net(p) => Workload::Net(p),
             WorkloadRepr::Idle(p) => Workload::Idle(p),
             WorkloadRepr::Density(p) => Workload::Density(p),
+            WorkloadRepr::Redis(p) => Workload::Redis(p),
         }
+    }
+}
+
+/// `redis`: the study's Redis run (Felter et al. 2015, Fig. 8/9). The host starts the tier with
+/// the agent serving `redis-server` (this struct is also the agent's task: the host fills in
+/// `bind`, `port` and `server_bin` as the tier sees them), then runs `redis-benchmark` on a CPU
+/// outside the tier's budget for every connection count, each point bounded by `requests` and
+/// by `point_timeout_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisParams {
+    /// Client connections, one benchmark point each (the study: 1 to 120).
+    pub connections: Vec<u32>,
+    /// Requests per operation and point (`redis-benchmark -n`).
+    pub requests: u64,
+    /// Value size, bytes (`-d`; the study: 50).
+    pub value_bytes: u32,
+    /// Random key space (`-r`; the study: 100,000 keys).
+    pub keyspace: u64,
+    /// Wall-clock cap of one point (both operations); the benchmark is killed then.
+    pub point_timeout_s: u64,
+    /// Longest wait from the tier's start to the server accepting a connection.
+    pub start_timeout_s: u64,
+    /// Which network path of the tier (`nat`: not carried yet).
+    pub path: NetPath,
+    /// The server binary on the host (copied with its libraries into every rootfs).
+    pub server_bin: String,
+    /// The benchmark client on the host.
+    pub client_bin: String,
+    /// Assigned by the host: the address the server binds, as the tier sees it.
+    pub bind: String,
+    /// Assigned by the host: the server's port.
+    pub port: u16,
+    /// The agent stops the server after this long even if stdin never closes.
+    pub max_s: u64,
+}
+
+impl Default for RedisParams {
+    fn default() -> Self {
+        RedisParams {
+            connections: vec![1, 4, 10, 30, 50, 100, 120],
+            requests: 100_000,
+            value_bytes: 50,
+            keyspace: 100_000,
+            point_timeout_s: 60,
+            start_timeout_s: 20,
+            path: NetPath::Direct,
+            server_bin: "/usr/bin/redis-server".into(),
+            client_bin: "/usr/bin/redis-benchmark".into(),
+            bind: String::new(),
+            port: 0,
+            max_s: 3_600,
+        }
+    }
+}
+
+/// What installs the Redis binaries on Debian.
+pub const REDIS_INSTALL: &str = "apt-get install redis-server redis-tools";
+
+impl RedisParams {
+    /// Bounds of the parameters (no I/O): a one-line message naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.connections.is_empty() || self.connections.len() > 64 {
+            return Err(format!(
+                "connections has {} entries: give 1 to 64 connection counts, e.g. connections = [1, 4, 10, 30, 50, 100, 120]",
+                self.connections.len()
+            ));
+        }
+        if let Some(c) = self.connections.iter().find(|&&c| c == 0 || c > 10_000) {
+            return Err(format!(
+                "connections entry = {c} is out of bounds: give 1 to 10000 client connections"
+            ));
+        }
+        let bounded = |name: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(format!("{name} = {v} is out of bounds: give {lo} to {hi}"))
+            } else {
+                Ok(())
+            }
+        };
+        bounded("requests", self.requests, 1, 100_000_000)?;
+        bounded("value_bytes", u64::from(self.value_bytes), 1, 1 << 20)?;
+        bounded("keyspace", self.keyspace, 1, 1_000_000_000)?;
+        bounded("point_timeout_s", self.point_timeout_s, 1, 3_600)?;
+        bounded("start_timeout_s", self.start_timeout_s, 1, 600)?;
+        bounded("max_s", self.max_s, 1, 86_400)?;
+        Ok(())
+    }
+
+    /// The host's binaries exist and are executable files: else a one-line error with the
+    /// command that installs them.
+    pub fn check_binaries(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        for (what, p) in [
+            ("server_bin", &self.server_bin),
+            ("client_bin", &self.client_bin),
+        ] {
+            let ok = std::fs::metadata(p)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !ok {
+                return Err(format!(
+                    "redis: {what} = {p} is not an executable file: install it with `{REDIS_INSTALL}` (or point {what} at one)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -23,17 +23,17 @@ use nix::unistd::Pid;
 use super::net::LaunchNet;
 use super::syscalls::{setup_container, LinuxSyscall, MountPlan, Step};
 use super::{Container, HOSTNAME};
-use crate::backend::launch::IDLE_STOP_DEADLINE;
+use crate::backend::launch::{IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE};
 use crate::backend::process::{self, Hooks, Process, Spec};
-use crate::backend::{BackendError, IdleInstance};
+use crate::backend::{BackendError, IdleInstance, ServerInstance};
 use crate::host::cgroup::CgroupManager;
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
-use crate::measure::launch::{Launch, Started};
+use crate::measure::launch::{self as measure, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::ledger::{Resource, RunState};
-use crate::workload::{DataPath, Workload};
+use crate::workload::{DataPath, NetPath, Workload};
 
 /// The fs workload's directory on the overlay rootfs (writes land in the upper layer).
 pub const ROOTFS_DATA: &str = "/data";
@@ -228,7 +228,7 @@ impl Launch for Container {
             ),
         ];
         spec.stdout = process::Stdio::Pipe;
-        if matches!(task.workload, Workload::Idle(_)) {
+        if matches!(task.workload, Workload::Idle(_) | Workload::Redis(_)) {
             spec.stdin = process::Stdio::Pipe;
         }
         spec.cpus = Some(p.budget.cpus.clone());
@@ -274,6 +274,54 @@ impl Launch for Container {
         plan.teardown_and_forget(&self.p.state)?;
         self.spent_peer = running.and_then(|r| r.peer);
         Ok(())
+    }
+}
+
+/// The container serving `redis`: the host's `redis-server` copied with its libraries into the rootfs (the overlay's lower
+/// layer, between launches), served on the container's veth (direct path only so far).
+pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInstance, BackendError> {
+    let Workload::Redis(rp) = &task.workload else {
+        return Err(BackendError::Other(format!(
+            "start_server runs an application workload, not `{}`",
+            task.workload.name()
+        )));
+    };
+    if rp.path != NetPath::Direct {
+        return Err(BackendError::Unsupported(
+            "the container's nat path is not carried yet (issue 12)".into(),
+        ));
+    }
+    crate::host::rootfs::install_with_libs(&c.p.lower, &[PathBuf::from(&rp.server_bin)]).map_err(
+        |e| BackendError::Other(format!("installing the redis server into the rootfs: {e}")),
+    )?;
+    let cancel = c.p.cancel.clone();
+    let (plan, started) = measure::start_idle(c, task, IDLE_READY_DEADLINE, &cancel)?;
+    let addr = match &plan.task.workload {
+        Workload::Redis(p) => p
+            .bind
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::from((ip, p.port))),
+        _ => None,
+    };
+    let mut process = started.process;
+    let stdin = process.stdin.take();
+    let instance = Box::new(IdleContainer {
+        plan,
+        state: c.p.state.clone(),
+        process,
+        stdin,
+        stream: started.stream,
+        running: started.running,
+    });
+    match addr {
+        Some(addr) => Ok(ServerInstance { instance, addr }),
+        None => {
+            let _ = instance.stop();
+            Err(BackendError::Other(
+                "internal error: the redis launch has no address; report this bug".into(),
+            ))
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use nix::unistd::Pid;
 use crate::backend::launch::{check_idle, IDLE_READY_DEADLINE, PROCESS_DEADLINE};
 use crate::backend::process::cpuset;
 use crate::backend::resources::refuse_existing;
-use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv, ServerInstance};
 use crate::host::cgroup::{self, CgroupManager};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
@@ -64,6 +64,8 @@ use launch::{IdleContainer, LaunchPlan};
 use net::RunNet;
 use syscalls::CgroupMount;
 
+/// The port the redis server listens on inside the container (its own network namespace).
+pub const REDIS_PORT: u16 = 6379;
 /// Namespaces the container needs (names as in /proc/self/ns).
 pub const NAMESPACES: &[&str] = &["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 /// Hostname inside the container.
@@ -212,8 +214,18 @@ impl Container {
                 let (net, peer) = run_net.plan_nat(n, &p.state)?;
                 (Some(net), Some(peer))
             }
+            Workload::Redis(rp) if rp.path == NetPath::Direct => {
+                (Some(run_net.plan_direct(n, &p.state)?), None)
+            }
             _ => (None, None),
         };
+        let mut task = task.clone();
+        if let (Workload::Redis(rp), Some(net)) = (&mut task.workload, &net) {
+            // The server binds the container's own address (its network namespace's only one
+            // besides lo), on Redis's usual port.
+            rp.bind = net.cont_cidr.split('/').next().unwrap_or_default().into();
+            rp.port = REDIS_PORT;
+        }
         for d in std::iter::once(&dir).chain(volume.as_ref()) {
             refuse_existing(d)?;
         }
@@ -223,7 +235,7 @@ impl Container {
             cg,
             net,
             nat_peer,
-            task: task.clone(),
+            task,
         };
         p.state
             .record_all(&plan.resources())
@@ -450,6 +462,11 @@ impl Backend for Container {
             stream: started.stream,
             running: started.running,
         }))
+    }
+
+    /// The host's `redis-server` in the rootfs, served on the container's veth.
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        launch::start_server(self, task)
     }
 
     fn settings(&self) -> BTreeMap<String, String> {

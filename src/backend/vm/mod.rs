@@ -687,6 +687,11 @@ impl Launch for Vm {
                 g.net_addr = Some(net.link.guest_cidr());
                 tap_name = Some(net.tap.clone());
             }
+            Workload::Redis(_) => {
+                return Err(BackendError::Unsupported(format!(
+                    "not yet carried by {tier} (issue 12)"
+                )))
+            }
             Workload::Idle(_) | Workload::Density(_) => {
                 return Err(BackendError::Other(format!(
                     "{} is not a measured launch: the density measurement uses start_idle",

@@ -39,7 +39,7 @@ pub const MAX_MESSAGE_BYTES: u32 = 1 << 20;
 pub const MAX_BLOCK_KIB: u64 = 65_536;
 
 /// Fields the harness fills in for each tier; a scenario that sets them is refused.
-pub const HOST_ASSIGNED: [(&str, &str); 2] = [
+pub const HOST_ASSIGNED: [(&str, &str); 4] = [
     (
         "dir",
         "isobench points the fs workload at each tier's data path: remove `dir` and choose the path with path = \"rootfs\" or \"volume\"",
@@ -48,6 +48,8 @@ pub const HOST_ASSIGNED: [(&str, &str); 2] = [
         "peer",
         "isobench starts the net workload's peer for each tier: remove `peer` and choose the path with path = \"direct\" or \"nat\"",
     ),
+    ("bind", "isobench binds the redis server to each tier's own address: remove `bind`"),
+    ("port", "isobench picks the redis server's port for each tier: remove `port`"),
 ];
 
 /// `-n N` of the command line.
@@ -119,6 +121,7 @@ pub fn check_scenario(s: &Scenario) -> Result<(), String> {
             Workload::Fs(p) => fs(&l, p)?,
             Workload::Net(p) => net(&l, p)?,
             Workload::Density(p) => density(&l, p)?,
+            Workload::Redis(p) => p.check().map_err(|e| format!("{l} {e}"))?,
         }
     }
     Ok(())
@@ -437,6 +440,12 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
                     ));
                 }
             }
+        }
+    }
+    for (i, w) in s.workloads.iter().enumerate() {
+        if let Workload::Redis(p) = w {
+            p.check_binaries()
+                .map_err(|e| format!("{}: {e}", label(i, w)))?;
         }
     }
     if let Some(max) = m.max_tasks {

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod fs;
 pub mod memory;
 pub mod net;
+pub mod redis;
 
 use std::time::{Duration, Instant};
 
@@ -31,20 +32,36 @@ pub fn run(workload: &Workload) -> Result<Vec<Metric>, String> {
         Workload::Density(_) => {
             Err("density is measured by the host; the agent runs `idle` instances".into())
         }
+        Workload::Redis(p) => redis::run(p),
     }
 }
 
 /// Sit idle until stdin reaches end of file (the host closes it to stop the instance) or
 /// `max_s` passes; costs no CPU meanwhile.
 fn idle(max_s: u64) -> Result<Vec<Metric>, String> {
+    let start = std::time::Instant::now();
+    idle_until(max_s, || true);
+    Ok(vec![Metric::new(
+        "idle_s",
+        "s",
+        start.elapsed().as_secs_f64(),
+        crate::protocol::Better::Lower,
+    )])
+}
+
+/// Wait until stdin reaches end of file, `max_s` passes or `go_on` says stop (asked at least
+/// once a second).
+pub(crate) fn idle_until(max_s: u64, mut go_on: impl FnMut() -> bool) {
     use std::os::fd::AsFd;
     let start = std::time::Instant::now();
     let limit = Duration::from_secs(max_s);
     let stdin = std::io::stdin();
     let mut buf = [0u8; 64];
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && go_on() {
         let left = limit.saturating_sub(start.elapsed());
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+        let ms = u16::try_from(left.as_millis().min(1000))
+            .unwrap_or(1000)
+            .max(1);
         let mut fds = [nix::poll::PollFd::new(
             stdin.as_fd(),
             nix::poll::PollFlags::POLLIN,
@@ -58,12 +75,6 @@ fn idle(max_s: u64) -> Result<Vec<Metric>, String> {
             Err(_) => break,
         }
     }
-    Ok(vec![Metric::new(
-        "idle_s",
-        "s",
-        start.elapsed().as_secs_f64(),
-        crate::protocol::Better::Lower,
-    )])
 }
 
 /// A count as f64. Counts here stay far below 2^53, where the conversion is exact.
