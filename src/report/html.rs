@@ -305,10 +305,14 @@ fn claims_table(v: &[ClaimVerdict], out: &mut String) {
     for c in v {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><ul class=\"checks\">",
+            "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td><ul class=\"checks\">",
             c.id,
             esc(c.claim),
             verdict(c.verdict),
+            c.parts
+                .iter()
+                .map(|(name, v)| format!("<br>{}: {}", esc(name), verdict(*v)))
+                .collect::<String>(),
             esc(c.rule)
         );
         for k in &c.checks {

@@ -86,12 +86,22 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
             .take(3)
             .map(|k| format!("{}: {}", k.what, k.evidence))
             .collect();
+        let parts: Vec<String> = c
+            .parts
+            .iter()
+            .map(|(name, v)| format!("{name}: {}", v.label()))
+            .collect();
+        let verdict = if parts.is_empty() {
+            format!("**{}**", c.verdict.label())
+        } else {
+            format!("**{}** ({})", c.verdict.label(), parts.join(" · "))
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | **{}** | {} |",
+            "| {} | {} | {} | {} |",
             c.id,
             cell(c.claim),
-            c.verdict.label(),
+            verdict,
             cell(&decisive.join("; "))
         );
     }
