@@ -53,25 +53,24 @@ impl Bare {
     pub fn prepare(env: &RunEnv) -> Result<Self, BackendError> {
         process::cpuset(&env.budget.cpus)?;
         let bin = env.state.scratch().join("bare-bin");
-        make_data_dir(&env.state, &bin)?;
-        let program = bin.join("isobench-agent");
-        if let Err(e) = rootfs::install_agent(&env.agent, &program) {
-            let _ = remove_data_dir(&env.state, &bin);
-            return Err(BackendError::Other(format!("installing the agent: {e}")));
-        }
         let dir = env.state.scratch().join("bare-data");
-        if let Err(e) = make_data_dir(&env.state, &dir) {
-            let _ = remove_data_dir(&env.state, &bin);
-            return Err(e);
-        }
-        let peer = match loopback_peer() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = remove_data_dir(&env.state, &dir);
-                let _ = remove_data_dir(&env.state, &bin);
-                return Err(e);
+        make_data_dir(&env.state, &bin)?;
+        // Whatever fails below, the directories made so far go again.
+        let undo = |e: BackendError, made: &[&PathBuf]| {
+            for d in made {
+                let _ = remove_data_dir(&env.state, d);
             }
+            e
         };
+        let program = bin.join("isobench-agent");
+        rootfs::install_agent(&env.agent, &program).map_err(|e| {
+            undo(
+                BackendError::Other(format!("installing the agent: {e}")),
+                &[&bin],
+            )
+        })?;
+        make_data_dir(&env.state, &dir).map_err(|e| undo(e, &[&bin]))?;
+        let peer = loopback_peer().map_err(|e| undo(e, &[&dir, &bin]))?;
         Ok(Bare {
             agent: AgentLaunch {
                 program,

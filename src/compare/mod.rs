@@ -209,17 +209,23 @@ impl Comparison {
 }
 
 /// Bookkeeping by name, for results written before metrics carried their kind and for rows of
-/// the history database (which does not store the kind): the counters the agent and density
-/// report (`*_done`, `multi_threads`, `instances`, `direct_io`, `instances_exited_early`,
-/// `fit_points`) and the bounds of density's fitted slopes (`*_ci_low_mib`, `*_ci_high_mib`).
+/// the history database (which does not store the kind): the agent's counters (`*_done`,
+/// `multi_threads`, `direct_io`), density's (`instances`, `instances_exited_early`,
+/// `fit_points`) and the bounds of density's fitted slopes.
 pub fn legacy_bookkeeping(metric: &str) -> bool {
+    use crate::measure::density as d;
     metric.ends_with("_done")
-        || metric.ends_with("_ci_low_mib")
-        || metric.ends_with("_ci_high_mib")
-        || matches!(
-            metric,
-            "multi_threads" | "instances" | "direct_io" | "instances_exited_early" | "fit_points"
-        )
+        || matches!(metric, "multi_threads" | "direct_io")
+        || [
+            d::INSTANCES,
+            d::EXITED_EARLY,
+            d::FIT_POINTS,
+            d::MEMORY_PER_INSTANCE_CI_LOW,
+            d::MEMORY_PER_INSTANCE_CI_HIGH,
+            d::CGROUP_PER_INSTANCE_CI_LOW,
+            d::CGROUP_PER_INSTANCE_CI_HIGH,
+        ]
+        .contains(&metric)
 }
 
 type Key = (Tier, String, String);

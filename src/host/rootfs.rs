@@ -96,7 +96,7 @@ pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
     }
     std::fs::set_permissions(dest.join("tmp"), std::fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &dest.join("tmp")))?;
-    install_agent(agent, &dest.join(AGENT_IN_ROOTFS.trim_start_matches('/')))?;
+    copy_agent(agent, &dest.join(AGENT_IN_ROOTFS.trim_start_matches('/')))?;
     std::fs::write(dest.join("etc/hostname"), "isobench\n")
         .map_err(io("writing", &dest.join("etc/hostname")))?;
     Ok(vec![PathBuf::from(AGENT_IN_ROOTFS)])
@@ -108,8 +108,14 @@ pub fn build(agent: &Path, dest: &Path) -> Result<Vec<PathBuf>, RootfsError> {
 /// page fault maps whole), and the agent's resident memory does not depend on how the build
 /// happened to write the original.
 pub fn install_agent(agent: &Path, target: &Path) -> Result<(), RootfsError> {
-    use std::os::unix::fs::PermissionsExt;
     require_static(agent)?;
+    copy_agent(agent, target)
+}
+
+/// The copy itself, for callers that checked the agent already ([`build`] does, before it
+/// creates anything).
+fn copy_agent(agent: &Path, target: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::copy(agent, target).map_err(|source| RootfsError::Io {
         what: "copying",
         path: agent.into(),
