@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use isobench::backend::{registry, Backend, BackendOptions, RunEnv};
+use isobench::measure::plan::Order;
 use isobench::model::budget::Budget;
 use isobench::model::facts::HostFacts;
 use isobench::state::ledger::StateDir;
@@ -136,6 +137,7 @@ fn main() {
     let mut paired: BTreeMap<(Tier, bool), Vec<f64>> = BTreeMap::new();
     let mut rss_with = 0.0f64;
     let mut rss_without = f64::MAX;
+    let mut order = Order::new(backends.len(), 0x150b_e4c4);
     for block in 0..blocks {
         if failed.is_some() {
             break;
@@ -150,7 +152,10 @@ fn main() {
         let mut this: Vec<Vec<f64>> = vec![vec![]; backends.len()];
         for _ in 0..per_block {
             let mut round: BTreeMap<Tier, f64> = BTreeMap::new();
-            for (k, (tier, b)) in backends.iter_mut().enumerate() {
+            // The runner's order (a Williams design, seeded): every tier follows every other
+            // equally often, so what one launch leaves behind is not always charged to bare.
+            for k in order.next_block() {
+                let (tier, b) = &mut backends[k];
                 let o = match b.run_once(&task) {
                     Ok(o) => o,
                     Err(e) => {

@@ -154,6 +154,7 @@ impl Script {
                 )],
                 isolation: task.probe.then(IsolationView::default),
                 peak_rss_kib: None,
+                peak_anon_kib: None,
                 error: None,
             };
             s.push_str(&format!("echo {}", quote(&report.to_line())));

@@ -233,11 +233,16 @@ pub fn samples_of(tier: Tier, workload: &str, round: u32, o: &Outcome) -> Vec<Sa
             kind: m.kind,
         });
     }
-    if let Some(kib) = o.report.peak_rss_kib {
+    let memory = [
+        ("agent_peak_rss_kib", o.report.peak_rss_kib),
+        ("agent_peak_anon_kib", o.report.peak_anon_kib),
+    ];
+    for (metric, kib) in memory {
+        let Some(kib) = kib else { continue };
         v.push(Sample {
             tier,
             workload: workload.into(),
-            metric: "agent_peak_rss_kib".into(),
+            metric: metric.into(),
             unit: "KiB".into(),
             better: Better::Lower,
             round,

@@ -11,11 +11,14 @@ pub const LAUNCH_TO_READY_MS: &str = "launch_to_ready_ms";
 pub const LAUNCH_TO_EXIT_MS: &str = "launch_to_exit_ms";
 pub const TEARDOWN_MS: &str = "teardown_ms";
 pub const AGENT_PEAK_RSS_KIB: &str = "agent_peak_rss_kib";
-pub const STARTUP_METRICS: [&str; 4] = [
+/// The anonymous part of the agent's peak: its own memory, whatever the kernel's fault-around.
+pub const AGENT_PEAK_ANON_KIB: &str = "agent_peak_anon_kib";
+pub const STARTUP_METRICS: [&str; 5] = [
     LAUNCH_TO_READY_MS,
     LAUNCH_TO_EXIT_MS,
     TEARDOWN_MS,
     AGENT_PEAK_RSS_KIB,
+    AGENT_PEAK_ANON_KIB,
 ];
 
 // Workloads.

@@ -85,7 +85,9 @@ pub fn run(task: &Task) -> AgentReport {
         Ok(m) => report.metrics = m,
         Err(e) => report.error = Some(e),
     }
-    report.peak_rss_kib = peak_rss_kib();
+    let (rss, anon) = peak_memory_kib();
+    report.peak_rss_kib = rss;
+    report.peak_anon_kib = anon;
     report
 }
 
@@ -102,14 +104,38 @@ pub fn run(task: &Task) -> AgentReport {
 /// `getrusage`'s `ru_maxrss` is not used: it keeps the peak of the address space the process
 /// had before execve, i.e. the harness's own peak for a process created by fork or vfork.
 /// None when /proc is not mounted: absent, never a figure from somewhere else.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+///
+/// The second figure is the anonymous part of that peak ([`peak_anon_kib`]): how many of the
+/// executable's file pages a fault maps is the kernel's policy (fault-around windows, whole
+/// large folios since 6.x), so the same binary can read a few percent apart under two kernels
+/// (the host's and a VM guest's) while its own memory is the same.
+fn peak_memory_kib() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok();
-    peak_kib(&status, rollup.as_deref())
+    (
+        peak_kib(&status, rollup.as_deref()),
+        rollup.and_then(|r| peak_anon_kib(&status, &r)),
+    )
+}
+
+/// The anonymous (heap, stack, data written) part of the peak, KiB: the larger of the current
+/// `Anonymous` of smaps_rollup and the peak ([`peak_kib`]) less the file-backed pages mapped
+/// now (`Rss - Anonymous`). The agent never unmaps a file page, so the file pages it had at its
+/// peak are at most those it has now: the figure is exact when no file page was first mapped
+/// after the peak, and otherwise low by the few pages of code run after it (reporting).
+/// None without smaps_rollup (old kernels, gVisor): the split cannot be read.
+pub fn peak_anon_kib(status: &str, smaps_rollup: &str) -> Option<u64> {
+    let peak = peak_kib(status, Some(smaps_rollup))?;
+    let rss = kib_field(smaps_rollup, "Rss:")?;
+    let anon = kib_field(smaps_rollup, "Anonymous:")?;
+    let file = rss.saturating_sub(anon);
+    Some(anon.max(peak.saturating_sub(file)))
 }
 
 /// The peak from the texts of /proc/self/status and (where the kernel has it)
-/// /proc/self/smaps_rollup: see [`peak_rss_kib`].
+/// /proc/self/smaps_rollup: see [`peak_memory_kib`].
 pub fn peak_kib(status: &str, smaps_rollup: Option<&str>) -> Option<u64> {
     let hwm = vm_hwm_kib(status)?;
     let rss = smaps_rollup.and_then(|s| kib_field(s, "Rss:"));
@@ -166,7 +192,7 @@ fn install_signal_handlers() {
 
 #[cfg(test)]
 mod tests {
-    use super::{peak_kib, vm_hwm_kib};
+    use super::{peak_anon_kib, peak_kib, vm_hwm_kib};
 
     /// A /proc/self/status as Linux 6.x writes it (trimmed).
     const STATUS: &str = "Name:\tisobench-agent\nUmask:\t0022\nState:\tR (running)\n\
@@ -191,7 +217,20 @@ Threads:\t1\n";
 
     /// smaps_rollup as Linux 6.1 writes it (trimmed).
     const ROLLUP: &str = "55d0c0000000-7ffc00000000 ---p 00000000 00:00 0    [rollup]\n\
-Rss:                1604 kB\nPss:                1580 kB\nPss_Anon:             96 kB\n";
+Rss:                1604 kB\nPss:                1580 kB\nPss_Anon:             96 kB\n\
+Anonymous:            96 kB\n";
+
+    #[test]
+    fn the_anonymous_peak_is_the_peak_less_the_file_pages() {
+        // Nothing freed: the peak is now, and its anonymous part is smaps_rollup's.
+        assert_eq!(peak_anon_kib(STATUS, ROLLUP), Some(96));
+        // A 64 MiB buffer freed before the report: the high-water mark less the 1508 KiB of
+        // file pages mapped now.
+        let freed = STATUS.replace("1456 kB\nVmRSS", "67000 kB\nVmRSS");
+        assert_eq!(peak_anon_kib(&freed, ROLLUP), Some(67000 - 1508));
+        // No Anonymous line (gVisor's smaps_rollup, if any): absent.
+        assert_eq!(peak_anon_kib(STATUS, "Rss:   1604 kB\n"), None);
+    }
 
     #[test]
     fn a_lagging_high_water_mark_gives_way_to_the_page_tables() {

@@ -202,6 +202,11 @@ pub struct AgentReport {
     /// (reset at execve). None where /proc cannot be read (e.g. a chroot jail without /proc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_kib: Option<u64>,
+    /// The anonymous part of that peak, KiB (heap, stack, written data: not the executable's
+    /// file pages, whose residency is the kernel's fault-around policy). None where
+    /// /proc/self/smaps_rollup cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_anon_kib: Option<u64>,
     /// Set when the workload failed; the host records the run as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
