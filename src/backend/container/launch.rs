@@ -35,7 +35,7 @@ use crate::measure::launch::{self as measure, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::ledger::{Resource, RunState};
-use crate::workload::{DataPath, NetPath, Workload};
+use crate::workload::{DataPath, Workload};
 
 /// The fs workload's directory on the overlay rootfs (writes land in the upper layer).
 pub const ROOTFS_DATA: &str = "/data";
@@ -284,14 +284,11 @@ impl Launch for Container {
 
 /// The container serving an application: its programs (the host's `redis-server`, ...) copied
 /// with their libraries into the rootfs (the overlay's lower layer, between launches), served
-/// on the container's veth (direct path only so far).
+/// on the container's veth (direct path: the host reaches the container's address) or
+/// behind the run's NAT bridge (nat path: the host reaches a port published on the bridge's
+/// address, see [`super::net::Publish`]).
 pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInstance, BackendError> {
     let app = server_app(task)?;
-    if task.workload.net_path() != NetPath::Direct {
-        return Err(BackendError::Unsupported(
-            "the container's nat path is not carried yet (issue 12)".into(),
-        ));
-    }
     let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
     crate::host::rootfs::install_with_libs(&c.p.lower, &programs).map_err(|e| {
         BackendError::Other(format!(

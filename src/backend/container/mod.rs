@@ -204,22 +204,29 @@ impl Container {
         let cg = CgroupManager::at(&p.hier, p.layout, &p.cgroup_rel.join(format!("launch-{n}")))
             .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
         let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
-        let (net, nat_peer) = match &task.workload {
-            Workload::Net(np) if np.path == NetPath::Direct => {
-                (Some(run_net.plan_direct(n, &p.state)?), None)
+        let app = task.workload.server_app();
+        // An application's server is reached at its own address (direct) or at the port
+        // published on the host's side of the bridge (nat, as `docker run -p`).
+        let (net, nat_peer, published) = match (&task.workload, &app) {
+            (Workload::Net(np), _) if np.path == NetPath::Direct => {
+                (Some(run_net.plan_direct(n, &p.state)?), None, None)
             }
-            Workload::Net(_) => {
+            (Workload::Net(_), _) => {
                 let (net, peer) = run_net.plan_nat(n, &p.state)?;
-                (Some(net), Some(peer))
+                (Some(net), Some(peer), None)
             }
-            w if w.server_app().is_some() && w.net_path() == NetPath::Direct => {
-                (Some(run_net.plan_direct(n, &p.state)?), None)
+            (w, Some(_)) if w.net_path() == NetPath::Direct => {
+                (Some(run_net.plan_direct(n, &p.state)?), None, None)
             }
-            _ => (None, None),
+            (_, Some(a)) => {
+                let (net, host) = run_net.plan_nat_publish(n, &p.state, a.port)?;
+                (Some(net), None, Some(host))
+            }
+            _ => (None, None, None),
         };
         let mut task = task.clone();
         let mut server = None;
-        if let (Some(app), Some(net)) = (task.workload.server_app(), &net) {
+        if let (Some(app), Some(net)) = (&app, &net) {
             // The server binds the container's own address (its network namespace's only one
             // besides lo), on the application's usual port.
             let ip: std::net::Ipv4Addr = net
@@ -235,7 +242,7 @@ impl Container {
                     ))
                 })?;
             task.workload = task.workload.with_endpoint(&ip.to_string(), app.port);
-            server = Some(std::net::SocketAddr::from((ip, app.port)));
+            server = Some(published.unwrap_or(std::net::SocketAddr::from((ip, app.port))));
         }
         for d in std::iter::once(&dir).chain(volume.as_ref()) {
             refuse_existing(d)?;
