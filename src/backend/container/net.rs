@@ -1130,6 +1130,23 @@ mod tests {
     }
 
     #[test]
+    fn publish_is_a_commented_dnat_in_the_runs_output_chain() {
+        let p = Publish {
+            table: "isobench_kabcd1234".into(),
+            host: "10.215.3.1:40001".parse().unwrap(),
+            to: "10.215.3.7:6379".parse().unwrap(),
+            handle: Arc::default(),
+        };
+        let a = p.rule_args("r1").join(" ");
+        assert_eq!(
+            a,
+            "--echo --handle add rule ip isobench_kabcd1234 output ip daddr 10.215.3.1 tcp dport 40001 dnat to 10.215.3.7:6379 comment \"isobench run r1\""
+        );
+        // Never added: nothing to remove, no nft call.
+        assert!(p.remove().is_ok());
+    }
+
+    #[test]
     fn parses_nft_table_listing() {
         let l = "table ip isobench_kabc { # handle 7\n\tcomment \"isobench run r-1\"\n\
                  \tchain postrouting { # handle 1\n\t}\n}\n";

@@ -1298,6 +1298,26 @@ mod tests {
     }
 
     #[test]
+    fn an_application_server_runs_on_the_host_network_or_the_bridge() {
+        let b = Budget {
+            cpus: vec![1],
+            memory_mib: 256,
+        };
+        let args = |path| {
+            let t = Task::new(Workload::Redis(crate::workload::RedisParams {
+                path,
+                ..Default::default()
+            }));
+            run_args("n", "r", &b, ID, &t, Path::new("/v"), Path::new("/c")).join(" ")
+        };
+        let direct = args(NetPath::Direct);
+        assert!(direct.contains("--network host"), "{direct}");
+        // The server stays until the host closes its stdin.
+        assert!(direct.contains("--interactive"), "{direct}");
+        assert!(args(NetPath::Nat).contains("--network bridge"));
+    }
+
+    #[test]
     fn names_retry_with_a_suffix_on_dockers_conflict() {
         assert_eq!(container_name("r1", 3, 0), "isobench-r1-3");
         assert_eq!(container_name("r1", 3, 2), "isobench-r1-3-r2");
