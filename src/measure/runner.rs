@@ -149,6 +149,7 @@ fn launch_samples(
     workload: &Workload,
     round: u32,
     client_cpus: &[usize],
+    cancel: &AtomicBool,
 ) -> Result<Vec<Sample>, BackendError> {
     let host_side = match workload {
         Workload::Density(p) => Some(crate::measure::density::measure(backend, p)?),
@@ -156,6 +157,7 @@ fn launch_samples(
             backend,
             p,
             client_cpus,
+            cancel,
         )?),
         _ => None,
     };
@@ -726,6 +728,7 @@ fn interleave(
             workload,
             step.round,
             &r.client_cpus,
+            cancel,
         );
         let elapsed = start.elapsed();
         pb.inc(1);

@@ -61,6 +61,57 @@ impl Workload {
     }
 }
 
+/// What a tier must carry for an application server workload (redis, mysql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerApp {
+    /// "redis", "mysql".
+    pub name: &'static str,
+    /// Host programs copied with their ldd closure into the tier (e.g. [server_bin]); bare
+    /// runs them in place.
+    pub programs: Vec<String>,
+    /// The port the server listens on inside the tier (a tier with a network namespace of its
+    /// own uses it; a tier on the host's network picks a free one with `with_endpoint`).
+    pub port: u16,
+}
+
+/// The port Redis listens on by default.
+pub const REDIS_PORT: u16 = 6379;
+
+impl Workload {
+    /// `Some` for workloads that run a server inside the tier and are driven from the host.
+    pub fn server_app(&self) -> Option<ServerApp> {
+        match self {
+            Workload::Redis(p) => Some(ServerApp {
+                name: "redis",
+                programs: vec![p.server_bin.clone()],
+                port: REDIS_PORT,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same workload, told to bind `bind`:`port` (the tier's address as the tier sees it).
+    pub fn with_endpoint(&self, bind: &str, port: u16) -> Workload {
+        match self {
+            Workload::Redis(p) => Workload::Redis(RedisParams {
+                bind: bind.to_string(),
+                port,
+                ..p.clone()
+            }),
+            w => w.clone(),
+        }
+    }
+
+    /// The network path a workload asks of its tier (`direct` for workloads without one).
+    pub fn net_path(&self) -> NetPath {
+        match self {
+            Workload::Net(p) => p.path,
+            Workload::Redis(p) => p.path,
+            _ => NetPath::Direct,
+        }
+    }
+}
+
 /// Where the fs workload writes, as the tier sees it. `bare` and `chroot` use a host directory
 /// for both; `container` has its overlay rootfs (as Docker's image layers) and a bind-mounted
 /// volume; the VM tiers a virtio-blk disk backed by an ext4 image file on the same host
@@ -224,7 +275,8 @@ pub struct RedisParams {
     pub point_timeout_s: u64,
     /// Longest wait from the tier's start to the server accepting a connection.
     pub start_timeout_s: u64,
-    /// Which network path of the tier (`nat`: not carried yet).
+    /// Which network path of the tier (`nat`: through the tier's NAT and a published port,
+    /// as `docker run -p`; the same as `direct` where a tier has no NAT path).
     pub path: NetPath,
     /// The server binary on the host (copied with its libraries into every rootfs).
     pub server_bin: String,
@@ -502,6 +554,21 @@ mod tests {
         assert!(e.contains("ops_per_thred"), "{e}");
         assert!(parse("[workload]\nkind = \"noop\"\nfoo = 1\n").is_err());
         assert!(parse("[workload]\nkind = \"gpu\"\n").is_err());
+    }
+
+    #[test]
+    fn server_app_and_endpoint() {
+        let w = Workload::Redis(RedisParams::default());
+        let app = w.server_app().unwrap();
+        assert_eq!(app.name, "redis");
+        assert_eq!(app.programs, ["/usr/bin/redis-server"]);
+        assert_eq!(app.port, REDIS_PORT);
+        match w.with_endpoint("10.0.0.2", 7000) {
+            Workload::Redis(p) => assert_eq!((p.bind.as_str(), p.port), ("10.0.0.2", 7000)),
+            o => panic!("{o:?}"),
+        }
+        assert!(Workload::Noop.server_app().is_none());
+        assert_eq!(Workload::Noop.with_endpoint("x", 1), Workload::Noop);
     }
 
     #[test]
