@@ -61,6 +61,45 @@ impl Workload {
     }
 }
 
+/// What a tier must carry for an application server workload (redis, mysql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerApp {
+    /// "redis", "mysql".
+    pub name: &'static str,
+    /// Host programs copied with their ldd closure into the tier (e.g. [server_bin]); bare
+    /// runs them in place.
+    pub programs: Vec<String>,
+    /// The port the server listens on inside the tier.
+    pub port: u16,
+}
+
+impl Workload {
+    /// `Some` for workloads that run a server inside the tier and are driven from the host.
+    pub fn server_app(&self) -> Option<ServerApp> {
+        match self {
+            Workload::Redis(p) => Some(ServerApp {
+                name: "redis",
+                programs: vec![p.server_bin.clone()],
+                // Redis's well-known port until the host assigns one.
+                port: if p.port == 0 { 6379 } else { p.port },
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same workload, told to bind `bind`:`port` (the tier's address as the tier sees it).
+    pub fn with_endpoint(&self, bind: &str, port: u16) -> Workload {
+        match self {
+            Workload::Redis(p) => Workload::Redis(RedisParams {
+                bind: bind.to_string(),
+                port,
+                ..p.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+}
+
 /// Where the fs workload writes, as the tier sees it. `bare` and `chroot` use a host directory
 /// for both; `container` has its overlay rootfs (as Docker's image layers) and a bind-mounted
 /// volume; the VM tiers a virtio-blk disk backed by an ext4 image file on the same host
@@ -456,6 +495,23 @@ mod tests {
         toml::from_str::<Scenario>(toml_text)
             .map(|s| s.workload)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_app_and_endpoint() {
+        assert_eq!(Workload::Noop.server_app(), None);
+        let w = Workload::Redis(RedisParams::default());
+        let app = w.server_app().unwrap();
+        assert_eq!(app.name, "redis");
+        assert_eq!(app.programs, ["/usr/bin/redis-server"]);
+        assert_eq!(app.port, 6379);
+        let bound = w.with_endpoint("10.213.0.2", 7000);
+        let Workload::Redis(p) = &bound else {
+            panic!("{bound:?}")
+        };
+        assert_eq!((p.bind.as_str(), p.port), ("10.213.0.2", 7000));
+        assert_eq!(bound.server_app().unwrap().port, 7000);
+        assert_eq!(Workload::Noop.with_endpoint("x", 1), Workload::Noop);
     }
 
     #[test]
