@@ -97,72 +97,36 @@ struct FelterMap {
     kvm_key: &'static str,
 }
 
-/// Linpack's KVM figure is the tuned run, the only KVM Linpack value in the authors' data that
-/// used the host's CPU model.
+const fn fm(
+    bench: &'static str,
+    (workload, docker_workload): (&'static str, &'static str),
+    metric: &'static str,
+    invert: bool,
+    (docker_key, kvm_key): (&'static str, &'static str),
+) -> FelterMap {
+    FelterMap {
+        bench,
+        workload,
+        docker_workload,
+        metric,
+        invert,
+        docker_key,
+        kvm_key,
+    }
+}
+
+/// (benchmark, (our workload for the VMs, for the container), metric, invert, (Docker key, KVM
+/// key)). Linpack's KVM figure is the tuned run, the only KVM Linpack value in the authors'
+/// data that used the host's CPU model.
+#[rustfmt::skip]
 const FELTER_MAP: [FelterMap; 7] = [
-    FelterMap {
-        bench: "linpack",
-        workload: m::CPU,
-        docker_workload: m::CPU,
-        metric: m::CPU_MULTI,
-        invert: false,
-        docker_key: "docker_ratio",
-        kvm_key: "kvm_tuned_ratio",
-    },
-    FelterMap {
-        bench: "stream",
-        workload: m::MEMORY,
-        docker_workload: m::MEMORY,
-        metric: m::MEM_TRIAD,
-        invert: false,
-        docker_key: "docker_ratio",
-        kvm_key: "kvm_ratio_range",
-    },
-    FelterMap {
-        bench: "randomaccess",
-        workload: m::MEMORY,
-        docker_workload: m::MEMORY,
-        metric: m::MEM_LATENCY,
-        invert: true,
-        docker_key: "docker_ratio",
-        kvm_key: "kvm_ratio",
-    },
-    FelterMap {
-        bench: "nuttcp",
-        workload: m::NET,
-        docker_workload: m::NET_NAT,
-        metric: m::NET_STREAM,
-        invert: false,
-        docker_key: "docker_ratio",
-        kvm_key: "kvm_ratio",
-    },
-    FelterMap {
-        bench: "netperf_rr",
-        workload: m::NET,
-        docker_workload: m::NET_NAT,
-        metric: m::NET_RR_P50,
-        invert: false,
-        docker_key: "docker_nat_latency_ratio",
-        kvm_key: "kvm_latency_ratio",
-    },
-    FelterMap {
-        bench: "fio",
-        workload: m::FS,
-        docker_workload: m::FS_VOLUME,
-        metric: m::FS_RAND_READ,
-        invert: false,
-        docker_key: "docker_random_iops_ratio",
-        kvm_key: "kvm_random_iops_ratio",
-    },
-    FelterMap {
-        bench: "mysql_sysbench_oltp",
-        workload: "",
-        docker_workload: "",
-        metric: "",
-        invert: false,
-        docker_key: "docker_note",
-        kvm_key: "kvm_note",
-    },
+    fm("linpack", (m::CPU, m::CPU), m::CPU_MULTI, false, ("docker_ratio", "kvm_tuned_ratio")),
+    fm("stream", (m::MEMORY, m::MEMORY), m::MEM_TRIAD, false, ("docker_ratio", "kvm_ratio_range")),
+    fm("randomaccess", (m::MEMORY, m::MEMORY), m::MEM_LATENCY, true, ("docker_ratio", "kvm_ratio")),
+    fm("nuttcp", (m::NET, m::NET_NAT), m::NET_STREAM, false, ("docker_ratio", "kvm_ratio")),
+    fm("netperf_rr", (m::NET, m::NET_NAT), m::NET_RR_P50, false, ("docker_nat_latency_ratio", "kvm_latency_ratio")),
+    fm("fio", (m::FS, m::FS_VOLUME), m::FS_RAND_READ, false, ("docker_random_iops_ratio", "kvm_random_iops_ratio")),
+    fm("mysql_sysbench_oltp", ("", ""), "", false, ("docker_note", "kvm_note")),
 ];
 
 /// The netperf RR figures per protocol, as ratios to native, for the study's spread.
