@@ -351,23 +351,31 @@ fn opt_ratio(r: Option<&Ratio>) -> String {
 fn felter(p: &Published, out: &mut String) {
     section(out, "felter", "Felter et al. 2015 beside our ratios");
     provenance(&p.felter, out);
-    out.push_str("<div class=\"scroll\"><table><tr><th>benchmark</th><th>what</th><th>Felter Docker / native</th><th>ours container / bare</th><th>Felter KVM / native</th><th>ours microvm / bare</th><th>ours emulated / bare (context)</th><th>our metric</th><th>note</th></tr>\n");
+    out.push_str("<div class=\"scroll\"><table id=\"felter-table\"><tr><th>benchmark</th><th>what</th><th>Felter Docker / native</th><th>ours container / bare</th><th>within the study's Docker range?</th><th>Felter KVM / native</th><th>ours microvm / bare</th><th>within the study's KVM range?</th><th>ours emulated / bare (context: TCG, not KVM)</th><th>our metric</th><th>the study's parameters</th><th>ours</th><th>note</th></tr>\n");
     for row in &p.felter_rows {
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"muted\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"muted\">{}</td><td class=\"muted\">{}</td><td class=\"muted\">{}</td></tr>",
             esc(&row.benchmark),
             esc(&row.what),
             esc(&row.docker),
             opt_ratio(row.container.as_ref()),
+            esc(&row.docker_within),
             esc(&row.kvm),
             opt_ratio(row.microvm.as_ref()),
+            esc(&row.kvm_within),
             opt_ratio(row.emulated.as_ref()),
             esc(row.ours.as_deref().unwrap_or("none comparable")),
+            esc(&row.study_params),
+            esc(&row.our_params),
             esc(&row.note)
         );
     }
-    out.push_str("</table></div><p class=\"muted\">Ratios are guest / native in each metric's own direction, as in the paper: for throughput &lt; 1 is worse, for latency &gt; 1 is worse.</p></section>\n");
+    let _ = writeln!(
+        out,
+        "</table></div><p class=\"muted\">Ratios are guest / native in each metric's own direction, as in the paper: for throughput &lt; 1 is worse, for latency &gt; 1 is worse. \"Within the study's range\": our ratio's 95% interval overlaps the study's figure (or its range, e.g. TCP and UDP RR) widened by {:.0}% each side (other hardware, other sizes: see the parameters). The emulated tier is QEMU's TCG software emulation: it stands for neither hosted nor hardware-assisted virtualization and is never judged against the study's KVM.</p></section>",
+        super::published::STUDY_TOLERANCE * 100.0
+    );
 }
 
 fn figures(rows: &[FigureRow], out: &mut String) {
