@@ -157,6 +157,11 @@ fn launch_samples(
             p,
             client_cpus,
         )?),
+        Workload::Mysql(p) => Some(crate::measure::apps::mysql::measure(
+            backend,
+            p,
+            client_cpus,
+        )?),
         _ => None,
     };
     match host_side {
@@ -554,7 +559,7 @@ fn measure(
         .scenario
         .workloads
         .iter()
-        .map(|w| matches!(w, Workload::Density(_) | Workload::Redis(_)))
+        .map(|w| matches!(w, Workload::Density(_)) || w.server_app().is_some())
         .collect();
     for &i in available {
         let arm = &cfg.arms[i];
@@ -573,7 +578,7 @@ fn measure(
                     .scenario
                     .workloads
                     .iter()
-                    .any(|w| matches!(w, Workload::Redis(_)))
+                    .any(|w| w.server_app().is_some())
                 {
                     settings.insert(
                         "app_client_cpus".into(),

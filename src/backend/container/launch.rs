@@ -129,6 +129,13 @@ fn task_for_launch(task: &Task, peer: Option<SocketAddr>) -> Result<Task, Backen
             }
             .into();
         }
+        Workload::Mysql(p) => {
+            p.dir = match p.data {
+                DataPath::Rootfs => ROOTFS_DATA,
+                DataPath::Volume => VOLUME,
+            }
+            .into();
+        }
         Workload::Net(p) => {
             p.peer = peer
                 .ok_or_else(|| BackendError::Other("the launch has no net peer".into()))?
@@ -228,7 +235,7 @@ impl Launch for Container {
             ),
         ];
         spec.stdout = process::Stdio::Pipe;
-        if matches!(task.workload, Workload::Idle(_) | Workload::Redis(_)) {
+        if matches!(task.workload, Workload::Idle(_)) || task.workload.server_app().is_some() {
             spec.stdin = process::Stdio::Pipe;
         }
         spec.cpus = Some(p.budget.cpus.clone());
@@ -280,30 +287,33 @@ impl Launch for Container {
 /// The container serving `redis`: the host's `redis-server` copied with its libraries into the rootfs (the overlay's lower
 /// layer, between launches), served on the container's veth (direct path only so far).
 pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInstance, BackendError> {
-    let Workload::Redis(rp) = &task.workload else {
+    let Some(app) = task.workload.server_app() else {
         return Err(BackendError::Other(format!(
             "start_server runs an application workload, not `{}`",
             task.workload.name()
         )));
     };
-    if rp.path != NetPath::Direct {
+    if matches!(&task.workload, Workload::Redis(rp) if rp.path != NetPath::Direct) {
         return Err(BackendError::Unsupported(
             "the container's nat path is not carried yet (issue 12)".into(),
         ));
     }
-    crate::host::rootfs::install_with_libs(&c.p.lower, &[PathBuf::from(&rp.server_bin)]).map_err(
-        |e| BackendError::Other(format!("installing the redis server into the rootfs: {e}")),
-    )?;
+    let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+    crate::host::rootfs::install_with_libs(&c.p.lower, &programs).map_err(|e| {
+        BackendError::Other(format!("installing the {} server into the rootfs: {e}", app.name))
+    })?;
     let cancel = c.p.cancel.clone();
     let (plan, started) = measure::start_idle(c, task, IDLE_READY_DEADLINE, &cancel)?;
-    let addr = match &plan.task.workload {
-        Workload::Redis(p) => p
-            .bind
-            .parse::<std::net::Ipv4Addr>()
-            .ok()
-            .map(|ip| std::net::SocketAddr::from((ip, p.port))),
+    let endpoint = match &plan.task.workload {
+        Workload::Redis(p) => Some((p.bind.as_str(), p.port)),
+        Workload::Mysql(p) => Some((p.bind.as_str(), p.port)),
         _ => None,
     };
+    let addr = endpoint.and_then(|(bind, port)| {
+        bind.parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::from((ip, port)))
+    });
     let mut process = started.process;
     let stdin = process.stdin.take();
     let instance = Box::new(IdleContainer {

@@ -201,6 +201,9 @@ impl Container {
             Workload::Fs(f) if f.path == DataPath::Volume => {
                 Some(p.base.join(format!("volume-{n}")))
             }
+            Workload::Mysql(m) if m.data == DataPath::Volume => {
+                Some(p.base.join(format!("volume-{n}")))
+            }
             _ => None,
         };
         let cg = CgroupManager::at(&p.hier, p.layout, &p.cgroup_rel.join(format!("launch-{n}")))
@@ -217,14 +220,15 @@ impl Container {
             Workload::Redis(rp) if rp.path == NetPath::Direct => {
                 (Some(run_net.plan_direct(n, &p.state)?), None)
             }
+            Workload::Mysql(_) => (Some(run_net.plan_direct(n, &p.state)?), None),
             _ => (None, None),
         };
         let mut task = task.clone();
-        if let (Workload::Redis(rp), Some(net)) = (&mut task.workload, &net) {
+        if let (Some(app), Some(net)) = (task.workload.server_app(), &net) {
             // The server binds the container's own address (its network namespace's only one
-            // besides lo), on Redis's usual port.
-            rp.bind = net.cont_cidr.split('/').next().unwrap_or_default().into();
-            rp.port = REDIS_PORT;
+            // besides lo), on the application's usual port.
+            let bind = net.cont_cidr.split('/').next().unwrap_or_default();
+            task.workload = task.workload.with_endpoint(bind, app.port);
         }
         for d in std::iter::once(&dir).chain(volume.as_ref()) {
             refuse_existing(d)?;

@@ -35,6 +35,7 @@ pub fn process_task(task: &Task, fs_dir: &str, peer: SocketAddr) -> Task {
     match &mut t.workload {
         Workload::Fs(p) => p.dir = fs_dir.to_string(),
         Workload::Net(p) => p.peer = peer.to_string(),
+        Workload::Mysql(p) => p.dir = fs_dir.to_string(),
         _ => {}
     }
     t
@@ -43,7 +44,8 @@ pub fn process_task(task: &Task, fs_dir: &str, peer: SocketAddr) -> Task {
 /// Refuse a task other than `idle` for an idle instance.
 pub fn check_idle(task: &Task) -> Result<(), BackendError> {
     match task.workload {
-        Workload::Idle(_) | Workload::Redis(_) => Ok(()),
+        Workload::Idle(_) => Ok(()),
+        ref w if w.server_app().is_some() => Ok(()),
         ref w => Err(BackendError::Other(format!(
             "start_idle runs the `idle` workload, not `{}`: use run_once for measurements",
             w.name()
@@ -51,29 +53,25 @@ pub fn check_idle(task: &Task) -> Result<(), BackendError> {
     }
 }
 
-/// A process tier (bare, chroot) serving `redis`: the server on 127.0.0.1 at a port free now
+/// A process tier (bare, chroot) serving an application: the server on 127.0.0.1 at a port free now
 /// (the host's loopback is the whole network path of a host process).
 pub fn start_loopback_server(
     l: &mut AgentLaunch,
     task: &Task,
     cancel: &AtomicBool,
 ) -> Result<crate::backend::ServerInstance, BackendError> {
-    let Workload::Redis(p) = &task.workload else {
+    if task.workload.server_app().is_none() {
         return Err(BackendError::Other(format!(
             "start_server runs an application workload, not `{}`",
             task.workload.name()
         )));
-    };
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| BackendError::io("finding a free loopback port", e))?
         .port();
     let mut t = task.clone();
-    t.workload = Workload::Redis(crate::workload::RedisParams {
-        bind: "127.0.0.1".into(),
-        port,
-        ..p.clone()
-    });
+    t.workload = task.workload.with_endpoint("127.0.0.1", port);
     let idle = AgentIdle::start(l, &t, cancel)?;
     Ok(crate::backend::ServerInstance {
         instance: Box::new(idle),
@@ -112,7 +110,7 @@ impl AgentLaunch {
             ),
         ];
         spec.stdout = Stdio::Pipe;
-        if matches!(task.workload, Workload::Idle(_) | Workload::Redis(_)) {
+        if matches!(task.workload, Workload::Idle(_)) || task.workload.server_app().is_some() {
             spec.stdin = Stdio::Pipe;
         }
         spec.cpus = Some(self.cpus.clone());

@@ -687,7 +687,7 @@ impl Launch for Vm {
                 g.net_addr = Some(net.link.guest_cidr());
                 tap_name = Some(net.tap.clone());
             }
-            Workload::Redis(_) => {
+            Workload::Redis(_) | Workload::Mysql(_) => {
                 return Err(BackendError::Unsupported(format!(
                     "not yet carried by {tier} (issue 12)"
                 )))

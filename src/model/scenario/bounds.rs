@@ -122,6 +122,7 @@ pub fn check_scenario(s: &Scenario) -> Result<(), String> {
             Workload::Net(p) => net(&l, p)?,
             Workload::Density(p) => density(&l, p)?,
             Workload::Redis(p) => p.check().map_err(|e| format!("{l} {e}"))?,
+            Workload::Mysql(p) => p.check().map_err(|e| format!("{l} {e}"))?,
         }
     }
     Ok(())
@@ -443,10 +444,12 @@ pub fn check_machine(s: &Scenario, tiers: &[Tier], m: &Machine) -> Result<(), St
         }
     }
     for (i, w) in s.workloads.iter().enumerate() {
-        if let Workload::Redis(p) = w {
-            p.check_binaries()
-                .map_err(|e| format!("{}: {e}", label(i, w)))?;
-        }
+        let found = match w {
+            Workload::Redis(p) => p.check_binaries(),
+            Workload::Mysql(p) => p.check_binaries(),
+            _ => Ok(()),
+        };
+        found.map_err(|e| format!("{}: {e}", label(i, w)))?;
     }
     if let Some(max) = m.max_tasks {
         // Leave half of the machine's tasks to everything else.
