@@ -152,7 +152,10 @@ impl Backend for Chroot {
         if let (Some(root), Some(app)) = (&self.rootfs, task.workload.server_app()) {
             let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
             rootfs::install_with_libs(root, &programs).map_err(|e| {
-                BackendError::Other(format!("installing the {} server into the jail: {e}", app.name))
+                BackendError::Other(format!(
+                    "installing the {} server into the jail: {e}",
+                    app.name
+                ))
             })?;
         }
         start_loopback_server(&mut self.agent, task, &self.cancel)

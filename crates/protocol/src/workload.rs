@@ -689,7 +689,8 @@ mod tests {
 
     #[test]
     fn mysql_parses_checks_and_names_its_data_path() {
-        let w = parse("[workload]\nkind = \"mysql\"\ndata = \"volume\"\nthreads = [1, 4]\n").unwrap();
+        let w =
+            parse("[workload]\nkind = \"mysql\"\ndata = \"volume\"\nthreads = [1, 4]\n").unwrap();
         assert_eq!(w.name(), "mysql_volume");
         let Workload::Mysql(p) = &w else {
             panic!("{w:?}")

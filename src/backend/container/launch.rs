@@ -300,7 +300,10 @@ pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInsta
     }
     let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
     crate::host::rootfs::install_with_libs(&c.p.lower, &programs).map_err(|e| {
-        BackendError::Other(format!("installing the {} server into the rootfs: {e}", app.name))
+        BackendError::Other(format!(
+            "installing the {} server into the rootfs: {e}",
+            app.name
+        ))
     })?;
     let cancel = c.p.cancel.clone();
     let (plan, started) = measure::start_idle(c, task, IDLE_READY_DEADLINE, &cancel)?;

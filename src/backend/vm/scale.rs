@@ -75,7 +75,11 @@ impl Fit {
                 cap("time_budget_ms", &mut p.time_budget_ms);
                 cap("stream_duration_ms", &mut p.stream_duration_ms);
             }
-            Workload::Noop | Workload::Idle(_) | Workload::Density(_) | Workload::Redis(_) | Workload::Mysql(_) => {}
+            Workload::Noop
+            | Workload::Idle(_)
+            | Workload::Density(_)
+            | Workload::Redis(_)
+            | Workload::Mysql(_) => {}
         }
         notes
     }
