@@ -14,7 +14,6 @@ use super::claims::ran_emulated;
 use super::esc;
 use crate::model::results::Results;
 use crate::model::tier::Tier;
-use crate::output::num;
 
 const FELTER_TOML: &str = include_str!("felter2015.toml");
 const FONT: &str = "sans-serif";
@@ -125,6 +124,15 @@ fn ratio(r: &Results, tier: Tier, workload: &str, prefix: &str, peak: bool) -> O
     (b > 0.0).then(|| o / b)
 }
 
+/// An axis label: whole numbers from 10 up, two decimals below.
+fn axis_num(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// An inline SVG line chart: one line per tier, medians against x.
 fn line_chart(
     title: &str,
@@ -158,7 +166,8 @@ fn line_chart(
                 .x_desc(x_desc)
                 .y_desc(y_desc)
                 .label_style((FONT, 12))
-                .y_label_formatter(&|v| num(*v))
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| axis_num(*v))
                 .draw()?;
             for (tier, pts) in lines {
                 let (cr, cg, cb) = super::charts::tier_rgb(*tier);
