@@ -189,9 +189,9 @@ fn mysql_on_bare_and_container_rootfs_and_volume_leaves_nothing() {
     let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
     assert!(html.contains("<section id=\"apps\">"), "no apps section");
     assert!(
-        html.contains("Docker NAT, layered fs (AUFS) 0.85")
-            && html.contains("Docker net=host, volume 0.98")
-            && html.contains("KVM (qcow2) 0.42"),
+        html.contains("Docker NAT, layered fs (AUFS) 0.855")
+            && html.contains("Docker net=host, volume 0.982")
+            && html.contains("KVM (qcow2) 0.422"),
         "the study's MySQL ratios are missing from the apps section"
     );
     assert!(html.contains("MySQL, data on a volume: tps vs threads"));

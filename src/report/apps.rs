@@ -210,7 +210,7 @@ fn study_peer(r: &Results, tier: Tier, study: &[(String, f64)], app: &str, volum
         study
             .iter()
             .find(|(l, _)| l.starts_with(starts))
-            .map(|(l, v)| format!("{l}: {v:.2}"))
+            .map(|(l, v)| format!("{l}: {v:.3}"))
             .unwrap_or_default()
     };
     if tier == Tier::Bare || tier == Tier::Chroot {
@@ -423,7 +423,7 @@ pub fn html(r: &Results, out: &mut String) {
         let s: Vec<String> = t
             .study
             .iter()
-            .map(|(l, v)| format!("{} {v:.2}", esc(l)))
+            .map(|(l, v)| format!("{} {v:.3}", esc(l)))
             .collect();
         out.push_str(&s.join(" · "));
         out.push_str("</p>\n");
@@ -453,7 +453,7 @@ pub fn markdown(r: &Results, o: &mut String) {
             let v: Vec<String> = vals.iter().map(|v| ratio_cell(*v)).collect();
             let _ = writeln!(o, "| {tier} | {} | {peer} |", v.join(" | "));
         }
-        let s: Vec<String> = t.study.iter().map(|(l, v)| format!("{l} {v:.2}")).collect();
+        let s: Vec<String> = t.study.iter().map(|(l, v)| format!("{l} {v:.3}")).collect();
         let _ = writeln!(o, "\nThe study: {}\n", s.join(" · "));
     }
 }
