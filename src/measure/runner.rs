@@ -159,6 +159,11 @@ fn launch_samples(
             client_cpus,
             cancel,
         )?),
+        Workload::Mysql(p) => Some(crate::measure::apps::mysql::measure(
+            backend,
+            p,
+            client_cpus,
+        )?),
         _ => None,
     };
     match host_side {
@@ -561,7 +566,7 @@ fn measure(
         .scenario
         .workloads
         .iter()
-        .map(|w| matches!(w, Workload::Density(_) | Workload::Redis(_)))
+        .map(|w| matches!(w, Workload::Density(_)) || w.server_app().is_some())
         .collect();
     for &i in available {
         let arm = &cfg.arms[i];
@@ -580,7 +585,7 @@ fn measure(
                     .scenario
                     .workloads
                     .iter()
-                    .any(|w| matches!(w, Workload::Redis(_)))
+                    .any(|w| w.server_app().is_some())
                 {
                     settings.insert(
                         "app_client_cpus".into(),

@@ -515,6 +515,7 @@ pub fn page(
         family_table(r, f, &mut out);
         out.push_str("</section>\n");
     }
+    super::apps::html(r, &mut out);
     carry_over(r, &mut out);
     claims_table(claims, &mut out);
     felter(published, &mut out);

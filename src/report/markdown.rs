@@ -75,6 +75,7 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
         );
     }
     carry_over(r, &mut o);
+    super::apps::markdown(r, &mut o);
     let _ = writeln!(o, "\n### Claims\n");
     let _ = writeln!(o, "| # | claim | verdict | evidence |");
     let _ = writeln!(o, "|---|---|---|---|");

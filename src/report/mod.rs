@@ -2,6 +2,7 @@
 //! `charts/*.png`, and `summary.md`, all written into the run directory from `Results` alone.
 //! What the page shows and how to read it: docs/report.md; the claim rules: docs/claims.md.
 
+pub mod apps;
 pub mod carryover;
 pub mod charts;
 pub mod claims;

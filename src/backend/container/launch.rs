@@ -134,6 +134,13 @@ fn task_for_launch(task: &Task, peer: Option<SocketAddr>) -> Result<Task, Backen
             }
             .into();
         }
+        Workload::Mysql(p) => {
+            p.dir = match p.data {
+                DataPath::Rootfs => ROOTFS_DATA,
+                DataPath::Volume => VOLUME,
+            }
+            .into();
+        }
         Workload::Net(p) => {
             p.peer = peer
                 .ok_or_else(|| BackendError::Other("the launch has no net peer".into()))?

@@ -199,6 +199,9 @@ impl Container {
             Workload::Fs(f) if f.path == DataPath::Volume => {
                 Some(p.base.join(format!("volume-{n}")))
             }
+            Workload::Mysql(m) if m.data == DataPath::Volume => {
+                Some(p.base.join(format!("volume-{n}")))
+            }
             _ => None,
         };
         let cg = CgroupManager::at(&p.hier, p.layout, &p.cgroup_rel.join(format!("launch-{n}")))

@@ -35,6 +35,7 @@ pub fn process_task(task: &Task, fs_dir: &str, peer: SocketAddr) -> Task {
     match &mut t.workload {
         Workload::Fs(p) => p.dir = fs_dir.to_string(),
         Workload::Net(p) => p.peer = peer.to_string(),
+        Workload::Mysql(p) => p.dir = fs_dir.to_string(),
         _ => {}
     }
     t
