@@ -676,8 +676,8 @@ fn completions_and_man_are_generated_from_the_cli() {
             "report",
             "compare",
             "completions",
-            "--table",
-            "--backends",
+            "table",
+            "backends",
         ] {
             assert!(s.contains(word), "{shell} completions lack {word}");
         }

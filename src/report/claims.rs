@@ -388,7 +388,7 @@ pub const NEEDS_KVM: &str = "needs hardware KVM (vmx/svm), which the microvm tie
 fn hardware_vm_missing(r: &Results) -> Option<String> {
     if !ran(r, Tier::Microvm) {
         Some(format!(
-            "{NEEDS_KVM}: microvm did not run (this host's KVM: {}; run on a host with vmx/svm)",
+            "{NEEDS_KVM}: microvm did not run, this host's KVM is {} (run on a host with vmx/svm)",
             r.host.kvm.label()
         ))
     } else if ran_emulated(r, Tier::Microvm) {
