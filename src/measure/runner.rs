@@ -680,7 +680,11 @@ fn interleave(
     outs: &mut [Results],
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let pb = crate::output::progress(schedule.planned_launches(), cfg.quiet);
+    let pb = crate::output::progress(
+        schedule.planned_launches(),
+        schedule.planned_rounds(),
+        cfg.quiet,
+    );
     // The tier launched last, whatever the launch was (probe, warmup, measured, failed): what it
     // left behind is paid by the next launch, whose samples record it.
     let mut previous: Option<Tier> = None;
@@ -725,7 +729,7 @@ fn interleave(
         }
         let r = &mut runs[step.arm];
         let workload = &cfg.scenario.workloads[step.workload];
-        pb.set_message(format!("{} {}", r.label, workload.name()));
+        pb.step(step.round, &r.label, workload.name(), schedule.remaining());
         let start = Instant::now();
         let out = launch_samples(
             r.backend.as_mut(),

@@ -580,12 +580,21 @@ const CLAIM2_METRICS: [(&str, &str); 10] = [
     (m::NET, m::NET_RR_P50),
 ];
 
-/// Why a hardware-VM comparison cannot be judged, if it cannot.
+/// How an undecided claim 2 or 3 begins its evidence: what would decide it.
+pub const NEEDS_KVM: &str = "needs hardware KVM (vmx/svm), which the microvm tier supplies";
+
+/// Why a hardware-VM comparison cannot be judged, if it cannot: [`NEEDS_KVM`] and why microvm
+/// did not supply it here.
 fn hardware_vm_missing(r: &Results) -> Option<String> {
     if !ran(r, Tier::Microvm) {
-        Some("microvm (hardware KVM) did not run".into())
+        Some(format!(
+            "{NEEDS_KVM}: microvm did not run, this host's KVM is {} (run on a host with vmx/svm)",
+            r.host.kvm.label()
+        ))
     } else if ran_emulated(r, Tier::Microvm) {
-        Some("microvm ran under TCG emulation (accel=tcg), not hardware virtualization".into())
+        Some(format!(
+            "{NEEDS_KVM}: microvm ran under TCG emulation (accel=tcg), not hardware virtualization"
+        ))
     } else {
         None
     }
