@@ -244,8 +244,9 @@ fn claim2_inconclusive_on_the_real_run_without_kvm() {
     assert!(c.parts.iter().all(|(_, v)| *v == Verdict::Inconclusive));
     let k = check(&c, &["net/rr_latency_p50_us", "emulated vs container"]);
     assert!(
-        k.evidence
-            .starts_with("microvm (hardware KVM) did not run; cost ×"),
+        k.evidence.starts_with(
+            "needs hardware KVM (vmx/svm), which the microvm tier supplies: microvm did not run"
+        ),
         "{k:#?}"
     );
     assert!(c.notes.iter().any(|n| n.contains("context only")));
@@ -302,8 +303,9 @@ fn claim3_inconclusive_on_the_real_run_without_kvm() {
     assert_eq!(c.verdict, Verdict::Inconclusive, "{c:#?}");
     let k = check(&c, &["memory_per_instance_mib", "container"]);
     assert!(
-        k.evidence
-            .starts_with("microvm (hardware KVM) did not run; not measured (microvm did not run)"),
+        k.evidence.starts_with(
+            "needs hardware KVM (vmx/svm), which the microvm tier supplies: microvm did not run"
+        ) && k.evidence.ends_with("; not measured (microvm did not run)"),
         "{k:#?}"
     );
     // The real guest's slope is shown as context, labelled as software emulation.

@@ -533,7 +533,7 @@ mod tests {
                 "threads entry = 0",
             ),
             (
-                "[budget]\nmemory_mib = 256\n[[workload]]\nkind='mysql'\n",
+                "[budget]\nmemory_mib = 200\n[[workload]]\nkind='mysql'\n",
                 "buffer_pool_mib = 128 does not fit",
             ),
             ("[[workload]]\nkind='fs'\ndir = '/etc'\n", "`dir`"),
