@@ -217,7 +217,16 @@ mod tests {
         assert_eq!(h2.git_commit.as_deref(), Some("abcdef0123"));
         assert_eq!(h2.labels.get("class").map(String::as_str), Some("kvm"));
         let back = b.load(h2.id).unwrap();
-        assert_eq!(back.samples, run("h2", 2, "kvm").samples);
+        let orig = run("h2", 2, "kvm").samples;
+        assert_eq!(back.samples.len(), orig.len());
+        for (x, y) in back.samples.iter().zip(&orig) {
+            assert_eq!((x.tier, &x.metric, x.round), (y.tier, &y.metric, y.round));
+            // serde_json's default float parser may be 1 ulp off (as for results.json itself).
+            assert!(
+                (x.value - y.value).abs() <= 4.0 * f64::EPSILON * y.value.abs(),
+                "{x:?} {y:?}"
+            );
+        }
 
         let small = RunFilter {
             labels: [("class".to_string(), "small".to_string())].into(),
