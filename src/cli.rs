@@ -64,9 +64,22 @@ pub enum Command {
         /// Where a merged report (two or more runs) is written [default: reports/merged].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Open index.html in a browser (xdg-open or chromium) when one is there.
+        /// Open index.html in a browser ($BROWSER, xdg-open, or chromium on a display) when one
+        /// is there; without one, say so and print the path (exit 0).
         #[arg(long)]
         open: bool,
+    },
+    /// Print a shell completion script (e.g. `isobench completions bash >
+    /// /etc/bash_completion.d/isobench`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line: `isobench man | man -l -`;
+    /// `isobench man run` for one subcommand's.
+    Man {
+        /// A subcommand (run, report, compare, ...).
+        subcommand: Option<String>,
     },
 }
 
@@ -130,9 +143,13 @@ pub struct RunArgs {
     /// [default: the scenario's `seed`, else a random one; recorded in results.json].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// No progress bar or table; only errors.
+    /// No progress, claims or file lines; only errors.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also print the full metric table (median, interval, ratio to bare per tier and metric);
+    /// summary.md has it either way.
+    #[arg(long)]
+    pub table: bool,
     /// After the run, compare against a run (its folder or results.json) or `history` (the last
     /// runs of this host and scenario) and exit as `isobench compare` does.
     #[arg(long, value_name = "PATH|history")]

@@ -5,8 +5,10 @@
 //! quietly with exit 0 instead of the panic of `println!`; during a run ([`keep_going_on_closed_stdout`])
 //! printing just stops and the run finishes its teardown.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
@@ -134,6 +136,23 @@ pub fn results_table(r: &Results) -> String {
         "95% CI of median",
         "ratio to bare [95% CI]",
     ]);
+    for m in sorted_summaries(r) {
+        t.add_row(vec![
+            Cell::new(&m.workload),
+            Cell::new(format!("{} ({})", m.metric, m.unit)),
+            Cell::new(m.tier.as_str()),
+            Cell::new(m.stats.n).set_alignment(CellAlignment::Right),
+            Cell::new(num(m.stats.median)).set_alignment(CellAlignment::Right),
+            Cell::new(ci_text(&m.stats)).set_alignment(CellAlignment::Right),
+            Cell::new(ratio_cell(m)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t.to_string()
+}
+
+/// The run's summaries in table order: workloads as the scenario lists them, startup metrics
+/// first, tiers in spectrum order.
+pub fn sorted_summaries(r: &Results) -> Vec<&MetricSummary> {
     let mut rows: Vec<&MetricSummary> = r.summaries.iter().collect();
     let wl_order = |w: &str| {
         r.scenario
@@ -158,18 +177,7 @@ pub fn results_table(r: &Results) -> String {
                 b.tier,
             ))
     });
-    for m in rows {
-        t.add_row(vec![
-            Cell::new(&m.workload),
-            Cell::new(format!("{} ({})", m.metric, m.unit)),
-            Cell::new(m.tier.as_str()),
-            Cell::new(m.stats.n).set_alignment(CellAlignment::Right),
-            Cell::new(num(m.stats.median)).set_alignment(CellAlignment::Right),
-            Cell::new(ci_text(&m.stats)).set_alignment(CellAlignment::Right),
-            Cell::new(ratio_cell(m)).set_alignment(CellAlignment::Right),
-        ]);
-    }
-    t.to_string()
+    rows
 }
 
 /// Startup metrics first, in launch order.
@@ -216,18 +224,139 @@ pub fn tier_notes(r: &Results) -> Vec<String> {
     v
 }
 
-/// A progress bar on stderr (hidden when not a terminal or when quiet).
-pub fn progress(total: u64, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
+/// Progress of a run on stderr: on a terminal one updating line (bar, launches, round, the tier
+/// and workload launching, elapsed, ETA); otherwise a plain line per round (at most one every
+/// [`PLAIN_EVERY`]), so a CI log shows where a run is without carriage returns. Quiet: nothing.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    total: u64,
+    rounds: u32,
+    start: Instant,
+    state: RefCell<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    pos: u64,
+    round: u32,
+    now: String,
+    eta: Option<Duration>,
+    last_plain: Option<(Instant, u32)>,
+}
+
+/// Fewest seconds between two plain progress lines.
+pub const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// "1m05s", "42s".
+pub fn duration_text(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
     }
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} launches {msg}",
+}
+
+impl Progress {
+    /// Where the run is: launch `pos` of `total` in round `round` (0-based) of `rounds`.
+    fn line(&self, st: &ProgressState) -> String {
+        let eta = match st.eta {
+            Some(d) => format!("ETA {}", duration_text(d)),
+            None => "ETA after the first round".into(),
+        };
+        format!(
+            "round {}/{} · {}/{} launches · {} elapsed · {eta} · now {}",
+            st.round + 1,
+            self.rounds.max(1),
+            st.pos,
+            self.total,
+            duration_text(self.start.elapsed()),
+            st.now
         )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
+    }
+
+    /// The next launch: its round, the arm's label, the workload, and the estimated wall time
+    /// left (None while some arm has not launched yet).
+    pub fn step(&self, round: u32, label: &str, workload: &str, eta: Option<Duration>) {
+        let mut st = self.state.borrow_mut();
+        st.round = round;
+        st.now = format!("{label} {workload}");
+        st.eta = eta;
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "round {}/{} · {} · ETA {}",
+                round + 1,
+                self.rounds.max(1),
+                st.now,
+                eta.map(duration_text).unwrap_or_else(|| "?".into())
+            ));
+        } else if self.plain {
+            let due = match st.last_plain {
+                None => true,
+                Some((at, r)) => r != round && at.elapsed() >= PLAIN_EVERY,
+            };
+            if due {
+                st.last_plain = Some((Instant::now(), round));
+                err(format_args!("{}", self.line(&st)));
+            }
+        }
+    }
+
+    /// One launch done.
+    pub fn inc(&self, n: u64) {
+        self.state.borrow_mut().pos += n;
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    /// A line above the progress line (or a plain one).
+    pub fn println(&self, line: impl AsRef<str>) {
+        match &self.bar {
+            Some(b) => b.println(line.as_ref()),
+            None if self.plain => err(format_args!("{}", line.as_ref())),
+            None => {}
+        }
+    }
+
+    /// Remove the progress line; a plain log gets where the run ended.
+    pub fn finish_and_clear(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        } else if self.plain {
+            let st = self.state.borrow();
+            err(format_args!(
+                "measured: {}/{} planned launches in {} (time budgets may stop slow tiers early)",
+                st.pos,
+                self.total,
+                duration_text(self.start.elapsed())
+            ));
+        }
+    }
+}
+
+/// The progress of a run of `total` planned launches in `rounds` rounds (see [`Progress`]).
+pub fn progress(total: u64, rounds: u32, quiet: bool) -> Progress {
+    let tty = std::io::stderr().is_terminal();
+    let bar = (!quiet && tty).then(|| {
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} launches · {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(250));
+        pb
+    });
+    Progress {
+        bar,
+        plain: !quiet && !tty,
+        total,
+        rounds,
+        start: Instant::now(),
+        state: RefCell::new(ProgressState::default()),
+    }
 }

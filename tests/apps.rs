@@ -1,12 +1,14 @@
 //! The application workloads end to end (issue 12): `isobench run` with a tiny `redis` scenario
-//! on bare and container (the server really runs inside the tier, redis-benchmark on the host),
-//! with a leak census before and after; and bad input, refused in one line before anything is
-//! created.
+//! on bare, container (direct and NAT), runc, gVisor, LXC and Docker (host network and default
+//! bridge), the server really running inside the tier and redis-benchmark on the host, with a
+//! leak census before and after; a run interrupted mid-benchmark; and bad input, refused in one
+//! line before anything is created.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn isobench() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_isobench"));
@@ -24,6 +26,111 @@ fn scenario(dir: &Path, workload: &str) -> std::path::PathBuf {
     )
     .unwrap();
     p
+}
+
+/// A scenario of two redis workloads with the same `params`: the direct path and the nat path.
+fn scenario_both_paths(dir: &Path, params: &str) -> std::path::PathBuf {
+    let p = dir.join("apps-both.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"apps-test\"\n[defaults]\nruns = 1\nwarmup = 0\n[budget]\ncpus = 1\nmemory_mib = 256\n\
+             [[workload]]\nkind = \"redis\"\n{params}\n[[workload]]\nkind = \"redis\"\npath = \"nat\"\n{params}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The redis binaries are here, else SKIPPED.
+fn have_redis(test: &str) -> bool {
+    for b in ["/usr/bin/redis-server", "/usr/bin/redis-benchmark"] {
+        if !Path::new(b).is_file() {
+            common::skip(
+                test,
+                &format!("{b} is missing (apt-get install redis-server redis-tools)"),
+                "ISOBENCH_REQUIRE_PRIVILEGED",
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// `isobench run` of `scenario` on `backends`; returns the exit status, stderr and results.
+fn run(
+    scenario: &Path,
+    backends: &str,
+    state: &Path,
+    out_dir: &Path,
+) -> (std::process::Output, serde_json::Value) {
+    let out = isobench()
+        .arg("run")
+        .arg(scenario)
+        .args([
+            "--backends",
+            backends,
+            "--quiet",
+            "--no-history",
+            "--state-dir",
+        ])
+        .arg(state)
+        .arg("--out")
+        .arg(out_dir)
+        .output()
+        .unwrap();
+    let r = std::fs::read(out_dir.join("results.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| panic!("no results.json: {out:?}"));
+    (out, r)
+}
+
+fn sample(r: &serde_json::Value, tier: &str, workload: &str, metric: &str) -> Option<f64> {
+    r["samples"].as_array().unwrap().iter().find_map(|s| {
+        (s["tier"] == tier && s["workload"] == workload && s["metric"] == metric)
+            .then(|| s["value"].as_f64().unwrap())
+    })
+}
+
+fn tier_record(r: &serde_json::Value, tier: &str) -> serde_json::Value {
+    r["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tier"] == tier)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Real figures for `workload` on `tier`: requests/s at both connection counts, a latency
+/// percentile, the server's start time.
+fn assert_served(r: &serde_json::Value, tier: &str, workload: &str, stderr: &str) {
+    for m in ["set_rps_c1", "get_rps_c1", "set_rps_c4", "get_rps_c4"] {
+        let v = sample(r, tier, workload, m)
+            .unwrap_or_else(|| panic!("{tier} {workload} {m} missing: {stderr}"));
+        assert!(v > 0.0, "{tier} {workload} {m} = {v}");
+    }
+    assert!(
+        sample(r, tier, workload, "server_start_ms").is_some_and(|v| v > 0.0),
+        "{tier} {workload}: no server_start_ms"
+    );
+    // redis-benchmark 7 prints percentiles in --csv.
+    assert!(
+        sample(r, tier, workload, "get_p99_ms_c4").is_some(),
+        "{tier} {workload}: no p99"
+    );
+}
+
+/// Docker's own NAT rules and isobench's containers (Docker keeps them outside the census).
+fn docker_leftovers() -> (String, String) {
+    (
+        common::sh("iptables", &["-t", "nat", "-S"]),
+        common::sh(
+            "docker",
+            &["ps", "-a", "-q", "--filter", "label=org.isobench.run"],
+        ),
+    )
 }
 
 /// redis-server processes on this host (pid list).
@@ -85,101 +192,169 @@ fn host_assigned_address_is_refused() {
 }
 
 #[test]
-fn redis_on_bare_and_container_leaves_nothing() {
-    let test = "redis_on_bare_and_container_leaves_nothing";
-    if !common::privileged(test) {
+fn redis_on_every_container_tier_leaves_nothing() {
+    let test = "redis_on_every_container_tier_leaves_nothing";
+    if !common::privileged(test) || !have_redis(test) {
         return;
-    }
-    for b in ["/usr/bin/redis-server", "/usr/bin/redis-benchmark"] {
-        if !Path::new(b).is_file() {
-            common::skip(
-                test,
-                &format!("{b} is missing (apt-get install redis-server redis-tools)"),
-                "ISOBENCH_REQUIRE_PRIVILEGED",
-            );
-            return;
-        }
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let servers_before = redis_servers();
     let before = common::census(&[&state]);
     let out_dir = dir.path().join("out");
-    let out = isobench()
-        .arg("run")
-        .arg(scenario(
+    let (out, r) = run(
+        &scenario_both_paths(
             dir.path(),
             "connections = [1, 4]\nrequests = 300\npoint_timeout_s = 60\n",
-        ))
-        .args([
-            "--backends",
-            "bare,container,runc",
-            "--quiet",
-            "--no-history",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+        ),
+        "bare,container,runc,gvisor,lxc",
+        &state,
+        &out_dir,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
-    let value = |tier: &str, metric: &str| -> Option<f64> {
-        r["samples"].as_array().unwrap().iter().find_map(|s| {
-            (s["tier"] == tier && s["workload"] == "redis" && s["metric"] == metric)
-                .then(|| s["value"].as_f64().unwrap())
-        })
-    };
-    let ran = |tier: &str| {
-        r["tiers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["tier"] == tier && t["status"] == "ran")
-    };
+    let ran = |tier: &str| tier_record(&r, tier)["status"] == "ran";
     assert!(ran("bare"), "bare did not run: {stderr}");
-    let mut tiers = vec!["bare"];
+    assert_served(&r, "bare", "redis", &stderr);
+    assert_served(&r, "bare", "redis_nat", &stderr);
     if ran("container") {
-        tiers.push("container");
+        assert_served(&r, "container", "redis", &stderr);
+        // Through the run's bridge, a DNAT'd published port.
+        assert_served(&r, "container", "redis_nat", &stderr);
     } else {
         println!("SKIPPED {test} (container part): the container tier did not run here: {stderr}");
     }
-    for tier in tiers {
-        for m in ["set_rps_c1", "get_rps_c1", "set_rps_c4", "get_rps_c4"] {
-            let v = value(tier, m).unwrap_or_else(|| panic!("{tier} {m} missing: {stderr}"));
-            assert!(v > 0.0, "{tier} {m} = {v}");
+    for tier in ["runc", "gvisor", "lxc"] {
+        let rec = tier_record(&r, tier);
+        if rec["status"] == "ran" {
+            assert_served(&r, tier, "redis", &stderr);
+            // No NAT path of their own: said once, not a failed launch.
+            assert!(sample(&r, tier, "redis_nat", "set_rps_c1").is_none());
+            assert!(
+                rec["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("no NAT path of its own")),
+                "{rec}"
+            );
+        } else {
+            println!("SKIPPED {test} ({tier} part): {}", rec["note"]);
         }
-        assert!(value(tier, "server_start_ms").is_some_and(|v| v > 0.0));
-        // redis-benchmark 7 prints percentiles in --csv.
-        assert!(value(tier, "get_p99_ms_c4").is_some(), "{tier}: no p99");
-    }
-    // A tier that cannot carry it yet says so and is skipped, not failed in a launch.
-    let runc = r["tiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["tier"] == "runc")
-        .cloned()
-        .unwrap_or_default();
-    if let Some(note) = runc["note"].as_str() {
-        // runc was available here: it was tried, said why it cannot carry redis, and is
-        // skipped (no failure, exit 0).
         assert!(
-            note.contains("not yet carried by runc (issue 12)"),
-            "{note}"
-        );
-        assert_eq!(runc["status"], "skipped", "{runc}");
-        assert!(
-            out.status.success(),
-            "an unsupported tier is no failure: {stderr}"
+            rec["failures"].as_array().is_none_or(|f| f.is_empty()),
+            "{rec}"
         );
     }
-    assert!(
-        runc["failures"].as_array().is_none_or(|f| f.is_empty()),
-        "{runc}"
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(redis_servers(), servers_before, "a redis-server was left");
+    common::assert_census_settles(test, &before, &[&state]);
+}
+
+#[test]
+fn redis_on_docker_host_and_bridge_leaves_nothing() {
+    let test = "redis_on_docker_host_and_bridge_leaves_nothing";
+    if !have_redis(test) {
+        return;
+    }
+    let Ok(_own) = common::dockerd::dockerd_if_needed(test, "/tmp/isobench-test-dockerd-apps.log")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let servers_before = redis_servers();
+    let docker_before = docker_leftovers();
+    let before = common::census(&[&state]);
+    let out_dir = dir.path().join("out");
+    let (out, r) = run(
+        &scenario_both_paths(
+            dir.path(),
+            "connections = [1, 4]\nrequests = 300\npoint_timeout_s = 60\n",
+        ),
+        "docker",
+        &state,
+        &out_dir,
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(tier_record(&r, "docker")["status"], "ran", "{stderr}");
+    // --network host, and the default bridge with a published port.
+    assert_served(&r, "docker", "redis", &stderr);
+    assert_served(&r, "docker", "redis_nat", &stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(redis_servers(), servers_before, "a redis-server was left");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while docker_leftovers() != docker_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        docker_leftovers(),
+        docker_before,
+        "a container or a published port's DNAT rule was left"
+    );
+    common::assert_census_settles(test, &before, &[&state]);
+}
+
+/// Ctrl-C while redis-benchmark runs: the run stops (exit 130), the benchmark is killed, the
+/// server, the container, its veth pair and the NAT path's table and DNAT rule are gone.
+#[test]
+fn an_interrupted_benchmark_leaves_nothing() {
+    let test = "an_interrupted_benchmark_leaves_nothing";
+    if !common::privileged(test) || !have_redis(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let servers_before = redis_servers();
+    let before = common::census(&[&state]);
+    let p = dir.path().join("long.toml");
+    // Far more requests than the test waits for: the benchmark is surely running at the signal.
+    std::fs::write(
+        &p,
+        "name = \"apps-test\"\n[defaults]\nruns = 1\nwarmup = 0\n[budget]\ncpus = 1\nmemory_mib = 256\n\
+         [[workload]]\nkind = \"redis\"\npath = \"nat\"\nconnections = [1]\nrequests = 50000000\npoint_timeout_s = 300\n",
+    )
+    .unwrap();
+    let mut g = common::Guard::default();
+    let i = g.spawn(
+        isobench()
+            .arg("run")
+            .arg(&p)
+            .args([
+                "--backends",
+                "container",
+                "--quiet",
+                "--no-history",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let pid = g.pid(i).to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let bench = loop {
+        let b = common::sh("pgrep", &["-P", &pid, "-x", "redis-benchmark"]);
+        if let Some(b) = b.lines().next() {
+            break b.trim().to_string();
+        }
+        if Instant::now() > deadline || g.child(i).try_wait().unwrap().is_some() {
+            let (code, _, err) = g.output_bounded(i, Duration::from_secs(30));
+            println!("SKIPPED {test}: the benchmark never started (exit {code}): {err}");
+            assert!(
+                std::env::var("ISOBENCH_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "{test}: {err}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Let it run a little, then Ctrl-C the harness alone (its own process group).
+    std::thread::sleep(Duration::from_millis(500));
+    g.signal(i, nix::sys::signal::Signal::SIGINT);
+    let (code, _, err) = g.output_bounded(i, Duration::from_secs(60));
+    assert_eq!(code, 130, "{err}");
+    let gone = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
+    assert!(gone(&bench), "redis-benchmark {bench} outlived the run");
     assert_eq!(redis_servers(), servers_before, "a redis-server was left");
     common::assert_census_settles(test, &before, &[&state]);
 }

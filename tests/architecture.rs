@@ -158,7 +158,9 @@ const LONG_FILES: &[(&str, &str)] = &[
     ("src/state/ledger.rs", "the ledger and its locked run directories, with tests"),
     ("src/state/cleanup/validate.rs", "one validation rule per ledger resource kind, with a test per rule"),
     ("src/measure/runner.rs", "the runner's rounds, budgets and result bookkeeping"),
+    ("src/measure/plan.rs", "the seeded balanced launch order, the schedule of rounds and its remaining-time estimate, with their tests"),
     ("src/report/claims.rs", "one verdict per published claim, with tests"),
+    ("src/report/published.rs", "every published figure (felter2015.toml, published.toml) paired with our metric, its range check and parameters, with tests"),
     ("src/report/charts.rs", "every chart of the report, with tests"),
     ("src/model/scenario/bounds.rs", "every bound a scenario can break, fixed and against the machine, in one table with its tests"),
 ];

@@ -660,3 +660,166 @@ fn tier_lists_come_from_the_enum() {
         "{help}"
     );
 }
+
+// ---- Issue 13: the first run answers the question ------------------------------------------
+
+/// `completions SHELL` and `man [SUBCOMMAND]` come from the clap definition: every subcommand
+/// and flag is in them, and bash accepts the script.
+#[test]
+fn completions_and_man_are_generated_from_the_cli() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = isobench().args(["completions", shell]).output().unwrap();
+        assert!(o.status.success(), "{shell}: {}", stderr_of(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        for word in [
+            "run",
+            "report",
+            "compare",
+            "completions",
+            "table",
+            "backends",
+        ] {
+            assert!(s.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let bash = isobench().args(["completions", "bash"]).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("isobench.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{}", stderr_of(&syntax));
+    let bad = isobench().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let man = isobench().arg("man").output().unwrap();
+    assert!(man.status.success(), "{}", stderr_of(&man));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{page}");
+    assert!(
+        page.contains(".TH isobench") && page.contains("completions"),
+        "{page}"
+    );
+    let run = isobench().args(["man", "run"]).output().unwrap();
+    assert!(run.status.success(), "{}", stderr_of(&run));
+    let page = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        page.contains("isobench\\-run") && page.contains("table"),
+        "{page}"
+    );
+    let nope = isobench().args(["man", "nope"]).output().unwrap();
+    assert_eq!(nope.status.code(), Some(2));
+    let e = stderr_of(&nope);
+    assert!(e.contains("no such subcommand") && e.contains("run"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
+
+/// A run ends with one line per claim, then where the files are; the metric table only with
+/// --table. `report --open` without a browser says so, prints the path and exits 0; with
+/// `$BROWSER` it starts that browser on the page.
+#[test]
+fn run_ends_with_the_claims_and_report_opens_where_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        isobench()
+            .args(["run", "scenarios/startup.toml", "--backends", "bare"])
+            .args(["-n", "5", "--no-history", "--force-out", "--out"])
+            .arg(&out_dir)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("claims ("))
+        .unwrap_or_else(|| panic!("no claims block: {stdout}"));
+    for (k, id) in (1..=5).enumerate() {
+        let l = lines[at + 1 + k];
+        assert!(l.starts_with(&format!("  {id} ")), "claim {id}: {l}");
+        assert!(
+            ["supported", "contradicted", "inconclusive"]
+                .iter()
+                .any(|v| l.contains(v)),
+            "{l}"
+        );
+    }
+    // Only bare ran: claims 2 and 3 say what would decide them.
+    assert!(lines[at + 2].contains("needs hardware KVM") && lines[at + 2].contains("microvm"));
+    let tail: Vec<&str> = lines[at + 6..].iter().map(|l| &l[..8]).collect();
+    assert_eq!(
+        tail,
+        ["results:", "samples:", "report: ", "summary:"],
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("ratio to bare"),
+        "the table is behind --table: {stdout}"
+    );
+    let md = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("### Every metric") && md.contains("launch_to_ready_ms"),
+        "{md}"
+    );
+    let o = run(&["--table"]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ratio to bare"));
+
+    let report = |browser: Option<&Path>| {
+        let mut c = isobench();
+        c.args(["report", "--open"]).arg(&out_dir);
+        for v in ["DISPLAY", "WAYLAND_DISPLAY", "BROWSER"] {
+            c.env_remove(v);
+        }
+        if let Some(b) = browser {
+            c.env("BROWSER", b);
+        }
+        c.output().unwrap()
+    };
+    let o = report(None);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    let page = std::path::absolute(out_dir.join("index.html")).unwrap();
+    assert!(
+        s.contains("no browser here") && s.contains(&page.display().to_string()),
+        "{s}"
+    );
+    // A stand-in browser that records the page it was given.
+    let seen = dir.path().join("seen");
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!(
+            "#!/bin/sh\necho \"$1\" > {}.tmp && mv {0}.tmp {0}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = report(Some(&browser));
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    // The browser runs on its own; wait for it (bounded), not for a time.
+    for _ in 0..200 {
+        if seen.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        page.display().to_string()
+    );
+}

@@ -147,11 +147,16 @@ impl Backend for Chroot {
         )?))
     }
 
-    /// The host's `redis-server` copied into the jail with its libraries, on 127.0.0.1.
+    /// The application's programs (the host's `redis-server`, ...) copied into the jail with
+    /// their libraries, served on 127.0.0.1.
     fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
-        if let (Some(root), crate::workload::Workload::Redis(p)) = (&self.rootfs, &task.workload) {
-            rootfs::install_with_libs(root, &[PathBuf::from(&p.server_bin)]).map_err(|e| {
-                BackendError::Other(format!("installing the redis server into the jail: {e}"))
+        if let (Some(root), Some(app)) = (&self.rootfs, task.workload.server_app()) {
+            let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+            rootfs::install_with_libs(root, &programs).map_err(|e| {
+                BackendError::Other(format!(
+                    "installing the {} server into the jail: {e}",
+                    app.name
+                ))
             })?;
         }
         start_loopback_server(&mut self.agent, task, &self.cancel)

@@ -20,7 +20,7 @@ pub fn dispatch(run_dirs: &[PathBuf], out: Option<&Path>, open: bool) -> anyhow:
             outln!("merged report of {} runs: {}", many.len(), files.index_html.display());
             outln!("summary: {}", files.summary_md.display());
             if open {
-                outln!("open {} in a browser", files.index_html.display());
+                open_in_browser(&files.index_html)?;
             }
             Ok(ExitCode::Success)
         }
@@ -34,22 +34,64 @@ pub fn run(run_dir: &Path, open: bool) -> anyhow::Result<ExitCode> {
     outln!("report: {}", files.index_html.display());
     outln!("summary: {}", files.summary_md.display());
     if open {
-        let display =
-            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-        let browser = ["xdg-open", "chromium"]
-            .into_iter()
-            .filter(|_| display)
-            .find_map(|b| crate::host::facts::which(b).map(|p| (b, p)));
-        match browser {
-            Some((name, path)) => {
-                let mut cmd = std::process::Command::new(path);
-                if name == "chromium" && is_root() {
-                    cmd.arg("--no-sandbox");
-                }
-                cmd.arg(&files.index_html).spawn().with_context(|| format!("starting {name}"))?;
-            }
-            None => outln!("no browser found (no xdg-open or chromium on a graphical display): open {} yourself", files.index_html.display()),
-        }
+        open_in_browser(&files.index_html)?;
     }
     Ok(ExitCode::Success)
+}
+
+/// The browser to open a page with: `$BROWSER` (its first `:`-separated entry; `%s` stands for
+/// the page), else on a graphical display xdg-open, else chromium.
+fn browser() -> Option<(String, Vec<String>)> {
+    if let Some(b) = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+    {
+        let first = b.split(':').next().unwrap_or_default().trim().to_string();
+        let mut words = first.split_whitespace().map(String::from);
+        let prog = words.next()?;
+        return Some((prog, words.collect()));
+    }
+    let display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !display {
+        return None;
+    }
+    ["xdg-open", "chromium"].into_iter().find_map(|b| {
+        crate::host::facts::which(b).map(|p| {
+            let args = if b == "chromium" && is_root() {
+                vec!["--no-sandbox".to_string()]
+            } else {
+                vec![]
+            };
+            (p.display().to_string(), args)
+        })
+    })
+}
+
+/// Start a browser on `page` and return (it keeps running on its own); without one, say how to
+/// open the page. Either way the report is written, so neither is an error.
+fn open_in_browser(page: &Path) -> anyhow::Result<()> {
+    let page = std::path::absolute(page).unwrap_or_else(|_| PathBuf::from(page));
+    let Some((prog, mut args)) = browser() else {
+        outln!(
+            "no browser here (no $BROWSER, and no graphical display for xdg-open or chromium): open {} yourself",
+            page.display()
+        );
+        return Ok(());
+    };
+    let p = page.display().to_string();
+    if args.iter().any(|a| a.contains("%s")) {
+        args = args.iter().map(|a| a.replace("%s", &p)).collect();
+    } else {
+        args.push(p);
+    }
+    std::process::Command::new(&prog)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!("starting the browser {prog} (set $BROWSER to one that is installed)")
+        })?;
+    outln!("opened {} with {prog}", page.display());
+    Ok(())
 }

@@ -90,8 +90,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = runner::run(&cfg, interrupt.cancel.clone(), host)?;
     let r = &outcome.results;
     if !cfg.quiet {
-        outln!("{}", crate::output::results_table(r));
+        if args.table {
+            outln!("{}", crate::output::results_table(r));
+        }
         for line in crate::output::tier_notes(r) {
+            outln!("{line}");
+        }
+        for line in claim_lines(r) {
             outln!("{line}");
         }
         outln!(
@@ -102,7 +107,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // The report reads the result files only; a failure to draw it never loses the results.
     match crate::report::write_report(&outcome.out_dir, r) {
-        Ok(files) if !cfg.quiet => outln!("report:  {}", files.index_html.display()),
+        Ok(files) if !cfg.quiet => {
+            outln!("report:  {}", files.index_html.display());
+            outln!(
+                "summary: {} (every metric{})",
+                files.summary_md.display(),
+                if args.table { "" } else { "; --table prints them here" }
+            );
+        }
         Ok(_) => {}
         Err(e) => eprintln!("warning: the report could not be drawn ({e}); the results are kept, retry with `isobench report {}`", outcome.out_dir.display()),
     }
@@ -120,6 +132,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::Success
     };
     after_run(&args, r, code)
+}
+
+/// The claims, one line each: verdict, the claim in a few words, the figure that decided it.
+pub fn claim_lines(r: &Results) -> Vec<String> {
+    let mut v = vec!["claims (rules: docs/claims.md; every check: the report):".to_string()];
+    for c in crate::report::claims::judge(r) {
+        let h = crate::report::headline(&c);
+        v.push(format!(
+            "  {} {:<12} {} — {}",
+            h.id,
+            h.verdict.label(),
+            h.title,
+            h.figure
+        ));
+    }
+    v
 }
 
 /// `run --baseline PATH`: a bad baseline or thresholds file fails before anything runs.

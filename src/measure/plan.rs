@@ -280,6 +280,49 @@ impl Schedule {
             .sum()
     }
 
+    /// Rounds planned: the most launches any arm has planned for one workload.
+    pub fn planned_rounds(&self) -> u32 {
+        let most = self
+            .arms
+            .iter()
+            .flat_map(|a| (0..self.workloads).map(move |wi| a.planned(wi)))
+            .max()
+            .unwrap_or(0);
+        u32::try_from(most).unwrap_or(u32::MAX)
+    }
+
+    /// Wall time the launches left should take, at each arm's own pace per workload so far (its
+    /// pace over the other workloads where it has not run one yet), capped by its time budget
+    /// but not below its `min_runs`. None until every arm that has work left has launched once.
+    pub fn remaining(&self) -> Option<Duration> {
+        let mut left = Duration::ZERO;
+        for a in &self.arms {
+            let (spent, tries) = (a.spent.iter().sum::<Duration>(), a.attempts.iter().sum());
+            for wi in 0..self.workloads {
+                if a.dropped || a.unsupported[wi] {
+                    continue;
+                }
+                let n = a.planned(wi).saturating_sub(u64::from(a.attempts[wi]));
+                if n == 0 {
+                    continue;
+                }
+                let pace = match (a.attempts[wi], tries) {
+                    (0, 0) => return None,
+                    (0, t) => spent / t,
+                    (t, _) => a.spent[wi] / t,
+                };
+                let mut t = pace * u32::try_from(n).unwrap_or(u32::MAX);
+                if let Some(b) = a.plan.time_budget_s {
+                    let budget_left = Duration::from_secs_f64(b).saturating_sub(a.spent[wi]);
+                    let floor = pace * a.plan.min_runs.saturating_sub(a.done[wi]);
+                    t = t.min(budget_left).max(floor);
+                }
+                left += t;
+            }
+        }
+        Some(left)
+    }
+
     /// The next launch, or None when no arm has work left. Call [`Schedule::record`] with its
     /// outcome before asking again: whether an arm has work depends on what it has done.
     pub fn next_step(&mut self) -> Option<Step> {
@@ -527,6 +570,27 @@ mod tests {
         let mut s = Schedule::new(arms, 1, 3);
         drive(&mut s, |_| Ended::Ok, Duration::from_secs(60));
         assert_eq!(s.arms()[0].done, vec![5]);
+    }
+
+    #[test]
+    fn remaining_time_follows_each_arms_pace_and_budget() {
+        let arms = vec![
+            // 2 workloads × (1 warmup + 4 runs), 1 s per launch.
+            Progress::new(plan(4, 1, None, 1), vec![false, false]),
+            // 10 s per launch, 15 s budget per workload, at least 2 runs.
+            Progress::new(plan(10, 0, Some(15.0), 2), vec![false, false]),
+        ];
+        let mut s = Schedule::new(arms, 2, 1);
+        assert_eq!(s.planned_rounds(), 10);
+        assert_eq!(s.remaining(), None, "no pace before a launch");
+        let st = s.next_step().unwrap();
+        s.record(&st, Ended::Ok, Duration::from_secs(1 + 9 * st.arm as u64));
+        let st = s.next_step().unwrap();
+        s.record(&st, Ended::Ok, Duration::from_secs(1 + 9 * st.arm as u64));
+        // Arm 0: 4 + 5 launches left at 1 s. Arm 1: workload 0 has 5 s of budget left but one
+        // more run to its min_runs (10 s); workload 1 at the pace of workload 0: the 15 s budget
+        // would stop it, but not before its 2 runs (20 s).
+        assert_eq!(s.remaining(), Some(Duration::from_secs(9 + 10 + 20)));
     }
 
     #[test]

@@ -153,10 +153,17 @@ fn launch_samples(
     workload: &Workload,
     round: u32,
     client_cpus: &[usize],
+    cancel: &AtomicBool,
 ) -> Result<Vec<Sample>, BackendError> {
     let host_side = match workload {
         Workload::Density(p) => Some(crate::measure::density::measure(backend, p)?),
         Workload::Redis(p) => Some(crate::measure::apps::redis::measure(
+            backend,
+            p,
+            client_cpus,
+            cancel,
+        )?),
+        Workload::Mysql(p) => Some(crate::measure::apps::mysql::measure(
             backend,
             p,
             client_cpus,
@@ -565,7 +572,7 @@ fn measure(
         .scenario
         .workloads
         .iter()
-        .map(|w| matches!(w, Workload::Density(_) | Workload::Redis(_)))
+        .map(|w| matches!(w, Workload::Density(_)) || w.server_app().is_some())
         .collect();
     for &i in available {
         let arm = &cfg.arms[i];
@@ -584,7 +591,7 @@ fn measure(
                     .scenario
                     .workloads
                     .iter()
-                    .any(|w| matches!(w, Workload::Redis(_)))
+                    .any(|w| w.server_app().is_some())
                 {
                     settings.insert(
                         "app_client_cpus".into(),
@@ -679,7 +686,11 @@ fn interleave(
     outs: &mut [Results],
     cancel: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let pb = crate::output::progress(schedule.planned_launches(), cfg.quiet);
+    let pb = crate::output::progress(
+        schedule.planned_launches(),
+        schedule.planned_rounds(),
+        cfg.quiet,
+    );
     // The tier launched last, whatever the launch was (probe, warmup, measured, failed): what it
     // left behind is paid by the next launch, whose samples record it.
     let mut previous: Option<Tier> = None;
@@ -724,7 +735,7 @@ fn interleave(
         }
         let r = &mut runs[step.arm];
         let workload = &cfg.scenario.workloads[step.workload];
-        pb.set_message(format!("{} {}", r.label, workload.name()));
+        pb.step(step.round, &r.label, workload.name(), schedule.remaining());
         let start = Instant::now();
         let out = launch_samples(
             r.backend.as_mut(),
@@ -732,6 +743,7 @@ fn interleave(
             workload,
             step.round,
             &r.client_cpus,
+            cancel,
         );
         let elapsed = start.elapsed();
         pb.inc(1);

@@ -73,10 +73,22 @@ fn inline_svg(c: &Chart) -> String {
         _ => c.svg.clone(),
     };
     format!(
-        "<figure id=\"chart-{stem}\">{svg}<figcaption>{title} — <a href=\"charts/{stem}.svg\">SVG</a> · <a href=\"charts/{stem}.png\">PNG</a></figcaption></figure>\n",
+        "<figure id=\"chart-{stem}\">{svg}<figcaption><b>{title}.</b> {what} <a href=\"charts/{stem}.svg\">SVG</a> · <a href=\"charts/{stem}.png\">PNG</a></figcaption></figure>\n",
         stem = esc(&c.stem),
-        title = esc(&c.title)
+        title = esc(&c.title),
+        what = esc(&chart_sentence(c))
     )
+}
+
+/// What a chart shows, in a sentence (under every chart).
+fn chart_sentence(c: &Chart) -> String {
+    if c.stem == "spectrum" {
+        "Each row is one metric, each dot one tier's median cost relative to bare, oriented so that > 1 always means costlier (time and latency: tier / bare; throughput: bare / tier); bars are the 95% bootstrap interval, drawn only when both sides have ≥ 5 samples.".into()
+    } else if let Some(metric) = c.stem.strip_prefix("startup-") {
+        format!("Each tier's launches of the do-nothing agent (noop workload) and their median: what the tier adds to {metric} compared with a plain process.")
+    } else {
+        "One bar per tier and metric: the median with its interval; a tier's bar against bare's shows what the tier costs that workload.".into()
+    }
 }
 
 fn section(out: &mut String, id: &str, title: &str) {
@@ -88,8 +100,7 @@ fn section(out: &mut String, id: &str, title: &str) {
     );
 }
 
-fn header(r: &Results, out: &mut String) {
-    let h = &r.host;
+fn title(r: &Results, out: &mut String) {
     let _ = write!(
         out,
         "<h1>isobench report</h1>\n<p class=\"muted\">run {} · started {} · finished {} · scenario “{}”</p>\n",
@@ -98,6 +109,10 @@ fn header(r: &Results, out: &mut String) {
         esc(r.finished_at.as_deref().unwrap_or("not finished")),
         esc(&r.scenario.name)
     );
+}
+
+fn host(r: &Results, out: &mut String) {
+    let h = &r.host;
     section(out, "host", "Host");
     let _ = writeln!(
         out,
@@ -116,6 +131,25 @@ fn header(r: &Results, out: &mut String) {
         esc(r.versions.get("isobench").map(String::as_str).unwrap_or("?")),
     );
     out.push_str("</section>\n");
+}
+
+/// What the run found: one row per claim, its verdict and the figure that decided it.
+fn findings(claims: &[ClaimVerdict], out: &mut String) {
+    section(out, "findings", "What this run found");
+    out.push_str("<div class=\"scroll\"><table id=\"findings-table\"><tr><th>#</th><th>the guide's claim</th><th>verdict</th><th>what decided it</th></tr>\n");
+    for c in claims {
+        let h = super::headline(c);
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td><b>{}</b><br><span class=\"muted\">{}</span></td><td>{}</td><td>{}</td></tr>",
+            h.id,
+            esc(h.title),
+            esc(c.claim),
+            verdict(h.verdict),
+            esc(&h.figure)
+        );
+    }
+    out.push_str("</table></div><p class=\"muted\">Every check of every claim, and its rule: <a href=\"#claims\">the claims, judged</a> (docs/claims.md). Host, warnings and the tiers below the spectrum.</p></section>\n");
 }
 
 fn honesty(r: &Results, out: &mut String) {
@@ -152,10 +186,11 @@ fn tiers_table(r: &Results, out: &mut String) {
         let launches: u32 = t.launches.values().sum();
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{status}{}</td><td>{}{}</td><td class=\"n\">{launches}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{status}{}</td><td><details><summary>{}</summary>{}{}</details></td><td class=\"n\">{launches}</td></tr>",
             chip(t.tier),
             esc(&t.tier.describe()),
             if t.failures.is_empty() { String::new() } else { format!(" ({} failed launches)", t.failures.len()) },
+            esc(&first_words(&how)),
             esc(&how),
             if settings.is_empty() { String::new() } else { format!("<br><span class=\"muted\">{}</span>", esc(&settings.join(", "))) },
         );
@@ -165,6 +200,18 @@ fn tiers_table(r: &Results, out: &mut String) {
         let _ = write!(out, "<span>{}</span>", chip(t));
     }
     out.push_str("</p></section>\n");
+}
+
+/// The summary line of a folded "how it ran": up to the first parenthesis or colon, at most 60
+/// characters.
+fn first_words(s: &str) -> String {
+    let head = s[..s.find(['(', ':']).unwrap_or(s.len())].trim();
+    let short: String = head.chars().take(60).collect();
+    if short.len() < s.trim().len() {
+        format!("{short} …")
+    } else {
+        short
+    }
 }
 
 /// Family table: one row per metric, one column per tier (median [CI], ratio to bare).
@@ -351,23 +398,31 @@ fn opt_ratio(r: Option<&Ratio>) -> String {
 fn felter(p: &Published, out: &mut String) {
     section(out, "felter", "Felter et al. 2015 beside our ratios");
     provenance(&p.felter, out);
-    out.push_str("<div class=\"scroll\"><table><tr><th>benchmark</th><th>what</th><th>Felter Docker / native</th><th>ours container / bare</th><th>Felter KVM / native</th><th>ours microvm / bare</th><th>ours emulated / bare (context)</th><th>our metric</th><th>note</th></tr>\n");
+    out.push_str("<div class=\"scroll\"><table id=\"felter-table\"><tr><th>benchmark</th><th>what</th><th>Felter Docker / native</th><th>ours container / bare</th><th>within the study's Docker range?</th><th>Felter KVM / native</th><th>ours microvm / bare</th><th>within the study's KVM range?</th><th>ours emulated / bare (context: TCG, not KVM)</th><th>our metric</th><th>the study's parameters</th><th>ours</th><th>note</th></tr>\n");
     for row in &p.felter_rows {
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"muted\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"muted\">{}</td><td class=\"muted\">{}</td><td class=\"muted\">{}</td></tr>",
             esc(&row.benchmark),
             esc(&row.what),
             esc(&row.docker),
             opt_ratio(row.container.as_ref()),
+            esc(&row.docker_within),
             esc(&row.kvm),
             opt_ratio(row.microvm.as_ref()),
+            esc(&row.kvm_within),
             opt_ratio(row.emulated.as_ref()),
             esc(row.ours.as_deref().unwrap_or("none comparable")),
+            esc(&row.study_params),
+            esc(&row.our_params),
             esc(&row.note)
         );
     }
-    out.push_str("</table></div><p class=\"muted\">Ratios are guest / native in each metric's own direction, as in the paper: for throughput &lt; 1 is worse, for latency &gt; 1 is worse.</p></section>\n");
+    let _ = writeln!(
+        out,
+        "</table></div><p class=\"muted\">Ratios are guest / native in each metric's own direction, as in the paper: for throughput &lt; 1 is worse, for latency &gt; 1 is worse. \"Within the study's range\": our ratio's 95% interval overlaps the study's figure (or its range, e.g. TCP and UDP RR) widened by {:.0}% each side (other hardware, other sizes: see the parameters). The emulated tier is QEMU's TCG software emulation: it stands for neither hosted nor hardware-assisted virtualization and is never judged against the study's KVM.</p></section>",
+        super::published::STUDY_TOLERANCE * 100.0
+    );
 }
 
 fn figures(rows: &[FigureRow], out: &mut String) {
@@ -440,15 +495,16 @@ pub fn page(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>isobench report — {}</title>\n<style>{CSS}</style></head>\n<body><main>\n",
         esc(&r.run_id)
     );
-    let mut nav = vec![("host", "Host".to_string())];
+    let spectrum = charts.iter().find(|c| c.stem == "spectrum");
+    let mut nav = vec![("findings", "Findings".to_string())];
+    if spectrum.is_some() {
+        nav.push(("spectrum", "Spectrum".into()));
+    }
+    nav.push(("host", "Host".into()));
     if !honesty_warnings(r).is_empty() {
         nav.push(("honesty", "Read this first".into()));
     }
     nav.push(("tiers", "Tiers".into()));
-    let spectrum = charts.iter().find(|c| c.stem == "spectrum");
-    if spectrum.is_some() {
-        nav.push(("spectrum", "Spectrum".into()));
-    }
     let fam_ids: Vec<(String, String)> = fams
         .iter()
         .map(|f| (format!("family-{}", f.id()), f.title()))
@@ -474,20 +530,23 @@ pub fn page(
     }
     nav_html.push_str("</nav>\n");
 
-    header(r, &mut out);
+    // What the run found first (verdicts, the spectrum), then the details: host, warnings, tiers,
+    // each family, the claims' checks, the published figures.
+    title(r, &mut out);
     out.push_str(&nav_html);
-    honesty(r, &mut out);
-    tiers_table(r, &mut out);
+    findings(claims, &mut out);
     if let Some(c) = spectrum {
         section(
             &mut out,
             "spectrum",
             "Spectrum: what each tier costs, metric by metric",
         );
-        out.push_str("<p class=\"muted\">Every charted metric's ratio to bare, oriented so that &gt; 1 always means costlier (time and latency: tier / bare; throughput: bare / tier). Dots are medians, bars the 95% bootstrap interval (drawn only when both sides have ≥ 5 samples).</p>\n");
         out.push_str(&inline_svg(c));
         out.push_str("</section>\n");
     }
+    host(r, &mut out);
+    honesty(r, &mut out);
+    tiers_table(r, &mut out);
     for (f, (id, title)) in fams.iter().zip(&fam_ids) {
         section(&mut out, id, title);
         let prefix = if *f == Family::Startup {
@@ -507,6 +566,7 @@ pub fn page(
         family_table(r, f, &mut out);
         out.push_str("</section>\n");
     }
+    super::apps::html(r, &mut out);
     carry_over(r, &mut out);
     claims_table(claims, &mut out);
     felter(published, &mut out);

@@ -34,6 +34,8 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
     let mut o = String::new();
     let h = &r.host;
     let _ = writeln!(o, "## isobench report: {}\n", cell(&r.run_id));
+    // What the run found first; the host, its warnings and the numbers after.
+    claims_table(claims, &mut o);
     let _ = writeln!(
         o,
         "**Host:** {} · {} · {} cores · kernel {} · KVM {} · {}\n",
@@ -75,7 +77,15 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
         );
     }
     carry_over(r, &mut o);
-    let _ = writeln!(o, "\n### Claims\n");
+    super::apps::markdown(r, &mut o);
+    all_metrics(r, &mut o);
+    let _ = writeln!(o, "\nFull report: `index.html` (charts, every metric, Felter 2015 and Firecracker comparisons, isolation matrix); rules in docs/claims.md.");
+    o
+}
+
+/// The claims: verdict, and the checks that decided it.
+fn claims_table(claims: &[ClaimVerdict], o: &mut String) {
+    let _ = writeln!(o, "### What this run found: the guide's claims\n");
     let _ = writeln!(o, "| # | claim | verdict | evidence |");
     let _ = writeln!(o, "|---|---|---|---|");
     for c in claims {
@@ -105,8 +115,34 @@ pub fn summary(r: &Results, claims: &[ClaimVerdict]) -> String {
             cell(&decisive.join("; "))
         );
     }
-    let _ = writeln!(o, "\nFull report: `index.html` (charts, every metric, Felter 2015 and Firecracker comparisons, isolation matrix); rules in docs/claims.md.");
-    o
+    o.push('\n');
+}
+
+/// Every metric of the run: what `isobench run --table` prints.
+fn all_metrics(r: &Results, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "\n### Every metric (median [95% interval of the median], ratio to bare [95% interval])\n"
+    );
+    let _ = writeln!(
+        o,
+        "| workload | metric (unit) | tier | n | median | interval | ratio to bare |"
+    );
+    let _ = writeln!(o, "|---|---|---|---:|---:|---:|---:|");
+    for m in crate::output::sorted_summaries(r) {
+        let _ = writeln!(
+            o,
+            "| {} | {} ({}) | {} | {} | {} | {} | {} |",
+            cell(&m.workload),
+            cell(&m.metric),
+            cell(&m.unit),
+            m.tier,
+            m.stats.n,
+            num(m.stats.median),
+            cell(&ci_text(&m.stats)),
+            cell(&crate::output::ratio_cell(m))
+        );
+    }
 }
 
 /// The carry-over section: one row per tier and startup metric.

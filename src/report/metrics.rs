@@ -26,7 +26,11 @@ pub const NOOP: &str = "noop";
 pub const CPU: &str = "cpu";
 pub const MEMORY: &str = "memory";
 pub const FS: &str = "fs";
+/// The fs workload on a volume (a bind mount) rather than the tier's rootfs.
+pub const FS_VOLUME: &str = "fs_volume";
 pub const NET: &str = "net";
+/// The net workload over the tier's NAT path (Docker's default bridge), where it has one.
+pub const NET_NAT: &str = "net_nat";
 /// Workloads whose name starts with this measure memory per instance (many sandboxes at once).
 pub const DENSITY_PREFIX: &str = "density";
 

@@ -2,6 +2,7 @@
 //! `charts/*.png`, and `summary.md`, all written into the run directory from `Results` alone.
 //! What the page shows and how to read it: docs/report.md; the claim rules: docs/claims.md.
 
+pub mod apps;
 pub mod carryover;
 pub mod charts;
 pub mod claims;
@@ -92,6 +93,55 @@ pub fn families(r: &Results) -> Vec<Family> {
     v.sort();
     v.dedup();
     v
+}
+
+/// A claim in one line: what the terminal, the top of index.html and summary.md open with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headline {
+    pub id: u8,
+    /// The claim in a few words.
+    pub title: &'static str,
+    pub verdict: claims::Verdict,
+    /// The one figure that decided the verdict (or what is missing for one).
+    pub figure: String,
+}
+
+/// The claim in a few words (the full sentence is [`claims::ClaimVerdict::claim`]).
+pub fn claim_title(id: u8) -> &'static str {
+    match id {
+        1 => "containers lose almost nothing",
+        2 => "containers far faster than a VM",
+        3 => "a guest OS still costs",
+        4 => "chroot isolates only the path view",
+        5 => "namespaces + cgroups isolate containers",
+        _ => "claim",
+    }
+}
+
+/// The headline of a verdict: a decided claim shows its first check with that verdict; an
+/// undecided one what it lacks (hardware KVM, samples, a tier), from its first undecided check.
+pub fn headline(c: &claims::ClaimVerdict) -> Headline {
+    let decisive = c.checks.iter().find(|k| k.verdict == c.verdict);
+    let figure = match decisive {
+        Some(k) if k.evidence.starts_with(claims::NEEDS_KVM) => k
+            .evidence
+            .split("; ")
+            .next()
+            .unwrap_or(&k.evidence)
+            .to_string(),
+        Some(k) => format!("{}: {}", k.what, k.evidence),
+        None => c
+            .notes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "no checks".into()),
+    };
+    Headline {
+        id: c.id,
+        title: claim_title(c.id),
+        verdict: c.verdict,
+        figure,
+    }
 }
 
 /// Warnings that belong at the top of the report: what makes some numbers or verdicts weaker.

@@ -44,8 +44,25 @@ pub struct FelterRow {
     pub container: Option<Ratio>,
     pub microvm: Option<Ratio>,
     pub emulated: Option<Ratio>,
+    /// Is our container (docker's stand-in) ratio within the study's Docker range? One line:
+    /// "yes: ...", "no: ...", or why it cannot be said.
+    pub docker_within: String,
+    /// Is our microvm (hardware KVM) ratio within the study's KVM range? The emulated tier is
+    /// never judged against KVM.
+    pub kvm_within: String,
+    /// The study's workload parameters (felter2015.toml `workload`).
+    pub study_params: String,
+    /// This run's parameters of the workload(s) our ratios come from.
+    pub our_params: String,
     pub note: String,
 }
+
+/// How far our ratio may sit from the study's figure (relative, each side) and still count as
+/// "within the study's range", where the study gives no spread of its own: 5%, the widest
+/// spread of the study's own Docker ratios that it reported as "no overhead" (0.969-1.00), on
+/// other hardware; where the toml gives a range (STREAM under KVM) or two figures (TCP and
+/// UDP RR), the range is widened by the same amount.
+pub const STUDY_TOLERANCE: f64 = 0.05;
 
 /// One published figure beside ours.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,67 +82,196 @@ pub struct Published {
     pub runtime_rows: Vec<FigureRow>,
 }
 
-/// Our metric for each Felter benchmark: (benchmark, workload, metric, invert, docker key, kvm key).
-/// `invert` turns our latency into a rate (native / tier), like GUPS. Linpack's KVM figure is the
-/// tuned run, the only KVM Linpack value in the authors' data that used the host's CPU model.
-const FELTER_MAP: [(&str, &str, &str, bool, &str, &str); 7] = [
-    (
-        "linpack",
-        m::CPU,
-        m::CPU_MULTI,
-        false,
-        "docker_ratio",
-        "kvm_tuned_ratio",
-    ),
-    (
-        "stream",
-        m::MEMORY,
-        m::MEM_TRIAD,
-        false,
-        "docker_ratio",
-        "kvm_ratio_range",
-    ),
-    (
-        "randomaccess",
-        m::MEMORY,
-        m::MEM_LATENCY,
-        true,
-        "docker_ratio",
-        "kvm_ratio",
-    ),
-    (
-        "nuttcp",
-        m::NET,
-        m::NET_STREAM,
-        false,
-        "docker_ratio",
-        "kvm_ratio",
-    ),
-    (
-        "netperf_rr",
-        m::NET,
-        m::NET_RR_P50,
-        false,
-        "docker_nat_latency_ratio",
-        "kvm_latency_ratio",
-    ),
-    (
-        "fio",
-        m::FS,
-        m::FS_RAND_READ,
-        false,
-        "docker_random_iops_ratio",
-        "kvm_random_iops_ratio",
-    ),
-    (
-        "mysql_sysbench_oltp",
-        "",
-        "",
-        false,
-        "docker_note",
-        "kvm_note",
-    ),
+/// Our metric for one Felter benchmark and the study's keys beside it.
+struct FelterMap {
+    bench: &'static str,
+    /// Our workload for the VM tiers (and the container where `docker_workload` is the same).
+    workload: &'static str,
+    /// Our workload for the container: the path the study's Docker ran on (NAT for the network
+    /// benchmarks, a volume for fio).
+    docker_workload: &'static str,
+    metric: &'static str,
+    /// Turn our latency into a rate (native / tier), like GUPS.
+    invert: bool,
+    docker_key: &'static str,
+    kvm_key: &'static str,
+}
+
+const fn fm(
+    bench: &'static str,
+    (workload, docker_workload): (&'static str, &'static str),
+    metric: &'static str,
+    invert: bool,
+    (docker_key, kvm_key): (&'static str, &'static str),
+) -> FelterMap {
+    FelterMap {
+        bench,
+        workload,
+        docker_workload,
+        metric,
+        invert,
+        docker_key,
+        kvm_key,
+    }
+}
+
+/// (benchmark, (our workload for the VMs, for the container), metric, invert, (Docker key, KVM
+/// key)). Linpack's KVM figure is the tuned run, the only KVM Linpack value in the authors'
+/// data that used the host's CPU model.
+#[rustfmt::skip]
+const FELTER_MAP: [FelterMap; 7] = [
+    fm("linpack", (m::CPU, m::CPU), m::CPU_MULTI, false, ("docker_ratio", "kvm_tuned_ratio")),
+    fm("stream", (m::MEMORY, m::MEMORY), m::MEM_TRIAD, false, ("docker_ratio", "kvm_ratio_range")),
+    fm("randomaccess", (m::MEMORY, m::MEMORY), m::MEM_LATENCY, true, ("docker_ratio", "kvm_ratio")),
+    fm("nuttcp", (m::NET, m::NET_NAT), m::NET_STREAM, false, ("docker_ratio", "kvm_ratio")),
+    fm("netperf_rr", (m::NET, m::NET_NAT), m::NET_RR_P50, false, ("docker_nat_latency_ratio", "kvm_latency_ratio")),
+    fm("fio", (m::FS, m::FS_VOLUME), m::FS_RAND_READ, false, ("docker_random_iops_ratio", "kvm_random_iops_ratio")),
+    fm("mysql_sysbench_oltp", ("", ""), "", false, ("docker_note", "kvm_note")),
 ];
+
+/// The netperf RR figures per protocol, as ratios to native, for the study's spread.
+fn rr_ratios(row: &Table, key: &str) -> Vec<f64> {
+    let (Some(n), Some(g)) = (
+        row.get("native_us").and_then(Value::as_table),
+        row.get(key).and_then(Value::as_table),
+    ) else {
+        return vec![];
+    };
+    ["tcp_rr", "udp_rr"]
+        .iter()
+        .filter_map(|p| Some(as_f64(g.get(*p)?)? / as_f64(n.get(*p)?)?))
+        .collect()
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Float(f) => Some(*f),
+        Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// The study's figure under `key` as a range [lo, hi]: a number is a point, a two-element
+/// array a range; `extra` ratios (e.g. TCP and UDP) widen it.
+fn study_range(row: &Table, key: &str, extra: &[f64]) -> Option<(f64, f64)> {
+    let mut xs: Vec<f64> = match row.get(key)? {
+        Value::Array(a) => a.iter().filter_map(as_f64).collect(),
+        v => vec![as_f64(v)?],
+    };
+    xs.extend_from_slice(extra);
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    lo.is_finite().then_some((lo, hi))
+}
+
+/// "yes"/"no" with the numbers: our ratio's 95% CI against the study's range widened by
+/// [`STUDY_TOLERANCE`] each side. "yes" when ours lies inside it, "no" when wholly outside,
+/// "cannot tell" when ours straddles its edge (too wide at this n to say).
+pub fn within_study(ours: Option<&Ratio>, study: Option<(f64, f64)>) -> String {
+    let Some((slo, shi)) = study else {
+        return "no study figure".into();
+    };
+    let (lo, hi) = (slo * (1.0 - STUDY_TOLERANCE), shi * (1.0 + STUDY_TOLERANCE));
+    let band = format!("study {} ± 5% = [{lo:.2}, {hi:.2}]", range_text(slo, shi));
+    let Some(r) = ours else {
+        return "not measured".into();
+    };
+    let Some((olo, ohi)) = r.ci() else {
+        return format!(
+            "cannot say: {} ({band})",
+            r.ci_missing.as_deref().unwrap_or("no interval")
+        );
+    };
+    let ours = format!("ours [{olo:.2}, {ohi:.2}]");
+    if ohi < lo {
+        format!("no, below: {ours}, {band}")
+    } else if olo > hi {
+        format!("no, above: {ours}, {band}")
+    } else if olo >= lo && ohi <= hi {
+        format!("yes: {ours}, {band}")
+    } else {
+        format!("cannot tell: {ours} reaches outside {band}")
+    }
+}
+
+fn range_text(lo: f64, hi: f64) -> String {
+    if (hi - lo).abs() < 1e-9 {
+        format!("{lo:.3}")
+    } else {
+        format!("{lo:.3}–{hi:.3}")
+    }
+}
+
+/// This run's parameters of workload `wl` (as the scenario gave them), "k=v, ..."; "-" when
+/// the run did not include it.
+fn our_params(r: &Results, wl: &str) -> Option<String> {
+    let w = r.scenario.workloads.iter().find(|w| w.name() == wl)?;
+    let v = serde_json::to_value(w).ok()?;
+    let kv: Vec<String> = v
+        .as_object()?
+        .iter()
+        // The kind is the row's; dir, peer, bind and port are filled in by isobench per tier.
+        .filter(|(k, v)| {
+            !matches!(k.as_str(), "kind" | "dir" | "peer" | "bind" | "port")
+                && v.as_str() != Some("")
+        })
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            v => format!("{k}={v}"),
+        })
+        .collect();
+    Some(if kv.is_empty() {
+        format!("{wl}: defaults")
+    } else {
+        format!("{wl}: {}", kv.join(", "))
+    })
+}
+
+/// One figure of the study, by benchmark and key (a dotted key reaches into an inline
+/// table: `peak_ratio.docker_nat_aufs`), as text; None when the file has no such figure.
+pub fn felter_value(bench: &str, key: &str) -> Option<String> {
+    let ft = parsed_felter().ok()?;
+    let row = section(&ft, "felter2015")
+        .ok()?
+        .get("result")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_table)
+        .find(|x| x.get("benchmark").and_then(Value::as_str) == Some(bench))?
+        .clone();
+    let mut parts = key.split('.');
+    let mut v = row.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_table()?.get(p)?;
+    }
+    Some(text(v))
+}
+
+/// Firecracker's specified upper bound on its VMM's own memory overhead, MiB (published.toml
+/// `vmm_memory_overhead_mib_max`): the leanest VM's cost before its guest.
+pub fn firecracker_vmm_overhead_mib() -> Option<f64> {
+    let t = parsed().ok()?;
+    as_f64(
+        section(&t, "firecracker")
+            .ok()?
+            .get("vmm_memory_overhead_mib_max")?,
+    )
+}
+
+/// The fastest VM boot published in Firecracker's NSDI 2020 paper (p50 on m5d.metal, from the
+/// paper's raw data): (VMM, ms). Claim 1's startup reference when no KVM microvm ran.
+pub fn fastest_published_vm_boot() -> Option<(String, f64)> {
+    let t = parsed().ok()?;
+    let boots = section(&t, "firecracker")
+        .ok()?
+        .get("nsdi2020_boot_p50_ms")?
+        .as_table()?
+        .clone();
+    boots
+        .iter()
+        .filter_map(|(k, v)| Some((k.replace('_', "-"), as_f64(v)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
 
 fn parsed() -> Result<Table, ReportError> {
     PUBLISHED_TOML
@@ -193,6 +339,17 @@ fn provenance(t: &Table, title_key: &str) -> Provenance {
     }
 }
 
+/// True when a microvm ran with hardware KVM (not TCG).
+fn ran_with_kvm(r: &Results) -> bool {
+    r.summaries.iter().any(|s| s.tier == Tier::Microvm)
+        && !r.tiers.iter().any(|t| {
+            t.tier == Tier::Microvm
+                && t.settings
+                    .get("accel")
+                    .is_some_and(|a| a.to_ascii_lowercase().contains("tcg"))
+        })
+}
+
 fn ratio_of(r: &Results, tier: Tier, workload: &str, metric: &str, invert: bool) -> Option<Ratio> {
     let ratio = r.summary(tier, workload, metric)?.ratio_to_bare.clone()?;
     Some(if invert {
@@ -236,7 +393,9 @@ pub fn compare(r: &Results) -> Result<Published, ReportError> {
         .map(|a| a.iter().filter_map(Value::as_table).collect())
         .unwrap_or_default();
     let mut felter_rows = Vec::new();
-    for (bench, wl, metric, invert, dkey, kkey) in FELTER_MAP {
+    for fm in &FELTER_MAP {
+        let (bench, wl, metric, invert) = (fm.bench, fm.workload, fm.metric, fm.invert);
+        let (dkey, kkey) = (fm.docker_key, fm.kvm_key);
         let Some(row) = results
             .iter()
             .find(|x| x.get("benchmark").and_then(Value::as_str) == Some(bench))
@@ -255,14 +414,18 @@ pub fn compare(r: &Results) -> Result<Published, ReportError> {
         }
         if bench == "fio" {
             note = format!(
-                "sequential: {}; KVM random-read latency ×{} (QD16)",
+                "sequential: {}; KVM random-read latency ×{} (QD16); the study's Docker read a \
+                 volume (-v), so ours is container fs_volume",
                 field(row, "sequential"),
                 field(row, "kvm_random_read_latency_ratio")
             );
         }
+        if bench == "nuttcp" {
+            note = "the study's Docker ran behind NAT, so ours is container net_nat".into();
+        }
         if bench == "netperf_rr" {
-            note = "Docker NAT read from the paper's Fig. 3; Docker with host networking was not \
-                    measured by the study"
+            note = "Docker NAT read from the paper's Fig. 3 (range: TCP_RR and UDP_RR); Docker \
+                    with host networking was not measured by the study; ours is container net_nat"
                 .into();
         }
         if row.get("confidence").and_then(Value::as_str) == Some("secondary") {
@@ -274,30 +437,73 @@ pub fn compare(r: &Results) -> Result<Published, ReportError> {
             note = format!("Docker: {}; KVM: {}", field(row, dkey), field(row, kkey));
             ("see note".into(), "see note".into())
         };
+        let container = measured
+            .then(|| ratio_of(r, Tier::Container, fm.docker_workload, metric, invert))
+            .flatten();
+        let microvm = measured
+            .then(|| ratio_of(r, Tier::Microvm, wl, metric, invert))
+            .flatten();
+        let (docker_extra, kvm_extra) = if bench == "netperf_rr" {
+            (rr_ratios(row, "docker_nat_us"), rr_ratios(row, "kvm_us"))
+        } else {
+            (vec![], vec![])
+        };
+        let (docker_within, kvm_within) = if measured {
+            let kvm_within = if ran_with_kvm(r) {
+                within_study(microvm.as_ref(), study_range(row, kkey, &kvm_extra))
+            } else {
+                "cannot say: no microvm with hardware KVM ran (emulated is TCG, not KVM)".into()
+            };
+            (
+                within_study(container.as_ref(), study_range(row, dkey, &docker_extra)),
+                kvm_within,
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        let mut ours_wl = vec![fm.docker_workload];
+        if wl != fm.docker_workload {
+            ours_wl.push(wl);
+        }
+        let our_params = if measured {
+            let ps: Vec<String> = ours_wl.iter().filter_map(|w| our_params(r, w)).collect();
+            if ps.is_empty() {
+                "not in this run".into()
+            } else {
+                ps.join("; ")
+            }
+        } else {
+            "-".into()
+        };
         felter_rows.push(FelterRow {
             benchmark: bench.into(),
             what: field(row, "metric"),
             docker,
             kvm,
             ours: measured.then(|| {
-                format!(
-                    "{wl}/{metric}{}",
-                    if invert {
-                        " (inverted: bare / tier)"
-                    } else {
-                        ""
-                    }
-                )
+                let inv = if invert {
+                    " (inverted: bare / tier)"
+                } else {
+                    ""
+                };
+                if wl == fm.docker_workload {
+                    format!("{wl}/{metric}{inv}")
+                } else {
+                    format!(
+                        "{}/{metric} (container), {wl}/{metric} (VMs){inv}",
+                        fm.docker_workload
+                    )
+                }
             }),
-            container: measured
-                .then(|| ratio_of(r, Tier::Container, wl, metric, invert))
-                .flatten(),
-            microvm: measured
-                .then(|| ratio_of(r, Tier::Microvm, wl, metric, invert))
-                .flatten(),
+            container,
+            microvm,
             emulated: measured
                 .then(|| ratio_of(r, Tier::Emulated, wl, metric, invert))
                 .flatten(),
+            docker_within,
+            kvm_within,
+            study_params: field(row, "workload"),
+            our_params,
             note,
         });
     }

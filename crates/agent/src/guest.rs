@@ -1,10 +1,15 @@
 //! The agent as PID 1 of a VM guest (`task.guest` is set): make the minimal userspace the
 //! workload needs, then, after the report, power the guest off.
 //!
-//! Order: mount /proc, /sys, devtmpfs on /dev and a tmpfs on /tmp; load the listed modules (the
-//! Debian kernel has virtio-mmio, virtio-blk, virtio-net and ext4 as modules); bring `lo` up and
-//! configure `eth0` if asked; mount the ext4 disk if asked. Nothing here runs on the host: the
-//! guest kernel is the isolation boundary.
+//! Order: the console in canonical mode without echo; mount /proc, /sys, devtmpfs on /dev and a
+//! tmpfs on /tmp; load the listed modules (the Debian kernel has virtio-mmio, virtio-blk,
+//! virtio-net and ext4 as modules); bring `lo` up and configure `eth0` if asked; mount the ext4
+//! disk if asked. Nothing here runs on the host: the guest kernel is the isolation boundary.
+//!
+//! The console (the serial port, the agent's stdin and stdout) is how the host stops a
+//! long-lived guest cleanly (an application server, issue 12): it writes a newline and `^D` to
+//! QEMU's stdin, which canonical mode turns into end of file for the agent's read of stdin, the
+//! same signal as a closed stdin in the other tiers.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -17,6 +22,7 @@ use crate::protocol::GuestSetup;
 
 /// Prepare the guest. Errors say which step failed; the agent reports them as its error.
 pub fn setup(g: &GuestSetup) -> Result<(), String> {
+    console_canonical();
     mount_fs(
         "proc",
         "/proc",
@@ -60,6 +66,23 @@ pub fn setup(g: &GuestSetup) -> Result<(), String> {
         .map_err(|e| format!("mounting {dev} (ext4) on {target}: {e}"))?;
     }
     Ok(())
+}
+
+/// Put the console (fd 0) in canonical mode (`^D` on an empty line is end of file) without
+/// echo (what the host writes is not repeated into the console it reads). This is the kernel's
+/// default but for the echo; set here so the stop does not depend on it. Best effort: fd 0 may
+/// not be a terminal (then the host cannot stop the guest this way and kills QEMU instead).
+fn console_canonical() {
+    // SAFETY: termios is plain data; tcgetattr fills it or fails without touching memory
+    // elsewhere; tcsetattr reads it.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) == 0 {
+            t.c_lflag |= libc::ICANON;
+            t.c_lflag &= !(libc::ECHO | libc::ECHONL);
+            let _ = libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
 }
 
 fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags) -> Result<(), String> {

@@ -18,6 +18,8 @@ use crate::workload::Workload;
 
 /// Agent entry point.
 pub fn main() -> ! {
+    // An application's data (mysql's data directory) is made before ready: off its start clock.
+    workloads::mysql::prepare_before_ready();
     // Ready first: the host's launch->ready clock stops on this line.
     let ready = format!("{READY_LINE}\n");
     // SAFETY: write(2) on fd 1 with a valid buffer and length.

@@ -33,6 +33,10 @@ pub enum Workload {
     /// Host-side application: Debian's `redis-server` inside the tier (started by the agent),
     /// `redis-benchmark` on the host against it over the tier's network path (issue 12).
     Redis(RedisParams),
+    /// Host-side application: Debian's `mariadbd` inside the tier (started by the agent, its
+    /// data directory on the tier's data path), `sysbench oltp_read_only` on the host against
+    /// it over the tier's network path (issue 12).
+    Mysql(MysqlParams),
 }
 
 impl Workload {
@@ -57,6 +61,73 @@ impl Workload {
                 NetPath::Direct => "redis",
                 NetPath::Nat => "redis_nat",
             },
+            Workload::Mysql(p) => match p.data {
+                DataPath::Rootfs => "mysql",
+                DataPath::Volume => "mysql_volume",
+            },
+        }
+    }
+}
+
+/// What a tier must carry for an application server workload (redis, mysql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerApp {
+    /// "redis", "mysql".
+    pub name: &'static str,
+    /// Host programs copied with their ldd closure into the tier (e.g. [server_bin]); bare
+    /// runs them in place.
+    pub programs: Vec<String>,
+    /// The port the server listens on inside the tier (a tier with a network namespace of its
+    /// own uses it; a tier on the host's network picks a free one with `with_endpoint`).
+    pub port: u16,
+}
+
+/// The port Redis listens on by default.
+pub const REDIS_PORT: u16 = 6379;
+/// The port MariaDB listens on by default.
+pub const MYSQL_PORT: u16 = 3306;
+
+impl Workload {
+    /// `Some` for workloads that run a server inside the tier and are driven from the host.
+    pub fn server_app(&self) -> Option<ServerApp> {
+        match self {
+            Workload::Redis(p) => Some(ServerApp {
+                name: "redis",
+                programs: vec![p.server_bin.clone()],
+                port: REDIS_PORT,
+            }),
+            Workload::Mysql(p) => Some(ServerApp {
+                name: "mysql",
+                programs: vec![p.server_bin.clone()],
+                port: MYSQL_PORT,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same workload, told to bind `bind`:`port` (the tier's address as the tier sees it).
+    pub fn with_endpoint(&self, bind: &str, port: u16) -> Workload {
+        match self {
+            Workload::Redis(p) => Workload::Redis(RedisParams {
+                bind: bind.to_string(),
+                port,
+                ..p.clone()
+            }),
+            Workload::Mysql(p) => Workload::Mysql(MysqlParams {
+                bind: bind.to_string(),
+                port,
+                ..p.clone()
+            }),
+            w => w.clone(),
+        }
+    }
+
+    /// The network path a workload asks of its tier (`direct` for workloads without one).
+    pub fn net_path(&self) -> NetPath {
+        match self {
+            Workload::Net(p) => p.path,
+            Workload::Redis(p) => p.path,
+            _ => NetPath::Direct,
         }
     }
 }
@@ -183,6 +254,7 @@ enum WorkloadRepr {
     Idle(IdleParams),
     Density(DensityParams),
     Redis(RedisParams),
+    Mysql(MysqlParams),
 }
 
 #[derive(Deserialize)]
@@ -200,6 +272,7 @@ impl From<WorkloadRepr> for Workload {
             WorkloadRepr::Idle(p) => Workload::Idle(p),
             WorkloadRepr::Density(p) => Workload::Density(p),
             WorkloadRepr::Redis(p) => Workload::Redis(p),
+            WorkloadRepr::Mysql(p) => Workload::Mysql(p),
         }
     }
 }
@@ -224,7 +297,8 @@ pub struct RedisParams {
     pub point_timeout_s: u64,
     /// Longest wait from the tier's start to the server accepting a connection.
     pub start_timeout_s: u64,
-    /// Which network path of the tier (`nat`: not carried yet).
+    /// Which network path of the tier (`nat`: through the tier's NAT and a published port,
+    /// as `docker run -p`; the same as `direct` where a tier has no NAT path).
     pub path: NetPath,
     /// The server binary on the host (copied with its libraries into every rootfs).
     pub server_bin: String,
@@ -303,6 +377,133 @@ impl RedisParams {
             if !ok {
                 return Err(format!(
                     "redis: {what} = {p} is not an executable file: install it with `{REDIS_INSTALL}` (or point {what} at one)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mysql`: the study's MySQL run (Felter et al. 2015, Fig. 10/11), scaled to a small machine.
+/// The host starts the tier with the agent serving `mariadbd` (this struct is also the agent's
+/// task: the host fills in `bind`, `port` and `dir` as the tier sees them); the agent makes a
+/// fresh data directory under `dir` before it signals ready (off the server's start clock), the
+/// host creates the sysbench table (`sysbench oltp_read_only prepare`, off the clock too), then
+/// runs `sysbench oltp_read_only run` on CPUs outside the tier's budget for every thread count,
+/// each point bounded by `point_s`, `point_events` and `point_timeout_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MysqlParams {
+    /// Client threads, one benchmark point each (the study: 10 to 290).
+    pub threads: Vec<u32>,
+    /// Rows of the one sysbench table (the study: 2,000,000).
+    pub table_rows: u64,
+    /// Length of one point (`sysbench --time`), seconds.
+    pub point_s: u64,
+    /// Transaction cap of one point (`sysbench --events`).
+    pub point_events: u64,
+    /// Wall-clock cap of one point; sysbench is killed then and the point is an error.
+    pub point_timeout_s: u64,
+    /// Wall-clock cap of creating the table (`sysbench prepare`).
+    pub prepare_timeout_s: u64,
+    /// Longest wait for the server to accept a connection (also caps the data directory's
+    /// initialization inside the tier).
+    pub start_timeout_s: u64,
+    /// InnoDB buffer pool, MiB (the table must fit: the study's run is read-only from memory).
+    pub buffer_pool_mib: u64,
+    /// Which data path of the tier holds the data directory: `rootfs` (the container's overlay,
+    /// the study's "AUFS" row) or `volume` (a bind-mounted host directory, its "volume" row).
+    pub data: DataPath,
+    /// The server binary on the host (copied with its libraries into every rootfs).
+    pub server_bin: String,
+    /// The benchmark client on the host.
+    pub client_bin: String,
+    /// Assigned by the host: the address the server binds, as the tier sees it.
+    pub bind: String,
+    /// Assigned by the host: the server's port.
+    pub port: u16,
+    /// Assigned by the host: the tier's data path; the agent makes its data directory in it.
+    pub dir: String,
+    /// The agent stops the server after this long even if stdin never closes.
+    pub max_s: u64,
+}
+
+impl Default for MysqlParams {
+    fn default() -> Self {
+        MysqlParams {
+            threads: vec![1, 2, 4, 8, 16, 32],
+            table_rows: 100_000,
+            point_s: 10,
+            point_events: 1_000_000,
+            point_timeout_s: 60,
+            prepare_timeout_s: 300,
+            start_timeout_s: 60,
+            buffer_pool_mib: 128,
+            data: DataPath::Rootfs,
+            server_bin: "/usr/sbin/mariadbd".into(),
+            client_bin: "/usr/bin/sysbench".into(),
+            bind: String::new(),
+            port: 0,
+            dir: String::new(),
+            max_s: 3_600,
+        }
+    }
+}
+
+/// What installs the MySQL (MariaDB) server and the benchmark on Debian.
+pub const MYSQL_INSTALL: &str = "apt-get install mariadb-server sysbench";
+
+impl MysqlParams {
+    /// Bounds of the parameters (no I/O): a one-line message naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.threads.is_empty() || self.threads.len() > 64 {
+            return Err(format!(
+                "threads has {} entries: give 1 to 64 thread counts, e.g. threads = [1, 2, 4, 8, 16, 32]",
+                self.threads.len()
+            ));
+        }
+        if let Some(t) = self.threads.iter().find(|&&t| t == 0 || t > 1_000) {
+            return Err(format!(
+                "threads entry = {t} is out of bounds: give 1 to 1000 client threads"
+            ));
+        }
+        let bounded = |name: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(format!("{name} = {v} is out of bounds: give {lo} to {hi}"))
+            } else {
+                Ok(())
+            }
+        };
+        bounded("table_rows", self.table_rows, 1, 100_000_000)?;
+        bounded("point_s", self.point_s, 1, 3_600)?;
+        bounded("point_events", self.point_events, 1, 100_000_000)?;
+        bounded("point_timeout_s", self.point_timeout_s, 1, 7_200)?;
+        if self.point_timeout_s <= self.point_s {
+            return Err(format!(
+                "point_timeout_s = {} must be above point_s = {}: it is the wall-clock kill of one point",
+                self.point_timeout_s, self.point_s
+            ));
+        }
+        bounded("prepare_timeout_s", self.prepare_timeout_s, 1, 7_200)?;
+        bounded("start_timeout_s", self.start_timeout_s, 1, 600)?;
+        bounded("buffer_pool_mib", self.buffer_pool_mib, 8, 65_536)?;
+        bounded("max_s", self.max_s, 1, 86_400)?;
+        Ok(())
+    }
+
+    /// The host's binaries exist and are executable files: else a one-line error with the
+    /// command that installs them.
+    pub fn check_binaries(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        for (what, p) in [
+            ("server_bin", &self.server_bin),
+            ("client_bin", &self.client_bin),
+        ] {
+            let ok = std::fs::metadata(p)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !ok {
+                return Err(format!(
+                    "mysql: {what} = {p} is not an executable file: install it with `{MYSQL_INSTALL}` (or point {what} at one)"
                 ));
             }
         }
@@ -502,6 +703,55 @@ mod tests {
         assert!(e.contains("ops_per_thred"), "{e}");
         assert!(parse("[workload]\nkind = \"noop\"\nfoo = 1\n").is_err());
         assert!(parse("[workload]\nkind = \"gpu\"\n").is_err());
+    }
+
+    #[test]
+    fn server_app_and_endpoint() {
+        let w = Workload::Redis(RedisParams::default());
+        let app = w.server_app().unwrap();
+        assert_eq!(app.name, "redis");
+        assert_eq!(app.programs, ["/usr/bin/redis-server"]);
+        assert_eq!(app.port, REDIS_PORT);
+        match w.with_endpoint("10.0.0.2", 7000) {
+            Workload::Redis(p) => assert_eq!((p.bind.as_str(), p.port), ("10.0.0.2", 7000)),
+            o => panic!("{o:?}"),
+        }
+        assert!(Workload::Noop.server_app().is_none());
+        assert_eq!(Workload::Noop.with_endpoint("x", 1), Workload::Noop);
+    }
+
+    #[test]
+    fn mysql_parses_checks_and_names_its_data_path() {
+        let w =
+            parse("[workload]\nkind = \"mysql\"\ndata = \"volume\"\nthreads = [1, 4]\n").unwrap();
+        assert_eq!(w.name(), "mysql_volume");
+        let Workload::Mysql(p) = &w else {
+            panic!("{w:?}")
+        };
+        assert_eq!(p.threads, [1, 4]);
+        assert!(p.check().is_ok());
+        let app = w.server_app().unwrap();
+        assert_eq!((app.name, app.port), ("mysql", 3306));
+        assert_eq!(app.programs, ["/usr/sbin/mariadbd"]);
+        let Workload::Mysql(q) = w.with_endpoint("10.0.0.2", 3306) else {
+            panic!()
+        };
+        assert_eq!((q.bind.as_str(), q.port), ("10.0.0.2", 3306));
+        let zero = MysqlParams {
+            threads: vec![1, 0],
+            ..MysqlParams::default()
+        };
+        assert!(zero.check().unwrap_err().contains("threads entry = 0"));
+        assert!(parse("[workload]\nkind = \"mysql\"\ndata = \"aufs\"\n").is_err());
+        assert!(Workload::Cpu(CpuParams::default()).server_app().is_none());
+        let bad = MysqlParams {
+            server_bin: "/nonexistent/mariadbd".into(),
+            ..MysqlParams::default()
+        };
+        assert!(bad
+            .check_binaries()
+            .unwrap_err()
+            .contains("apt-get install mariadb-server sysbench"));
     }
 
     #[test]

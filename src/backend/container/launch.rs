@@ -23,7 +23,9 @@ use nix::unistd::Pid;
 use super::net::LaunchNet;
 use super::syscalls::{setup_container, LinuxSyscall, MountPlan, Step};
 use super::{Container, HOSTNAME};
-use crate::backend::launch::{IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE};
+use crate::backend::launch::{
+    server_app, stays_until_stdin_closes, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE,
+};
 use crate::backend::process::{self, Hooks, Process, Spec};
 use crate::backend::{BackendError, IdleInstance, ServerInstance};
 use crate::host::cgroup::CgroupManager;
@@ -33,7 +35,7 @@ use crate::measure::launch::{self as measure, Launch, Started};
 use crate::netpeer::NetPeer;
 use crate::protocol::{Task, TASK_ENV};
 use crate::state::ledger::{Resource, RunState};
-use crate::workload::{DataPath, NetPath, Workload};
+use crate::workload::{DataPath, Workload};
 
 /// The fs workload's directory on the overlay rootfs (writes land in the upper layer).
 pub const ROOTFS_DATA: &str = "/data";
@@ -51,8 +53,11 @@ pub struct LaunchPlan {
     pub net: Option<LaunchNet>,
     /// The NAT path's peer (run-level); the direct path starts its own per launch.
     pub nat_peer: Option<SocketAddr>,
-    /// The task as given (the data paths and peer are filled in at start).
+    /// The task as given (the data paths and peer are filled in at start; an application's
+    /// endpoint in plan).
     pub task: Task,
+    /// Where the host reaches the application server this launch serves, if any.
+    pub server: Option<SocketAddr>,
 }
 
 impl LaunchPlan {
@@ -124,6 +129,13 @@ fn task_for_launch(task: &Task, peer: Option<SocketAddr>) -> Result<Task, Backen
     match &mut t.workload {
         Workload::Fs(p) => {
             p.dir = match p.path {
+                DataPath::Rootfs => ROOTFS_DATA,
+                DataPath::Volume => VOLUME,
+            }
+            .into();
+        }
+        Workload::Mysql(p) => {
+            p.dir = match p.data {
                 DataPath::Rootfs => ROOTFS_DATA,
                 DataPath::Volume => VOLUME,
             }
@@ -228,7 +240,7 @@ impl Launch for Container {
             ),
         ];
         spec.stdout = process::Stdio::Pipe;
-        if matches!(task.workload, Workload::Idle(_) | Workload::Redis(_)) {
+        if stays_until_stdin_closes(&task) {
             spec.stdin = process::Stdio::Pipe;
         }
         spec.cpus = Some(p.budget.cpus.clone());
@@ -277,33 +289,23 @@ impl Launch for Container {
     }
 }
 
-/// The container serving `redis`: the host's `redis-server` copied with its libraries into the rootfs (the overlay's lower
-/// layer, between launches), served on the container's veth (direct path only so far).
+/// The container serving an application: its programs (the host's `redis-server`, ...) copied
+/// with their libraries into the rootfs (the overlay's lower layer, between launches), served
+/// on the container's veth (direct path: the host reaches the container's address) or
+/// behind the run's NAT bridge (nat path: the host reaches a port published on the bridge's
+/// address, see [`super::net::Publish`]).
 pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInstance, BackendError> {
-    let Workload::Redis(rp) = &task.workload else {
-        return Err(BackendError::Other(format!(
-            "start_server runs an application workload, not `{}`",
-            task.workload.name()
-        )));
-    };
-    if rp.path != NetPath::Direct {
-        return Err(BackendError::Unsupported(
-            "the container's nat path is not carried yet (issue 12)".into(),
-        ));
-    }
-    crate::host::rootfs::install_with_libs(&c.p.lower, &[PathBuf::from(&rp.server_bin)]).map_err(
-        |e| BackendError::Other(format!("installing the redis server into the rootfs: {e}")),
-    )?;
+    let app = server_app(task)?;
+    let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+    crate::host::rootfs::install_with_libs(&c.p.lower, &programs).map_err(|e| {
+        BackendError::Other(format!(
+            "installing the {} server into the rootfs: {e}",
+            app.name
+        ))
+    })?;
     let cancel = c.p.cancel.clone();
     let (plan, started) = measure::start_idle(c, task, IDLE_READY_DEADLINE, &cancel)?;
-    let addr = match &plan.task.workload {
-        Workload::Redis(p) => p
-            .bind
-            .parse::<std::net::Ipv4Addr>()
-            .ok()
-            .map(|ip| std::net::SocketAddr::from((ip, p.port))),
-        _ => None,
-    };
+    let addr = plan.server;
     let mut process = started.process;
     let stdin = process.stdin.take();
     let instance = Box::new(IdleContainer {
@@ -318,9 +320,10 @@ pub(super) fn start_server(c: &mut Container, task: &Task) -> Result<ServerInsta
         Some(addr) => Ok(ServerInstance { instance, addr }),
         None => {
             let _ = instance.stop();
-            Err(BackendError::Other(
-                "internal error: the redis launch has no address; report this bug".into(),
-            ))
+            Err(BackendError::Other(format!(
+                "internal error: the {} launch has no address; report this bug",
+                app.name
+            )))
         }
     }
 }

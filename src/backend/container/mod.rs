@@ -64,8 +64,6 @@ use launch::{IdleContainer, LaunchPlan};
 use net::RunNet;
 use syscalls::CgroupMount;
 
-/// The port the redis server listens on inside the container (its own network namespace).
-pub const REDIS_PORT: u16 = 6379;
 /// Namespaces the container needs (names as in /proc/self/ns).
 pub const NAMESPACES: &[&str] = &["mnt", "pid", "uts", "ipc", "net", "cgroup"];
 /// Hostname inside the container.
@@ -201,30 +199,53 @@ impl Container {
             Workload::Fs(f) if f.path == DataPath::Volume => {
                 Some(p.base.join(format!("volume-{n}")))
             }
+            Workload::Mysql(m) if m.data == DataPath::Volume => {
+                Some(p.base.join(format!("volume-{n}")))
+            }
             _ => None,
         };
         let cg = CgroupManager::at(&p.hier, p.layout, &p.cgroup_rel.join(format!("launch-{n}")))
             .map_err(|e| BackendError::Other(format!("planning the launch cgroup: {e}")))?;
         let run_net = self.net.get_or_insert_with(|| RunNet::new(&p.state.id));
-        let (net, nat_peer) = match &task.workload {
-            Workload::Net(np) if np.path == NetPath::Direct => {
-                (Some(run_net.plan_direct(n, &p.state)?), None)
+        let app = task.workload.server_app();
+        // An application's server is reached at its own address (direct) or at the port
+        // published on the host's side of the bridge (nat, as `docker run -p`).
+        let (net, nat_peer, published) = match (&task.workload, &app) {
+            (Workload::Net(np), _) if np.path == NetPath::Direct => {
+                (Some(run_net.plan_direct(n, &p.state)?), None, None)
             }
-            Workload::Net(_) => {
+            (Workload::Net(_), _) => {
                 let (net, peer) = run_net.plan_nat(n, &p.state)?;
-                (Some(net), Some(peer))
+                (Some(net), Some(peer), None)
             }
-            Workload::Redis(rp) if rp.path == NetPath::Direct => {
-                (Some(run_net.plan_direct(n, &p.state)?), None)
+            (w, Some(_)) if w.net_path() == NetPath::Direct => {
+                (Some(run_net.plan_direct(n, &p.state)?), None, None)
             }
-            _ => (None, None),
+            (_, Some(a)) => {
+                let (net, host) = run_net.plan_nat_publish(n, &p.state, a.port)?;
+                (Some(net), None, Some(host))
+            }
+            _ => (None, None, None),
         };
         let mut task = task.clone();
-        if let (Workload::Redis(rp), Some(net)) = (&mut task.workload, &net) {
+        let mut server = None;
+        if let (Some(app), Some(net)) = (&app, &net) {
             // The server binds the container's own address (its network namespace's only one
-            // besides lo), on Redis's usual port.
-            rp.bind = net.cont_cidr.split('/').next().unwrap_or_default().into();
-            rp.port = REDIS_PORT;
+            // besides lo), on the application's usual port.
+            let ip: std::net::Ipv4Addr = net
+                .cont_cidr
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| {
+                    BackendError::Other(format!(
+                        "internal error: container address {} is not IPv4; report this bug",
+                        net.cont_cidr
+                    ))
+                })?;
+            task.workload = task.workload.with_endpoint(&ip.to_string(), app.port);
+            server = Some(published.unwrap_or(std::net::SocketAddr::from((ip, app.port))));
         }
         for d in std::iter::once(&dir).chain(volume.as_ref()) {
             refuse_existing(d)?;
@@ -236,6 +257,7 @@ impl Container {
             net,
             nat_peer,
             task,
+            server,
         };
         p.state
             .record_all(&plan.resources())
@@ -464,7 +486,8 @@ impl Backend for Container {
         }))
     }
 
-    /// The host's `redis-server` in the rootfs, served on the container's veth.
+    /// The application's server (the host's `redis-server`, ...) in the rootfs, served on the
+    /// container's veth.
     fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
         launch::start_server(self, task)
     }

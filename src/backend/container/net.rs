@@ -253,6 +253,103 @@ pub struct LaunchNet {
     pub host_cidr: Option<String>,
     /// The run's bridge the host end joins (nat only).
     pub bridge: Option<String>,
+    /// A port published through the NAT path (an application server's, as `docker run -p`).
+    pub publish: Option<Publish>,
+}
+
+/// A port published on the NAT path: a DNAT rule in the run's nftables table (chain `output`,
+/// for connections the host itself makes, as Docker's OUTPUT rule for its published ports)
+/// sending `host`:`host_port` (the bridge's address, the host's side) to `to` (the container).
+/// The rule lives in the run's table (recorded in the ledger), so the table's removal at the
+/// end of the run, or by `isobench cleanup`, removes it too; the launch's teardown deletes it
+/// by handle before the table goes.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub table: String,
+    pub host: SocketAddr,
+    pub to: SocketAddr,
+    /// The rule's handle once added.
+    handle: Arc<Mutex<Option<u64>>>,
+}
+
+impl Publish {
+    /// The `nft add rule` arguments of the publish (pure).
+    pub fn rule_args(&self, run_id: &str) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--echo",
+            "--handle",
+            "add",
+            "rule",
+            "ip",
+            &self.table,
+            "output",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        a.extend(
+            format!(
+                "ip daddr {} tcp dport {} dnat to {}",
+                self.host.ip(),
+                self.host.port(),
+                self.to
+            )
+            .split(' ')
+            .map(str::to_string),
+        );
+        a.push("comment".into());
+        a.push(format!("\"{}\"", table_comment(run_id)));
+        a
+    }
+
+    fn add(&self, run_id: &str) -> Result<(), BackendError> {
+        let args = self.rule_args(run_id);
+        let out = Command::new("nft")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| BackendError::io("running `nft` (apt-get install nftables)", e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let handle = text.lines().find_map(|l| {
+            l.rsplit_once("# handle ")
+                .and_then(|(_, h)| h.trim().parse().ok())
+        });
+        match (out.status.success(), handle) {
+            (true, Some(h)) => {
+                *self.handle.lock().expect("handle lock") = Some(h);
+                Ok(())
+            }
+            (true, None) => Err(BackendError::Other(format!(
+                "`nft {}` printed no rule handle ({text:?}): nftables 0.9.3 or newer is needed",
+                args.join(" ")
+            ))),
+            (false, _) => Err(BackendError::Other(format!(
+                "publishing {} -> {}: `nft {}` failed: {}",
+                self.host,
+                self.to,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
+    }
+
+    /// Delete the rule if this launch added it. A table already gone took the rule with it.
+    fn remove(&self) -> Result<(), BackendError> {
+        let Some(h) = *self.handle.lock().expect("handle lock") else {
+            return Ok(());
+        };
+        let hs = h.to_string();
+        match nft(
+            &["delete", "rule", "ip", &self.table, "output", "handle", &hs],
+            None,
+        ) {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("No such file or directory") => {}
+            Err(e) => return Err(e),
+        }
+        *self.handle.lock().expect("handle lock") = None;
+        Ok(())
+    }
 }
 
 fn pair_names(kind: &str) -> (String, String) {
@@ -328,7 +425,11 @@ impl LaunchNet {
             cmds += &format!("link set {h} master {b}\n");
         }
         cmds += &format!("link set {h} up\n");
-        ip_batch(None, &cmds)
+        ip_batch(None, &cmds)?;
+        match &self.publish {
+            Some(p) => p.add(&self.run_id),
+            None => Ok(()),
+        }
     }
 
     /// After clone, before the child is released: move the container end into the child's
@@ -353,6 +454,9 @@ impl LaunchNet {
     /// peer; a dying namespace takes the pair with it, asynchronously), only if it carries the
     /// run's alias. The caller forgets [`LaunchNet::resources`] once this succeeded.
     pub fn teardown(&self) -> Result<(), BackendError> {
+        if let Some(p) = &self.publish {
+            p.remove()?;
+        }
         if !self.created.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -419,6 +523,7 @@ impl RunNet {
             gateway: None,
             host_cidr: None,
             bridge: None,
+            publish: None,
         }
     }
 
@@ -477,6 +582,42 @@ impl RunNet {
             },
             peer,
         ))
+    }
+
+    /// Plan launch `n`'s NAT path with `port` of the container published on the host's side
+    /// of the bridge (its gateway address, at a port free there now), as `docker run -p`.
+    /// Returns the plan and the address the host connects to.
+    pub fn plan_nat_publish(
+        &mut self,
+        n: u64,
+        state: &RunState,
+        port: u16,
+    ) -> Result<(LaunchNet, SocketAddr), BackendError> {
+        let (mut net, _peer) = self.plan_nat(n, state)?;
+        let nat = self.nat.as_ref().expect("plan_nat built it");
+        let table = nat.table.clone().ok_or_else(|| {
+            BackendError::Other("internal error: the NAT path has no table; report this bug".into())
+        })?;
+        let gw = net.gateway.expect("the nat path has a gateway");
+        let host_port = std::net::TcpListener::bind((gw, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BackendError::io(format!("finding a free port on {gw}"), e))?
+            .port();
+        let cont: Ipv4Addr = net
+            .cont_cidr
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .expect("planned address");
+        let host = SocketAddr::from((gw, host_port));
+        net.publish = Some(Publish {
+            table,
+            host,
+            to: SocketAddr::from((cont, port)),
+            handle: Arc::default(),
+        });
+        Ok((net, host))
     }
 
     fn build_nat(&self, state: &RunState) -> Result<NatPath, BackendError> {
@@ -663,7 +804,8 @@ impl NatPath {
                 Some(&format!(
                     "create table {fam} {t} {{ comment \"{c}\"; }}\n\
                      add chain {fam} {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-                     add rule {fam} {t} postrouting ip saddr {sub} oifname \"{u0}\" masquerade comment \"{c}\"\n",
+                     add rule {fam} {t} postrouting ip saddr {sub} oifname \"{u0}\" masquerade comment \"{c}\"\n\
+                     add chain {fam} {t} output {{ type nat hook output priority -100; policy accept; }}\n",
                     c = table_comment(&id),
                     sub = self.subnet.cidr(),
                 )),
@@ -985,6 +1127,23 @@ mod tests {
         assert_eq!(bridge_addr(s, 0), Ipv4Addr::new(10, 215, 3, 2));
         assert_eq!(bridge_addr(s, 252), Ipv4Addr::new(10, 215, 3, 254));
         assert_eq!(bridge_addr(s, 253), Ipv4Addr::new(10, 215, 3, 2));
+    }
+
+    #[test]
+    fn publish_is_a_commented_dnat_in_the_runs_output_chain() {
+        let p = Publish {
+            table: "isobench_kabcd1234".into(),
+            host: "10.215.3.1:40001".parse().unwrap(),
+            to: "10.215.3.7:6379".parse().unwrap(),
+            handle: Arc::default(),
+        };
+        let a = p.rule_args("r1").join(" ");
+        assert_eq!(
+            a,
+            "--echo --handle add rule ip isobench_kabcd1234 output ip daddr 10.215.3.1 tcp dport 40001 dnat to 10.215.3.7:6379 comment \"isobench run r1\""
+        );
+        // Never added: nothing to remove, no nft call.
+        assert!(p.remove().is_ok());
     }
 
     #[test]

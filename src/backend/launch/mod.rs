@@ -35,15 +35,22 @@ pub fn process_task(task: &Task, fs_dir: &str, peer: SocketAddr) -> Task {
     match &mut t.workload {
         Workload::Fs(p) => p.dir = fs_dir.to_string(),
         Workload::Net(p) => p.peer = peer.to_string(),
+        Workload::Mysql(p) => p.dir = fs_dir.to_string(),
         _ => {}
     }
     t
 }
 
-/// Refuse a task other than `idle` for an idle instance.
+/// Whether the task's agent stays until its stdin closes: `idle`, and an application server
+/// (the agent serving it until the host is done).
+pub fn stays_until_stdin_closes(task: &Task) -> bool {
+    matches!(task.workload, Workload::Idle(_)) || task.workload.server_app().is_some()
+}
+
+/// Refuse a task other than `idle` (or an application server) for an idle instance.
 pub fn check_idle(task: &Task) -> Result<(), BackendError> {
     match task.workload {
-        Workload::Idle(_) | Workload::Redis(_) => Ok(()),
+        _ if stays_until_stdin_closes(task) => Ok(()),
         ref w => Err(BackendError::Other(format!(
             "start_idle runs the `idle` workload, not `{}`: use run_once for measurements",
             w.name()
@@ -51,33 +58,46 @@ pub fn check_idle(task: &Task) -> Result<(), BackendError> {
     }
 }
 
-/// A process tier (bare, chroot) serving `redis`: the server on 127.0.0.1 at a port free now
-/// (the host's loopback is the whole network path of a host process).
+/// The application a `start_server` task serves, or the one-line refusal.
+pub fn server_app(task: &Task) -> Result<crate::workload::ServerApp, BackendError> {
+    task.workload.server_app().ok_or_else(|| {
+        BackendError::Other(format!(
+            "start_server runs an application workload, not `{}`",
+            task.workload.name()
+        ))
+    })
+}
+
+/// A port free on 127.0.0.1 now: where a tier on the host's network serves an application.
+pub fn free_loopback_port() -> Result<u16, BackendError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BackendError::io("finding a free loopback port", e))
+}
+
+/// The task of a tier on the host's network (bare, chroot, the runtimes' shared network):
+/// the server on 127.0.0.1 at a port free now, and where the host reaches it.
+pub fn loopback_server_task(task: &Task) -> Result<(Task, SocketAddr), BackendError> {
+    server_app(task)?;
+    let port = free_loopback_port()?;
+    let mut t = task.clone();
+    t.workload = task.workload.with_endpoint("127.0.0.1", port);
+    Ok((t, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// A process tier (bare, chroot) serving an application: the server on 127.0.0.1 at a port
+/// free now (the host's loopback is the whole network path of a host process).
 pub fn start_loopback_server(
     l: &mut AgentLaunch,
     task: &Task,
     cancel: &AtomicBool,
 ) -> Result<crate::backend::ServerInstance, BackendError> {
-    let Workload::Redis(p) = &task.workload else {
-        return Err(BackendError::Other(format!(
-            "start_server runs an application workload, not `{}`",
-            task.workload.name()
-        )));
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| BackendError::io("finding a free loopback port", e))?
-        .port();
-    let mut t = task.clone();
-    t.workload = Workload::Redis(crate::workload::RedisParams {
-        bind: "127.0.0.1".into(),
-        port,
-        ..p.clone()
-    });
+    let (t, addr) = loopback_server_task(task)?;
     let idle = AgentIdle::start(l, &t, cancel)?;
     Ok(crate::backend::ServerInstance {
         instance: Box::new(idle),
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        addr,
     })
 }
 
@@ -112,7 +132,7 @@ impl AgentLaunch {
             ),
         ];
         spec.stdout = Stdio::Pipe;
-        if matches!(task.workload, Workload::Idle(_) | Workload::Redis(_)) {
+        if stays_until_stdin_closes(&task) {
             spec.stdin = Stdio::Pipe;
         }
         spec.cpus = Some(self.cpus.clone());

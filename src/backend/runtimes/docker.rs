@@ -45,11 +45,12 @@ use std::time::Instant;
 use super::{check_run_id, fnv1a_hex, run_checked, stderr_tail, version_line, with_stderr};
 use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
 use crate::backend::launch::{
-    check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
+    check_idle, loopback_peer, loopback_server_task, server_app, stays_until_stdin_closes,
+    IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
 };
 use crate::backend::process::cpuset;
 use crate::backend::process::{Process, Spec};
-use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv, ServerInstance};
 use crate::host::fs::safe_remove_tree;
 use crate::host::rootfs;
 use crate::host::rootfs::AGENT_IN_ROOTFS;
@@ -127,6 +128,18 @@ struct Prepared {
     nat_addr: Result<SocketAddr, String>,
     /// The peers themselves (taken by `finish`).
     peers: Vec<NetPeer>,
+    /// The rootfs the image is made from, and the files in it (the image's cache key).
+    rootfs: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+/// What the launches of an application server run with: the image holding the agent and the
+/// application's programs, and the port publish of the bridge (nat) path.
+#[derive(Debug, Clone)]
+struct Serve {
+    image_id: String,
+    /// `<docker0 gateway>:<host port>:<container port>` (`-p`), nat only.
+    publish: Option<String>,
 }
 
 pub struct Docker {
@@ -138,6 +151,11 @@ pub struct Docker {
     attempt: u32,
     /// The CLI's stderr of the last attempt, when it said anything.
     last_stderr: String,
+    /// The image of each application served so far (built on its first start, cached like
+    /// the agent's image).
+    app_images: BTreeMap<&'static str, AgentImage>,
+    /// Set while `start_server` launches a server.
+    serve: Option<Serve>,
 }
 
 /// The image name for a rootfs: `isobench/agent:<digest of its files' paths and bytes>`.
@@ -637,7 +655,7 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
     let rootfs = base.join("rootfs");
     let files = rootfs::build(&env.agent, &rootfs)
         .map_err(|e| BackendError::Other(format!("building the docker rootfs: {e}")))?;
-    let mut all = files.clone();
+    let mut all = files;
     all.push(PathBuf::from("/etc/hostname"));
     let image = ensure_image(&rootfs, &image_name(&rootfs, &all)?, base)?;
     let volume = base.join("volume");
@@ -671,6 +689,8 @@ fn prepare_in(env: &RunEnv, base: &Path) -> Result<Prepared, BackendError> {
         direct_addr,
         nat_addr,
         peers,
+        rootfs,
+        files: all,
     })
 }
 
@@ -711,6 +731,16 @@ pub fn run_args(
             a.extend(["--network".into(), "host".into()])
         }
         Workload::Net(_) => a.extend(["--network".into(), "bridge".into()]),
+        // An application server: on the host's network (direct, as the study's "Docker
+        // net=host") or the default bridge with its port published (nat, "Docker NAT").
+        w if w.server_app().is_some() => a.extend([
+            "--network".into(),
+            match w.net_path() {
+                NetPath::Direct => "host",
+                NetPath::Nat => "bridge",
+            }
+            .into(),
+        ]),
         // Nothing to reach: no network at all.
         _ => a.extend(["--network".into(), "none".into()]),
     }
@@ -719,8 +749,9 @@ pub fn run_args(
             a.extend(["-v".into(), format!("{}:/volume", volume.display())]);
         }
     }
-    if matches!(task.workload, Workload::Idle(_)) {
-        // The idle agent ends when its stdin closes: keep it attached to the CLI's.
+    if stays_until_stdin_closes(task) {
+        // The idle agent (and an application's) ends when its stdin closes: keep it attached
+        // to the CLI's.
         a.push("--interactive".into());
     }
     a.push(image_id.into());
@@ -761,15 +792,21 @@ impl Launch for Docker {
         let name = container_name(run_id, n, attempt);
         let dir = p.base.join(format!("launch-{n}-{attempt}"));
         crate::backend::resources::refuse_existing(&dir)?;
-        let args = run_args(
+        let image_id = self.serve.as_ref().map_or(&p.image.id, |s| &s.image_id);
+        let mut args = run_args(
             &name,
             run_id,
             &p.budget,
-            &p.image.id,
+            image_id,
             &task,
             &p.volume,
             &dir.join("cid"),
         );
+        if let Some(publish) = self.serve.as_ref().and_then(|s| s.publish.clone()) {
+            // Options go before the image and the command (the last two arguments).
+            let at = args.len() - 2;
+            args.splice(at..at, ["--publish".to_string(), publish]);
+        }
         let resources = vec![
             Resource::DockerContainer {
                 name: name.clone(),
@@ -786,7 +823,7 @@ impl Launch for Docker {
             &p.budget.cpus,
         );
         put_task(&mut spec, &task);
-        if matches!(task.workload, Workload::Idle(_)) {
+        if stays_until_stdin_closes(&task) {
             spec.stdin = crate::backend::process::Stdio::Pipe;
         }
         Ok(DockerPlan {
@@ -971,7 +1008,33 @@ impl Docker {
             launches: 0,
             attempt: 0,
             last_stderr: String::new(),
+            app_images: BTreeMap::new(),
+            serve: None,
         })
+    }
+}
+
+impl Docker {
+    /// The image of application `app`: the run's rootfs with its programs installed, imported
+    /// (or found cached) once per run.
+    fn app_image(&mut self, app: &crate::workload::ServerApp) -> Result<String, BackendError> {
+        if let Some(img) = self.app_images.get(app.name) {
+            return Ok(img.id.clone());
+        }
+        let p = &self.p;
+        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+        let copied = rootfs::install_with_libs(&p.rootfs, &programs).map_err(|e| {
+            BackendError::Other(format!(
+                "installing the {} server into the docker rootfs: {e}",
+                app.name
+            ))
+        })?;
+        let mut files = p.files.clone();
+        files.extend(copied);
+        let img = ensure_image(&p.rootfs, &image_name(&p.rootfs, &files)?, &p.base)?;
+        let id = img.id.clone();
+        self.app_images.insert(app.name, img);
+        Ok(id)
     }
 }
 
@@ -1047,6 +1110,51 @@ impl Backend for Docker {
             )));
         }
         Ok(Box::new(idle))
+    }
+
+    /// An application server from an image holding the agent and the application's programs
+    /// with their libraries (the rootfs plus `rootfs::install_with_libs`, imported as the
+    /// agent's image is). direct: `--network host`, the server on 127.0.0.1 at a free port;
+    /// nat: the default bridge, the server on the container's port published on docker0's
+    /// gateway address (`-p <gw>:<free port>:<port>`: Docker's DNAT rule, which also serves
+    /// connections the host itself makes to that address).
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        let app = server_app(task)?;
+        let image_id = self.app_image(&app)?;
+        let (t, addr, publish) = match task.workload.net_path() {
+            NetPath::Direct => {
+                let (t, addr) = loopback_server_task(task)?;
+                (t, addr, None)
+            }
+            NetPath::Nat => {
+                let gw = match &self.p.nat_addr {
+                    Ok(a) => a.ip(),
+                    Err(why) => {
+                        return Err(BackendError::Unsupported(format!(
+                            "docker's default bridge is not usable here: {why}"
+                        )))
+                    }
+                };
+                let host_port = std::net::TcpListener::bind((gw, 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| BackendError::io(format!("finding a free port on {gw}"), e))?
+                    .port();
+                let mut t = task.clone();
+                t.workload = task.workload.with_endpoint("0.0.0.0", app.port);
+                (
+                    t,
+                    SocketAddr::new(gw, host_port),
+                    Some(format!("{gw}:{host_port}:{}", app.port)),
+                )
+            }
+        };
+        self.serve = Some(Serve { image_id, publish });
+        let started = self.start_idle(&t);
+        self.serve = None;
+        Ok(ServerInstance {
+            instance: started?,
+            addr,
+        })
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -1187,6 +1295,26 @@ mod tests {
         );
         assert!(noop.join(" ").contains("--network none"));
         assert!(noop.contains(&"--pull=never".to_string()));
+    }
+
+    #[test]
+    fn an_application_server_runs_on_the_host_network_or_the_bridge() {
+        let b = Budget {
+            cpus: vec![1],
+            memory_mib: 256,
+        };
+        let args = |path| {
+            let t = Task::new(Workload::Redis(crate::workload::RedisParams {
+                path,
+                ..Default::default()
+            }));
+            run_args("n", "r", &b, ID, &t, Path::new("/v"), Path::new("/c")).join(" ")
+        };
+        let direct = args(NetPath::Direct);
+        assert!(direct.contains("--network host"), "{direct}");
+        // The server stays until the host closes its stdin.
+        assert!(direct.contains("--interactive"), "{direct}");
+        assert!(args(NetPath::Nat).contains("--network bridge"));
     }
 
     #[test]

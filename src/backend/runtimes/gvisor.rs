@@ -4,7 +4,8 @@
 //! runsc's network: gVisor's own netstack needs a network namespace prepared by someone else
 //! (Docker does that); isobench runs `--network=none` (the sandbox has its own loopback only)
 //! for every workload but `net`, and `--network=host` (hostinet: socket calls go to the host
-//! kernel's stack, peer on 127.0.0.1) for `net`, both of its paths. The platform is runsc's
+//! kernel's stack, peer on 127.0.0.1) for `net`, both of its paths, and for an application
+//! server (`redis`: the server on 127.0.0.1, driven from the host). The platform is runsc's
 //! default (ptrace in Debian 12's runsc), recorded in the settings.
 
 use std::ffi::OsString;
@@ -33,8 +34,8 @@ pub fn settings() -> Vec<(&'static str, &'static str)> {
         ("platform", "runsc default (ptrace)"),
         (
             "net_path",
-            "net: --network=host (hostinet, host stack, peer on 127.0.0.1) for both paths; \
-             other workloads: --network=none (own loopback)",
+            "net and application servers: --network=host (hostinet, host stack, on \
+             127.0.0.1) for both paths; other workloads: --network=none (own loopback)",
         ),
         ("kernel", "gVisor Sentry (user-space kernel)"),
     ]

@@ -42,11 +42,12 @@ use serde_json::{json, Value};
 use super::{check_run_id, gvisor, lxc, stderr_tail, version_line, with_stderr};
 use crate::backend::launch::cli::{cli_spec, put_task, start_cli};
 use crate::backend::launch::{
-    check_idle, loopback_peer, IDLE_READY_DEADLINE, IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
+    check_idle, loopback_peer, loopback_server_task, stays_until_stdin_closes, IDLE_READY_DEADLINE,
+    IDLE_STOP_DEADLINE, PROCESS_DEADLINE,
 };
 use crate::backend::process::{self, cpuset, Process, Spec};
 use crate::backend::resources::{remove_lxc_container, remove_oci_container};
-use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv};
+use crate::backend::{Backend, BackendError, IdleInstance, Outcome, RunEnv, ServerInstance};
 use crate::host::cgroup::{
     budget_memory_bytes, cpu_list, cpu_quota_us, create_exclusive, rmdir_retry, subtree_dirs,
     Hierarchies, PIDS_MAX,
@@ -112,7 +113,10 @@ pub struct LaunchShape {
 impl LaunchShape {
     pub fn of(task: &Task) -> Self {
         LaunchShape {
-            share_host_net: matches!(task.workload, Workload::Net(_)),
+            // The runtimes have no network path of their own: `net` and an application
+            // server share the host's network namespace (loopback).
+            share_host_net: matches!(task.workload, Workload::Net(_))
+                || task.workload.server_app().is_some(),
             volume: matches!(&task.workload, Workload::Fs(p) if p.path == DataPath::Volume),
         }
     }
@@ -454,6 +458,32 @@ impl Backend for Bundled {
         }))
     }
 
+    /// An application server: its programs (the host's `redis-server`, ...) copied with their
+    /// libraries into the bundle rootfs (as the container tier's), served on 127.0.0.1 of the
+    /// host's network namespace, which these launches share (runsc: `--network=host`).
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        if task.workload.net_path() == crate::workload::NetPath::Nat {
+            return Err(BackendError::Unsupported(format!(
+                "{} has no NAT path of its own here (the tier shares the host's network): its nat path would be its direct one",
+                self.tier
+            )));
+        }
+        let (t, addr) = loopback_server_task(task)?;
+        let app = t
+            .workload
+            .server_app()
+            .expect("checked by loopback_server_task");
+        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+        rootfs::install_with_libs(&self.p.rootfs, &programs).map_err(|e| {
+            BackendError::Other(format!(
+                "installing the {} server into the {} rootfs: {e}",
+                app.name, self.tier
+            ))
+        })?;
+        let instance = self.start_idle(&t)?;
+        Ok(ServerInstance { instance, addr })
+    }
+
     fn finish(&mut self) -> Result<(), BackendError> {
         if std::mem::replace(&mut self.finished, true) {
             return Ok(());
@@ -536,7 +566,7 @@ impl Backend for Bundled {
             ),
             (
                 "net_path".into(),
-                "host network namespace, peer on 127.0.0.1 (both paths: no NAT of its own)"
+                "host network namespace, peer on 127.0.0.1 (both paths: no NAT of its own); application servers on 127.0.0.1 too"
                     .into(),
             ),
         ]);
@@ -674,8 +704,9 @@ impl Launch for Bundled {
             .map_err(|e| BackendError::io("recording the launch in the ledger", e))?;
         let mut spec = cli_spec(&p.bin, args, &p.budget.cpus);
         put_task(&mut spec, &task);
-        if matches!(task.workload, Workload::Idle(_)) {
-            // The idle agent ends when its stdin closes (the runtimes pass stdin through).
+        if stays_until_stdin_closes(&task) {
+            // The idle agent (and an application's) ends when its stdin closes (the runtimes
+            // pass stdin through).
             spec.stdin = process::Stdio::Pipe;
         }
         Ok(OciPlan {

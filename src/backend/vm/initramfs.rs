@@ -7,6 +7,11 @@
 //! `/dev/null`, empty `proc sys dev tmp mnt`, and
 //! the guest kernel's modules as `/lib/modules/<name>.ko` (short paths: the task that lists them
 //! travels hex-encoded on the kernel command line, which is at most 2048 bytes).
+//!
+//! An application server's launches (issue 12) get a second archive, [`build_with`]: the same
+//! contents plus a staging tree that `host::rootfs::install_with_libs` filled with the server's
+//! programs and their `ldd` closure, at their host paths, as for every tier with a rootfs. Only
+//! those launches boot it, so no other guest grows.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -233,11 +238,59 @@ pub fn estimated_size(agent: &Path, kernel: &GuestKernel) -> Result<u64, Initram
     Ok(total)
 }
 
+/// The regular files under `root` as (path inside the archive, host path), sorted; a symlink
+/// or any other kind of file is refused (a staging tree holds copies only).
+pub fn tree_files(root: &Path) -> Result<Vec<(String, PathBuf)>, InitramfsError> {
+    let mut out = vec![];
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).map_err(io("reading", &dir))? {
+            let e = e.map_err(io("reading", &dir))?;
+            let path = e.path();
+            let kind = e.file_type().map_err(io("stat", &path))?;
+            if kind.is_dir() {
+                todo.push(path);
+            } else if kind.is_file() {
+                let rel = path.strip_prefix(root).expect("under root");
+                out.push((format!("/{}", rel.display()), path));
+            } else {
+                return Err(InitramfsError::Entry(
+                    path.display().to_string(),
+                    "not a regular file or directory (a staging tree holds copies only)".into(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Size of the files under `root`, bytes (what [`build_with`] adds to the archive).
+pub fn tree_size(root: &Path) -> Result<u64, InitramfsError> {
+    let mut total = 0;
+    for (_, p) in tree_files(root)? {
+        total += std::fs::metadata(&p).map_err(io("stat", &p))?.len();
+    }
+    Ok(total)
+}
+
 /// Write the initramfs for `agent` and `kernel` to `dest` (temp file + rename). Returns the
 /// module paths inside it, in load order.
 pub fn build(
     agent: &Path,
     kernel: &GuestKernel,
+    dest: &Path,
+) -> Result<Vec<String>, InitramfsError> {
+    build_with(agent, kernel, None, dest)
+}
+
+/// [`build`], plus every regular file of the staging tree `extra` at its path relative to
+/// `extra` (read-only, executable: programs and libraries). A path the base archive already
+/// has is refused.
+pub fn build_with(
+    agent: &Path,
+    kernel: &GuestKernel,
+    extra: Option<&Path>,
     dest: &Path,
 ) -> Result<Vec<String>, InitramfsError> {
     require_static(agent)?;
@@ -249,6 +302,18 @@ pub fn build(
         let inside = module_path(&m.name);
         files.push((inside.clone(), data, 0o444));
         modules.push(inside);
+    }
+    if let Some(root) = extra {
+        for (inside, host) in tree_files(root)? {
+            if files.iter().any(|(p, _, _)| *p == inside) || inside == "/init" {
+                return Err(InitramfsError::Entry(
+                    inside,
+                    "the staging tree would replace a file of the base initramfs".into(),
+                ));
+            }
+            let data = std::fs::read(&host).map_err(io("reading", &host))?;
+            files.push((inside, data, 0o555));
+        }
     }
     let mut dirs: BTreeSet<String> = ["proc", "sys", "dev", "tmp", "mnt", "bin", "lib/modules"]
         .into_iter()
@@ -318,6 +383,25 @@ mod tests {
         assert_eq!(e[3].mode & 0o170_000, S_IFLNK);
         assert_eq!(e[3].data, b"/bin/x");
         assert!(e[4].data.is_empty());
+    }
+
+    #[test]
+    fn staging_tree_lists_copies_only() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(r.join("lib64")).unwrap();
+        std::fs::write(r.join("usr/bin/server"), b"elf").unwrap();
+        std::fs::write(r.join("lib64/ld.so"), b"loader!").unwrap();
+        let got: Vec<String> = tree_files(r).unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(got, ["/lib64/ld.so", "/usr/bin/server"]);
+        assert_eq!(tree_size(r).unwrap(), 10);
+        std::os::unix::fs::symlink("server", r.join("usr/bin/link")).unwrap();
+        let e = tree_files(r).unwrap_err().to_string();
+        assert!(
+            e.contains("usr/bin/link") && e.contains("copies only"),
+            "{e}"
+        );
     }
 
     #[test]

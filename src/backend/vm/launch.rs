@@ -1,4 +1,4 @@
-//! One idle instance's QEMU process and its directory (measured launches are the backend's
+//! One long-lived QEMU process (an idle instance, a server) and its directory (measured launches are the backend's
 //! `plan`/`start`/`teardown`).
 //!
 //! QEMU runs in its own session and process group (a terminal's Ctrl-C reaches the harness, which tears
@@ -23,7 +23,7 @@ use crate::host::proc::process_start_time;
 use crate::measure::launch::Started;
 use crate::state::ledger::{Resource, RunState};
 
-/// A running (or exited, not yet released) QEMU of an idle instance.
+/// A running (or exited, not yet released) QEMU of an idle instance or a server.
 pub struct Launch {
     state: Arc<RunState>,
     dir: PathBuf,
@@ -87,6 +87,20 @@ impl Launch {
 
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// QEMU's stdin, when the spec piped it (a server's guest console input).
+    pub fn take_stdin(&mut self) -> Option<std::fs::File> {
+        self.process.stdin.take().map(std::fs::File::from)
+    }
+
+    /// Wait until QEMU exits by itself, at most until `until`; past it QEMU is killed. True
+    /// when it exited by itself. The caller then [`Launch::stop`]s it (which releases).
+    pub fn wait_exit(&mut self, until: Instant) -> bool {
+        if self.process.is_reaped() {
+            return true;
+        }
+        self.process.wait(until, &AtomicBool::new(false)).is_ok()
     }
 
     /// QEMU's own error output so far, formatted to append to an error ("" when silent).

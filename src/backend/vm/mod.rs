@@ -25,7 +25,9 @@
 //! the net workload (`net` and `net_nat` alike) reaches the host's [`NetPeer`] through a tap
 //! device and virtio-net ([`tap`]). Workloads are fitted to the guest's RAM, and under emulation
 //! scaled down by time budget ([`scale`]). Idle instances for the density measurement boot
-//! without disk or tap, any number at once ([`idle`]).
+//! without disk or tap, any number at once ([`idle`]). Application servers (issue 12) boot an
+//! initramfs that also carries the server's programs, on the run's tap, and serve until asked
+//! to stop ([`server`]).
 //!
 //! `finish` stops live idle instances, then the peer and the tap, then removes the image and
 //! the work directory (RELIABILITY rule 2's order). Not protected against: the guest's network
@@ -38,6 +40,7 @@ pub mod kernel;
 pub mod launch;
 pub mod qemu;
 pub mod scale;
+pub mod server;
 pub mod tap;
 
 use std::collections::BTreeMap;
@@ -55,7 +58,9 @@ use self::qemu::{Accel, Drive, LaunchSpec, Qemu, VmmKind};
 use self::scale::Fit;
 use crate::backend::launch::cli::{cli_spec, start_cli};
 use crate::backend::process::Spec;
-use crate::backend::{Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv};
+use crate::backend::{
+    Backend, BackendError, BackendOptions, IdleInstance, Outcome, RunEnv, ServerInstance,
+};
 use crate::host::net::subnet;
 use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
@@ -292,9 +297,13 @@ struct Prepared {
     qemu: Qemu,
     qemu_version: Option<String>,
     kernel: GuestKernel,
+    /// The agent binary (what every initramfs carries as /init).
+    agent: PathBuf,
     /// `<scratch>/<tier>`: the initramfs, the disk image and the per-launch directories.
     work: PathBuf,
     initrd: PathBuf,
+    /// The application servers' initramfs, made on first need.
+    apps: Vec<server::AppInitrd>,
     modules: Vec<String>,
     cpus: Vec<usize>,
     memory_mib: u64,
@@ -456,8 +465,10 @@ impl Vm {
                 qemu: Qemu { binary: qemu },
                 qemu_version,
                 kernel,
+                agent: env.agent.clone(),
                 work,
                 initrd,
+                apps: vec![],
                 modules,
                 cpus: env.budget.cpus.clone(),
                 memory_mib: env.budget.memory_mib,
@@ -687,18 +698,19 @@ impl Launch for Vm {
                 g.net_addr = Some(net.link.guest_cidr());
                 tap_name = Some(net.tap.clone());
             }
-            Workload::Redis(_) => {
-                return Err(BackendError::Unsupported(format!(
-                    "not yet carried by {tier} (issue 12)"
-                )))
-            }
             Workload::Idle(_) | Workload::Density(_) => {
                 return Err(BackendError::Other(format!(
                     "{} is not a measured launch: the density measurement uses start_idle",
                     task.workload.name()
                 )))
             }
-            Workload::Noop | Workload::Cpu(_) | Workload::Memory(_) => {}
+            w if w.server_app().is_some() => {
+                return Err(BackendError::Other(format!(
+                    "{} is not a measured launch: the host serves it with start_server",
+                    w.name()
+                )))
+            }
+            _ => {}
         }
         task.guest = Some(g);
         let mut spec = p.spec(accel, &task)?;
@@ -811,6 +823,10 @@ impl Backend for Vm {
             });
         }
         Ok(Box::new(p.idle.add(n, launch)))
+    }
+
+    fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
+        server::start(self, task)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {

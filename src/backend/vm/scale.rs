@@ -75,7 +75,9 @@ impl Fit {
                 cap("time_budget_ms", &mut p.time_budget_ms);
                 cap("stream_duration_ms", &mut p.stream_duration_ms);
             }
-            Workload::Noop | Workload::Idle(_) | Workload::Density(_) | Workload::Redis(_) => {}
+            // Nothing to scale: noop, idle, density, and the application servers (sized by the
+            // guest's RAM, driven by the host).
+            _ => {}
         }
         notes
     }

@@ -1,7 +1,8 @@
 //! Application workloads (issue 12): the real server runs inside the tier, the host drives it
 //! through the tier's own network path with the application's own benchmark client, pinned to
-//! CPUs outside the tier's budget. So far: [`redis`].
+//! CPUs outside the tier's budget. So far: [`redis`], [`mysql`].
 
+pub mod mysql;
 pub mod redis;
 
 /// The CPUs this process may run on that are not in `budget`: where the benchmark client runs,

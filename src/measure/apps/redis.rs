@@ -15,6 +15,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, ServerInstance};
@@ -129,12 +130,14 @@ pub fn bench_args(p: &RedisParams, addr: SocketAddr, c: u32) -> Vec<String> {
     ]
 }
 
-/// Run one point: the benchmark pinned to `cpus`, killed at the deadline.
+/// Run one point: the benchmark pinned to `cpus`, killed at the deadline or when `cancel` is
+/// set (Ctrl-C: [`BackendError::Interrupted`]).
 fn run_point(
     p: &RedisParams,
     addr: SocketAddr,
     c: u32,
     cpus: &[usize],
+    cancel: &AtomicBool,
 ) -> Result<String, BackendError> {
     let mut cmd = Command::new(&p.client_bin);
     cmd.args(bench_args(p, addr, c))
@@ -178,14 +181,19 @@ fn run_point(
         s
     });
     let deadline = Instant::now() + Duration::from_secs(p.point_timeout_s);
+    let mut cancelled = false;
     let status = loop {
-        if let Some(st) = child
-            .try_wait()
-            .map_err(|e| BackendError::io("waiting for redis-benchmark", e))?
-        {
-            break Some(st);
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BackendError::io("waiting for redis-benchmark", e));
+            }
         }
-        if Instant::now() >= deadline {
+        cancelled = cancel.load(Ordering::Relaxed);
+        if cancelled || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -195,6 +203,7 @@ fn run_point(
     let out = out_t.join().unwrap_or_default();
     let err = err_t.join().unwrap_or_default();
     match status {
+        None if cancelled => Err(BackendError::Interrupted),
         None => Err(BackendError::Other(format!(
             "redis: redis-benchmark -c {c} against {addr} did not finish within point_timeout_s = {}: lower requests or raise point_timeout_s",
             p.point_timeout_s
@@ -207,10 +216,18 @@ fn run_point(
     }
 }
 
-/// Wait until the server at `addr` answers PING, or fail at `deadline`.
-fn wait_ping(addr: SocketAddr, deadline: Instant, timeout_s: u64) -> Result<(), BackendError> {
+/// Wait until the server at `addr` answers PING, or fail at `deadline` (or on `cancel`).
+fn wait_ping(
+    addr: SocketAddr,
+    deadline: Instant,
+    timeout_s: u64,
+    cancel: &AtomicBool,
+) -> Result<(), BackendError> {
     use std::io::Write;
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(BackendError::Interrupted);
+        }
         let t = Duration::from_millis(200);
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, t) {
             let _ = s.set_read_timeout(Some(t));
@@ -232,18 +249,20 @@ fn wait_ping(addr: SocketAddr, deadline: Instant, timeout_s: u64) -> Result<(), 
 }
 
 /// One redis measurement (every connection count) on `backend`, the client on `client_cpus`.
-/// The server is stopped whatever fails.
+/// `cancel` (Ctrl-C) is checked between points and kills a running benchmark. The server is
+/// stopped whatever fails.
 pub fn measure(
     backend: &mut dyn Backend,
     p: &RedisParams,
     client_cpus: &[usize],
+    cancel: &AtomicBool,
 ) -> Result<Vec<Metric>, BackendError> {
     p.check_binaries().map_err(BackendError::Other)?;
     let task = Task::new(Workload::Redis(p.clone()));
     let t0 = Instant::now();
     let ServerInstance { instance, addr } = backend.start_server(&task)?;
     let deadline = t0 + Duration::from_secs(p.start_timeout_s);
-    let res = wait_ping(addr, deadline, p.start_timeout_s).and_then(|()| {
+    let res = wait_ping(addr, deadline, p.start_timeout_s, cancel).and_then(|()| {
         let start_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut m = vec![Metric::new(
             "server_start_ms",
@@ -252,7 +271,10 @@ pub fn measure(
             Better::Lower,
         )];
         for &c in &p.connections {
-            let out = run_point(p, addr, c, client_cpus)?;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(BackendError::Interrupted);
+            }
+            let out = run_point(p, addr, c, client_cpus, cancel)?;
             let rows = parse_csv(&out).map_err(BackendError::Other)?;
             m.extend(point_metrics(&rows, c));
         }

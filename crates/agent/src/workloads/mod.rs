@@ -12,6 +12,7 @@
 pub mod cpu;
 pub mod fs;
 pub mod memory;
+pub mod mysql;
 pub mod net;
 pub mod redis;
 
@@ -33,6 +34,7 @@ pub fn run(workload: &Workload) -> Result<Vec<Metric>, String> {
             Err("density is measured by the host; the agent runs `idle` instances".into())
         }
         Workload::Redis(p) => redis::run(p),
+        Workload::Mysql(p) => mysql::run(p),
     }
 }
 
