@@ -103,6 +103,7 @@ pub fn arms_config(cfg: &AbConfig) -> ArmsConfig {
         seed: cfg.seed,
         strict: true,
         label: cfg.out_dir.display().to_string(),
+        labels: BTreeMap::new(),
     }
 }
 

@@ -55,11 +55,15 @@ pub enum Command {
     Ab(AbArgs),
     /// Per-metric trends of the stored runs, and a trend chart per metric.
     History(HistoryArgs),
-    /// (Re)draw the report of a run: index.html, charts/*.svg|png and summary.md in its folder.
+    /// (Re)draw the report of a run: index.html, charts/*.svg|png and summary.md in its folder;
+    /// given two or more runs (e.g. from several hosts), one merged report with a column per run.
     Report {
-        /// The run's folder (holding results.json).
-        #[arg(default_value = "reports/latest")]
-        run_dir: PathBuf,
+        /// The run's folder (holding results.json); two or more: a merged report into --out.
+        #[arg(default_value = "reports/latest", num_args = 1..)]
+        run_dirs: Vec<PathBuf>,
+        /// Where a merged report (two or more runs) is written [default: reports/merged].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         /// Open index.html in a browser ($BROWSER, xdg-open, or chromium on a display) when one
         /// is there; without one, say so and print the path (exit 0).
         #[arg(long)]
@@ -159,6 +163,11 @@ pub struct RunArgs {
     /// Do not store the run in the history database.
     #[arg(long)]
     pub no_history: bool,
+    /// Label of the run, key=value (repeatable; one word means label=WORD), e.g. --label
+    /// host_class=kvm-metal --label kernel=6.1: stored in results.json and the history; merged
+    /// reports and `history --label` group by it.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -227,4 +236,31 @@ pub struct HistoryArgs {
     /// How many of the latest runs to show.
     #[arg(long, value_name = "K", default_value_t = 20)]
     pub last: usize,
+    /// Only runs of this host (its hostname).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub host: Option<String>,
+    /// Only runs of this scenario (its name).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub scenario: Option<String>,
+    /// Only runs carrying this label, key=value or one word (repeatable: all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", global = true)]
+    pub labels: Vec<String>,
+    #[command(subcommand)]
+    pub action: Option<HistoryAction>,
+}
+
+/// `isobench history export|import`: move runs between history databases.
+#[derive(Debug, Subcommand, Clone)]
+pub enum HistoryAction {
+    /// Write the runs (all, or those the filters select) to FILE as JSON lines, one run a line.
+    Export {
+        /// The portable file to write (`-` for stdout).
+        file: PathBuf,
+    },
+    /// Add the runs of exported FILEs (or results.json files / run folders); a run already
+    /// stored (same run id and host) is skipped, so importing twice stores it once.
+    Import {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
 }

@@ -64,6 +64,7 @@ impl Builder {
             tiers: vec![],
             summaries: vec![],
             samples: vec![],
+            labels: BTreeMap::new(),
         };
         Builder { r }
     }

@@ -13,6 +13,7 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     let base = Results::load(&a.base)?;
     let new = Results::load(&a.new)?;
     let opts = compare_options(a.thresholds.as_deref(), &base)?;
+    print_hosts(&base, &new);
     let c = compare(
         &base,
         &a.base.display().to_string(),
@@ -21,6 +22,17 @@ pub fn run(a: &CompareArgs) -> anyhow::Result<ExitCode> {
         &opts,
     );
     Ok(report_comparison(&c, a.format))
+}
+
+/// Runs of different hosts: both hosts' facts on stderr, so the reader sees what differs.
+fn print_hosts(base: &Results, new: &Results) {
+    let (b, n) = (&base.host, &new.host);
+    if (&b.hostname, &b.cpu_model, &b.kernel) != (&n.hostname, &n.cpu_model, &n.kernel) {
+        use crate::report::multi::host_line;
+        eprintln!("WARNING: the runs come from different hosts; their facts:");
+        eprintln!("  base  {}", host_line(b));
+        eprintln!("  new   {}", host_line(n));
+    }
 }
 
 /// Thresholds: --thresholds FILE, else the **base** run's scenario `[compare]`, else the

@@ -23,7 +23,11 @@ pub fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Ab(args) => ab::run(args),
         Command::History(args) => history::run(&args),
         Command::Cleanup { images, common } => cleanup::run(images, &common),
-        Command::Report { run_dir, open } => report::run(&run_dir, open),
+        Command::Report {
+            run_dirs,
+            open,
+            out,
+        } => report::dispatch(&run_dirs, out.as_deref(), open),
         Command::FetchKernel { common } => fetch_kernel::run(&common),
         Command::Completions { shell } => completions(shell),
         Command::Man { subcommand } => man(subcommand.as_deref()),

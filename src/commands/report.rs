@@ -9,6 +9,24 @@ use crate::exit_codes::ExitCode;
 use crate::model::results::Results;
 use crate::outln;
 
+/// One run: its own report, as before; two or more: one merged report (src/report/multi.rs).
+pub fn dispatch(run_dirs: &[PathBuf], out: Option<&Path>, open: bool) -> anyhow::Result<ExitCode> {
+    match run_dirs {
+        [one] if out.is_none() => run(one, open),
+        [_] => anyhow::bail!("--out is for a merged report of two or more runs: give more run folders, or drop --out (one run's report goes into its own folder)"),
+        many => {
+            let out = out.unwrap_or(Path::new(crate::report::multi::DEFAULT_OUT));
+            let files = crate::report::multi::write_merged_report(many, out)?;
+            outln!("merged report of {} runs: {}", many.len(), files.index_html.display());
+            outln!("summary: {}", files.summary_md.display());
+            if open {
+                open_in_browser(&files.index_html)?;
+            }
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
 pub fn run(run_dir: &Path, open: bool) -> anyhow::Result<ExitCode> {
     let results = Results::load(run_dir)?;
     let files = crate::report::write_report(run_dir, &results)

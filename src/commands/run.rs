@@ -26,6 +26,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Validate every input before any side effect: nothing (state directory, --out) is created
     // until every check below has passed.
     check_baseline(&args)?;
+    let labels = crate::model::results::parse_labels(&args.labels).map_err(anyhow::Error::msg)?;
     if let Some(n) = args.runs {
         bounds::check_runs_override(n).map_err(anyhow::Error::msg)?;
     }
@@ -82,6 +83,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         options,
         quiet: args.quiet,
         seed: args.seed,
+        labels,
     };
 
     let interrupt = install_interrupt(&cfg.state_root)?;

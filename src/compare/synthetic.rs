@@ -37,6 +37,7 @@ pub fn results(hostname: &str, samples: Vec<Sample>) -> Results {
             memory_mib: 512,
         },
         order: None,
+        labels: BTreeMap::new(),
         tiers: vec![],
         summaries: vec![],
         samples,

@@ -1,16 +1,19 @@
 //! Run history: every run stored in one SQLite file (default `reports/history.sqlite`) with its
 //! git commit, branch, date, host and scenario, its per-metric summaries and its raw samples.
 //! `--baseline history` pools the samples of the last K runs of the same host and scenario.
+//! Runs carry their `--label`s; `portable` moves runs between databases (export/import).
 //! Schema: docs/compare.md.
 
+pub mod portable;
 pub mod trends;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::model::results::{Results, Sample};
+use crate::model::results::{labels_text, Results, Sample};
 use crate::model::tier::Tier;
 use crate::protocol::Better;
 
@@ -18,8 +21,73 @@ use crate::protocol::Better;
 pub const DEFAULT_PATH: &str = "reports/history.sqlite";
 /// Runs pooled by `--baseline history`.
 pub const DEFAULT_BASELINE_RUNS: usize = 5;
-/// Bumped on every incompatible schema change (SQLite `user_version`).
-const SCHEMA: i64 = 1;
+/// Bumped on every schema change (SQLite `user_version`); older versions listed in
+/// [`History::open`] are migrated in place.
+/// 2: `runs.labels` (the run's `--label`s, `k=v,k=v`; '' for runs stored before).
+const SCHEMA: i64 = 2;
+
+/// Tables of schema version 2 (every statement idempotent).
+const TABLES: &str = "CREATE TABLE IF NOT EXISTS runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL, recorded_at TEXT NOT NULL, started_at TEXT NOT NULL,
+        git_commit TEXT, git_branch TEXT,
+        host TEXT NOT NULL, cpu_model TEXT NOT NULL, kernel TEXT NOT NULL,
+        scenario TEXT NOT NULL,
+        meta_json TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '');
+     CREATE TABLE IF NOT EXISTS summaries (
+        run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        tier TEXT NOT NULL, workload TEXT NOT NULL, metric TEXT NOT NULL, unit TEXT NOT NULL,
+        better TEXT NOT NULL, n INTEGER NOT NULL, median REAL NOT NULL,
+        ci_low REAL NOT NULL, ci_high REAL NOT NULL, mean REAL NOT NULL, stddev REAL NOT NULL);
+     CREATE TABLE IF NOT EXISTS samples (
+        run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        tier TEXT NOT NULL, workload TEXT NOT NULL, metric TEXT NOT NULL, unit TEXT NOT NULL,
+        better TEXT NOT NULL, round INTEGER NOT NULL, value REAL NOT NULL);
+     CREATE INDEX IF NOT EXISTS runs_by_host ON runs(host, scenario, id);
+     CREATE INDEX IF NOT EXISTS runs_by_run_id ON runs(run_id, host);
+     CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run);
+     CREATE INDEX IF NOT EXISTS summaries_by_run ON summaries(run);";
+
+/// Which runs `history` and `history export` look at: every given field must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub host: Option<String>,
+    pub scenario: Option<String>,
+    /// Each of these labels (key and value) must be on the run.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl RunFilter {
+    fn keeps(&self, row: &RunRow) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| row.labels.get(k) == Some(v))
+    }
+
+    /// What the filter selects, for messages ("" when it selects everything).
+    pub fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(h) = &self.host {
+            parts.push(format!("host {h}"));
+        }
+        if let Some(s) = &self.scenario {
+            parts.push(format!("scenario {s}"));
+        }
+        if !self.labels.is_empty() {
+            parts.push(format!("label {}", labels_text(&self.labels)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// The stored `k=v,k=v` text back as a map (pairs without `=` are ignored).
+pub fn parse_stored_labels(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -88,6 +156,8 @@ pub struct RunRow {
     pub git_branch: Option<String>,
     pub host: String,
     pub scenario: String,
+    /// The run's `--label`s (empty for runs stored before schema version 2).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl RunRow {
@@ -125,35 +195,25 @@ impl History {
         let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql)?;
-        if found != 0 && found != SCHEMA {
-            return Err(HistoryError::Version {
-                path: path.into(),
-                found,
-            });
+        match found {
+            // New file (or one never written): create the current tables.
+            0 => conn
+                .execute_batch(&format!("{TABLES} PRAGMA user_version = {SCHEMA};"))
+                .map_err(sql)?,
+            // Version 1 gains the labels column (every run stored before has none).
+            1 => conn
+                .execute_batch(&format!(
+                    "BEGIN; ALTER TABLE runs ADD COLUMN labels TEXT NOT NULL DEFAULT ''; {TABLES} PRAGMA user_version = {SCHEMA}; COMMIT;"
+                ))
+                .map_err(sql)?,
+            SCHEMA => {}
+            _ => {
+                return Err(HistoryError::Version {
+                    path: path.into(),
+                    found,
+                })
+            }
         }
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS runs (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                run_id TEXT NOT NULL, recorded_at TEXT NOT NULL, started_at TEXT NOT NULL,
-                git_commit TEXT, git_branch TEXT,
-                host TEXT NOT NULL, cpu_model TEXT NOT NULL, kernel TEXT NOT NULL,
-                scenario TEXT NOT NULL,
-                meta_json TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS summaries (
-                run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-                tier TEXT NOT NULL, workload TEXT NOT NULL, metric TEXT NOT NULL, unit TEXT NOT NULL,
-                better TEXT NOT NULL, n INTEGER NOT NULL, median REAL NOT NULL,
-                ci_low REAL NOT NULL, ci_high REAL NOT NULL, mean REAL NOT NULL, stddev REAL NOT NULL);
-             CREATE TABLE IF NOT EXISTS samples (
-                run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-                tier TEXT NOT NULL, workload TEXT NOT NULL, metric TEXT NOT NULL, unit TEXT NOT NULL,
-                better TEXT NOT NULL, round INTEGER NOT NULL, value REAL NOT NULL);
-             CREATE INDEX IF NOT EXISTS runs_by_host ON runs(host, scenario, id);
-             CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run);
-             CREATE INDEX IF NOT EXISTS summaries_by_run ON summaries(run);
-             PRAGMA user_version = 1;",
-        )
-        .map_err(sql)?;
         Ok(History {
             conn,
             path: path.into(),
@@ -169,6 +229,17 @@ impl History {
 
     /// Store a run; returns its row id.
     pub fn record(&mut self, r: &Results, git: &GitInfo) -> Result<i64, HistoryError> {
+        let recorded_at = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.insert(r, git, &recorded_at)
+    }
+
+    /// Store a run as recorded at `recorded_at`; returns its row id.
+    fn insert(
+        &mut self,
+        r: &Results,
+        git: &GitInfo,
+        recorded_at: &str,
+    ) -> Result<i64, HistoryError> {
         let path = self.path.clone();
         let sql = |source| HistoryError::Sql {
             path: path.clone(),
@@ -181,12 +252,11 @@ impl History {
             ..r.clone()
         };
         let meta_json = serde_json::to_string(&meta).expect("results serialise");
-        let recorded_at = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
-            "INSERT INTO runs (run_id, recorded_at, started_at, git_commit, git_branch, host, cpu_model, kernel, scenario, meta_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![r.run_id, recorded_at, r.started_at, git.commit, git.branch, r.host.hostname, r.host.cpu_model, r.host.kernel, r.scenario.name, meta_json],
+            "INSERT INTO runs (run_id, recorded_at, started_at, git_commit, git_branch, host, cpu_model, kernel, scenario, meta_json, labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![r.run_id, recorded_at, r.started_at, git.commit, git.branch, r.host.hostname, r.host.cpu_model, r.host.kernel, r.scenario.name, meta_json, labels_text(&r.labels)],
         )
         .map_err(sql)?;
         let id = tx.last_insert_rowid();
@@ -243,16 +313,29 @@ impl History {
         scenario: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunRow>, HistoryError> {
+        let filter = RunFilter {
+            host: host.map(String::from),
+            scenario: scenario.map(String::from),
+            labels: BTreeMap::new(),
+        };
+        self.runs_where(&filter, limit)
+    }
+
+    /// The last `limit` runs (oldest first) that `filter` keeps.
+    pub fn runs_where(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, HistoryError> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, run_id, recorded_at, started_at, git_commit, git_branch, host, scenario FROM runs
-                 WHERE (?1 IS NULL OR host = ?1) AND (?2 IS NULL OR scenario = ?2) ORDER BY id DESC LIMIT ?3",
+                "SELECT id, run_id, recorded_at, started_at, git_commit, git_branch, host, scenario, labels FROM runs
+                 WHERE (?1 IS NULL OR host = ?1) AND (?2 IS NULL OR scenario = ?2) ORDER BY id DESC",
             )
             .map_err(|e| self.sql(e))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st
-            .query_map(params![host, scenario, limit], |r| {
+            .query_map(params![filter.host, filter.scenario], |r| {
                 Ok(RunRow {
                     id: r.get(0)?,
                     run_id: r.get(1)?,
@@ -262,11 +345,34 @@ impl History {
                     git_branch: r.get(5)?,
                     host: r.get(6)?,
                     scenario: r.get(7)?,
+                    labels: parse_stored_labels(&r.get::<_, String>(8)?),
                 })
             })
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.sql(e))?;
-        Ok(rows.into_iter().rev().collect())
+        let mut out = vec![];
+        for row in rows {
+            let row = row.map_err(|e| self.sql(e))?;
+            if filter.keeps(&row) {
+                out.push(row);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The row id of the run `run_id` of `host`, when stored.
+    pub fn find(&self, run_id: &str, host: &str) -> Result<Option<i64>, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM runs WHERE run_id = ?1 AND host = ?2 ORDER BY id LIMIT 1",
+                params![run_id, host],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
     }
 
     /// A stored run, rebuilt as `Results` (summaries recomputed from the samples).

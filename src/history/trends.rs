@@ -66,7 +66,17 @@ impl History {
     /// The last `last` runs (all hosts and scenarios) and, per metric, the median of each run.
     /// `metric` keeps only metrics of that name.
     pub fn trends(&self, metric: Option<&str>, last: usize) -> Result<Trends, HistoryError> {
-        let runs = self.runs(None, None, last)?;
+        self.trends_where(&super::RunFilter::default(), metric, last)
+    }
+
+    /// As [`History::trends`], over the runs `filter` keeps.
+    pub fn trends_where(
+        &self,
+        filter: &super::RunFilter,
+        metric: Option<&str>,
+        last: usize,
+    ) -> Result<Trends, HistoryError> {
+        let runs = self.runs_where(filter, last)?;
         let mut by_key: BTreeMap<(String, String), Trend> = BTreeMap::new();
         let mut st = self
             .conn
@@ -115,13 +125,18 @@ pub fn table(t: &Trends) -> String {
     for (i, r) in t.runs.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  #{i}: {} {} host {} scenario {} branch {} ({})",
+            "  #{i}: {} {} host {} scenario {} branch {} ({}){}",
             r.label(),
             r.started_at,
             r.host,
             r.scenario,
             r.git_branch.as_deref().unwrap_or("-"),
-            r.run_id
+            r.run_id,
+            if r.labels.is_empty() {
+                String::new()
+            } else {
+                format!(" labels {}", crate::model::results::labels_text(&r.labels))
+            }
         );
     }
     let mut tab = Table::new();

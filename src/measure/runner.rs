@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub quiet: bool,
     /// `--seed`: the launch order's seed (wins over the scenario's).
     pub seed: Option<u64>,
+    /// `--label`s, recorded in results.json.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One arm of a run: a tier with its backend settings, under a label.
@@ -83,6 +85,8 @@ pub struct ArmsConfig {
     pub strict: bool,
     /// Names the run in the state directory's log.
     pub label: String,
+    /// `run --label`s, recorded in every output's results.json.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How a run ended.
@@ -297,6 +301,7 @@ pub fn run(
         seed: cfg.seed,
         strict: false,
         label: cfg.out_dir.display().to_string(),
+        labels: cfg.labels.clone(),
     };
     let mut results = run_arms(&arms_cfg, cancel, host)?;
     Ok(RunOutcome {
@@ -446,6 +451,7 @@ fn run_owned(
             scenario: cfg.scenario.clone(),
             budget: budget.clone(),
             order: Some(order.clone()),
+            labels: cfg.labels.clone(),
             tiers: vec![],
             summaries: vec![],
             samples: vec![],

@@ -20,7 +20,8 @@ use crate::stats::{self, Ratio};
 /// 3: summaries carry honest intervals (`ci_low`/`ci_high` null below n = 5, `ci_coverage`,
 /// `ci_missing`); files of versions 1 and 2 have their summaries recomputed from their samples
 /// when loaded.
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: `labels` (`run --label`), absent (no labels) in older files: compatible, nothing recomputed.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// First schema version whose stored summaries are used as they are (older ones carried
 /// bootstrap "95%" intervals at any n; [`Results::load`] recomputes them from the samples).
@@ -143,6 +144,46 @@ pub struct Results {
     pub tiers: Vec<TierRecord>,
     pub summaries: Vec<MetricSummary>,
     pub samples: Vec<Sample>,
+    /// `run --label key=value` (a bare word is `label=WORD`): what a merged report and the
+    /// history group and filter runs by (empty before schema version 4).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Longest label key or value accepted.
+pub const LABEL_MAX: usize = 64;
+
+/// `--label` arguments as a map: each `key=value`, or a bare word meaning `label=WORD`. Keys are
+/// `[a-z0-9_-]`; values are printable, without `,` (labels are shown and stored comma-joined).
+pub fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a.split_once('=').unwrap_or(("label", a.as_str()));
+        let (k, v) = (k.trim(), v.trim());
+        let key_ok = !k.is_empty()
+            && k.len() <= LABEL_MAX
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let value_ok = !v.is_empty()
+            && v.chars().count() <= LABEL_MAX
+            && v.chars().all(|c| !c.is_control() && c != ',');
+        if !key_ok || !value_ok {
+            return Err(format!("--label {a:?}: give key=value (key of a-z, 0-9, _ or -; value of 1 to {LABEL_MAX} characters without a comma), or one word, e.g. --label host_class=kvm-metal"));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("--label {k} given twice: give each key once"));
+        }
+    }
+    Ok(out)
+}
+
+/// Labels as shown and stored: `key=value` pairs joined by `,` (empty when none).
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +438,28 @@ mod tests {
         std::fs::write(&path, fresh).unwrap();
         let again = Results::load(&path).unwrap();
         assert_eq!(again.summaries, back.summaries);
+    }
+
+    #[test]
+    fn labels_parse_and_old_files_have_none() {
+        let l = parse_labels(&["host_class=kvm-metal".into(), "ci".into()]).unwrap();
+        assert_eq!(labels_text(&l), "host_class=kvm-metal,label=ci");
+        for bad in ["Bad=x", "k=", "=v", "k=a,b", "k=x\ny"] {
+            assert!(parse_labels(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(parse_labels(&["a=1".into(), "a=2".into()]).is_err());
+        // A version 3 file (no labels) loads with none; labels written come back.
+        let mut r = crate::compare::synthetic::results("old", vec![sample(Tier::Bare, 2.0)]);
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("labels").is_none(), "no labels, no field");
+        v["schema_version"] = 3.into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(Results::load(&path).unwrap().labels.is_empty());
+        r.labels = l.clone();
+        r.write(dir.path()).unwrap();
+        assert_eq!(Results::load(dir.path()).unwrap().labels, l);
     }
 
     /// A results.json of schema version 1 (no order, no position, no previous_tier) still

@@ -42,7 +42,7 @@ pub fn tier_hex(t: Tier) -> String {
     format!("#{r:02x}{g:02x}{b:02x}")
 }
 
-fn colour(t: Tier) -> RGBColor {
+pub(super) fn colour(t: Tier) -> RGBColor {
     let (r, g, b) = tier_rgb(t);
     RGBColor(r, g, b)
 }
@@ -76,23 +76,28 @@ pub struct Chart {
     pub svg: String,
 }
 
-type DrawResult = Result<(), String>;
+pub(super) type DrawResult = Result<(), String>;
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(super) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn style(size: u32) -> TextStyle<'static> {
+pub(super) fn style(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).color(&BLACK)
 }
 
 /// What one chart draws; `draw` is generic so the same code feeds the SVG and the PNG backend.
-trait Spec {
+pub(super) trait Spec {
     fn height(&self) -> u32;
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult;
 }
 
-fn render(spec: &impl Spec, dir: &Path, stem: &str, title: &str) -> Result<Chart, ReportError> {
+pub(super) fn render(
+    spec: &impl Spec,
+    dir: &Path,
+    stem: &str,
+    title: &str,
+) -> Result<Chart, ReportError> {
     let size = (WIDTH, spec.height());
     let fail = |message: String| ReportError::Chart {
         chart: stem.to_string(),
@@ -146,7 +151,7 @@ fn legend<DB: DrawingBackend>(
 }
 
 /// Axis tick labels: no trailing zeros on round numbers.
-fn axis_num(v: f64) -> String {
+pub(super) fn axis_num(v: f64) -> String {
     if v == 0.0 {
         "0".into()
     } else if v.abs() >= 100.0 || v.fract() == 0.0 {
@@ -166,7 +171,7 @@ fn tier_label(tier: &str, s: &crate::stats::Summary) -> String {
     }
 }
 
-fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(super) fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
         .fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));

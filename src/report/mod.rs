@@ -10,6 +10,7 @@ mod html;
 pub mod isolation;
 mod markdown;
 pub mod metrics;
+pub mod multi;
 pub mod published;
 
 use std::path::{Path, PathBuf};

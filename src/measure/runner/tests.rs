@@ -93,6 +93,7 @@ fn run_in(
         seed: None,
         strict: false,
         label: "fake test".into(),
+        labels: BTreeMap::from([("k".to_string(), "v".to_string())]),
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let res = run_arms(&cfg, cancel.clone(), host());
