@@ -134,7 +134,10 @@ fn bare_run_writes_results_and_samples() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], isobench::model::results::SCHEMA_VERSION);
+    assert_eq!(
+        r["schema_version"],
+        isobench::model::results::SCHEMA_VERSION
+    );
     assert_eq!(r["interrupted"], false);
     assert_eq!(r["tiers"][0]["tier"], "bare");
     assert_eq!(r["tiers"][0]["status"], "ran");

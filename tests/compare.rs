@@ -241,7 +241,8 @@ fn different_hosts_warn_in_every_format() {
     }
 }
 
-/// The real path on the bare tier: `run` stores history, `run --baseline history` compares,
+/// The real path on the bare tier (the startup scenario: the default one is the whole claims
+/// suite): `run` stores history, `run --baseline history` compares,
 /// `history` draws trends, `ab` writes both sides and compares them.
 #[test]
 fn run_baseline_history_and_ab_on_bare() {
@@ -255,7 +256,16 @@ fn run_baseline_history_and_ab_on_bare() {
     let (d1, d2) = (tmp.path().join("r1"), tmp.path().join("r2"));
     let run = |out: &Path, extra: &[&str]| {
         base()
-            .args(["run", "--backends", "bare", "-n", "6", "-q", "--out"])
+            .args([
+                "run",
+                "scenarios/startup.toml",
+                "--backends",
+                "bare",
+                "-n",
+                "6",
+                "-q",
+            ])
+            .arg("--out")
             .arg(out)
             .arg("--history")
             .arg(&h)
@@ -305,6 +315,7 @@ fn run_baseline_history_and_ab_on_bare() {
     let o = base()
         .args([
             "ab",
+            "scenarios/startup.toml",
             "--backends",
             "bare",
             "--a",
