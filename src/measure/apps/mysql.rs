@@ -19,8 +19,6 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, ServerInstance};
@@ -134,46 +132,11 @@ fn sysbench(
     timeout_s: u64,
     what: &str,
 ) -> Result<String, BackendError> {
-    let mut cmd = Command::new(&p.client_bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let cpus = cpus.to_vec();
-    // SAFETY: between fork and exec only sched_setaffinity and prctl (async-signal-safe; the
-    // CpuSet is built on the stack from a vector made before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if !cpus.is_empty() {
-                let mut set = nix::sched::CpuSet::new();
-                for &c in &cpus {
-                    let _ = set.set(c);
-                }
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                    .map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        BackendError::Other(format!(
-            "mysql: cannot run {}: {e}; install it with `{MYSQL_INSTALL}`",
-            p.client_bin
-        ))
-    })?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let super::Client {
+        mut child,
+        stdout: out_t,
+        stderr: err_t,
+    } = super::spawn_client("mysql", &p.client_bin, args, cpus, MYSQL_INSTALL)?;
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     let status = loop {
         if let Some(st) = child

@@ -13,8 +13,6 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -139,47 +137,17 @@ fn run_point(
     cpus: &[usize],
     cancel: &AtomicBool,
 ) -> Result<String, BackendError> {
-    let mut cmd = Command::new(&p.client_bin);
-    cmd.args(bench_args(p, addr, c))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let cpus = cpus.to_vec();
-    // SAFETY: between fork and exec only sched_setaffinity and prctl (async-signal-safe; the
-    // CpuSet is built on the stack from a vector made before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if !cpus.is_empty() {
-                let mut set = nix::sched::CpuSet::new();
-                for &c in &cpus {
-                    let _ = set.set(c);
-                }
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                    .map_err(std::io::Error::from)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        BackendError::Other(format!(
-            "redis: cannot run {}: {e}; install it with `{}`",
-            p.client_bin,
-            crate::workload::REDIS_INSTALL
-        ))
-    })?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let super::Client {
+        mut child,
+        stdout: out_t,
+        stderr: err_t,
+    } = super::spawn_client(
+        "redis",
+        &p.client_bin,
+        &bench_args(p, addr, c),
+        cpus,
+        crate::workload::REDIS_INSTALL,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(p.point_timeout_s);
     let mut cancelled = false;
     let status = loop {

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod mysql;
 pub mod net;
 pub mod redis;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::lower;
+use super::{lower, server};
 use crate::protocol::{Metric, Task, TASK_ENV};
 use crate::workload::{MysqlParams, Workload, MYSQL_INSTALL};
 
@@ -196,8 +196,15 @@ fn serve(p: &MysqlParams, addr: SocketAddr, data: &Path) -> Result<Vec<Metric>, 
     let (mut child, tail) = spawn(p, &server_args(p, data))?;
     drop(child.stdin.take());
     let deadline = t0 + Duration::from_secs(p.start_timeout_s);
-    if let Err(e) = wait_ready(addr, deadline, &mut child) {
-        stop(&mut child);
+    if let Err(e) = server::wait_ready(
+        "mysql",
+        "greet a client",
+        addr,
+        deadline,
+        &mut child,
+        greets,
+    ) {
+        server::stop(&mut child, STOP_DEADLINE);
         let why = tail.join().unwrap_or_default();
         return Err(if why.is_empty() {
             e
@@ -209,7 +216,7 @@ fn serve(p: &MysqlParams, addr: SocketAddr, data: &Path) -> Result<Vec<Metric>, 
     let served = Instant::now();
     super::idle_until(p.max_s, || matches!(child.try_wait(), Ok(None)));
     let died = !matches!(child.try_wait(), Ok(None));
-    stop(&mut child);
+    server::stop(&mut child, STOP_DEADLINE);
     if died {
         return Err("mysql: the server exited while serving".into());
     }
@@ -228,43 +235,6 @@ pub fn greets(addr: SocketAddr, timeout: Duration) -> bool {
     let _ = s.set_read_timeout(Some(timeout));
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).is_ok() && buf[4] == 10
-}
-
-fn wait_ready(addr: SocketAddr, deadline: Instant, child: &mut Child) -> Result<(), String> {
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("mysql: the server exited before accepting ({st})"));
-        }
-        if greets(addr, Duration::from_millis(200)) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "mysql: the server did not greet a client at {addr} in time"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// SIGTERM, wait at most [`STOP_DEADLINE`], then SIGKILL; always reaped.
-fn stop(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid (not yet reaped, so not reused).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let until = Instant::now() + STOP_DEADLINE;
-    while Instant::now() < until {
-        if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::lower;
+use super::{lower, server};
 use crate::protocol::Metric;
 use crate::workload::RedisParams;
 
@@ -100,15 +100,15 @@ pub fn run(p: &RedisParams) -> Result<Vec<Metric>, String> {
         });
     }
     let deadline = t0 + Duration::from_secs(p.start_timeout_s);
-    if let Err(e) = wait_ready(addr, deadline, &mut child) {
-        stop(&mut child);
+    if let Err(e) = server::wait_ready("redis", "answer PING", addr, deadline, &mut child, ping) {
+        server::stop(&mut child, STOP_DEADLINE);
         return Err(e);
     }
     let start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let served = Instant::now();
     super::idle_until(p.max_s, || matches!(child.try_wait(), Ok(None)));
     let died = !matches!(child.try_wait(), Ok(None));
-    stop(&mut child);
+    server::stop(&mut child, STOP_DEADLINE);
     if died {
         return Err("redis: the server exited while serving".into());
     }
@@ -126,43 +126,6 @@ pub fn ping(addr: SocketAddr, timeout: Duration) -> bool {
     let _ = s.set_read_timeout(Some(timeout));
     let mut buf = [0u8; 7];
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-fn wait_ready(addr: SocketAddr, deadline: Instant, child: &mut Child) -> Result<(), String> {
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("redis: the server exited before accepting ({st})"));
-        }
-        if ping(addr, Duration::from_millis(200)) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "redis: the server did not answer PING at {addr} in time"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// SIGTERM, wait at most [`STOP_DEADLINE`], then SIGKILL; always reaped.
-fn stop(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid (not yet reaped, so not reused).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let until = Instant::now() + STOP_DEADLINE;
-    while Instant::now() < until {
-        if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]
