@@ -226,7 +226,7 @@ pub fn tier_notes(r: &Results) -> Vec<String> {
 
 /// Progress of a run on stderr: on a terminal one updating line (bar, launches, round, the tier
 /// and workload launching, elapsed, ETA); otherwise a plain line per round (at most one every
-/// [`PLAIN_EVERY`]), so a CI log shows where a run is without carriage returns. Quiet: nothing.
+/// [`PLAIN_EVERY`], and at least one every [`PLAIN_AT_LEAST`] while launches go on), so a CI log shows where a run is without carriage returns. Quiet: nothing.
 pub struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
@@ -247,6 +247,9 @@ struct ProgressState {
 
 /// Fewest seconds between two plain progress lines.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(10);
+/// Inside a long round, a plain line at the first launch after this long without one, so a
+/// CI log never goes silent for a whole round.
+pub const PLAIN_AT_LEAST: Duration = Duration::from_secs(60);
 
 /// "1m05s", "42s".
 pub fn duration_text(d: Duration) -> String {
@@ -294,7 +297,9 @@ impl Progress {
         } else if self.plain {
             let due = match st.last_plain {
                 None => true,
-                Some((at, r)) => r != round && at.elapsed() >= PLAIN_EVERY,
+                Some((at, r)) => {
+                    (r != round && at.elapsed() >= PLAIN_EVERY) || at.elapsed() >= PLAIN_AT_LEAST
+                }
             };
             if due {
                 st.last_plain = Some((Instant::now(), round));

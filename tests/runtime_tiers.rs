@@ -438,7 +438,11 @@ fn docker_density() {
         let get = |n: &str| m.iter().find(|x| x.name == n).map(|x| x.value);
         let pss = get("memory_per_instance_mib").expect("pss slope");
         assert!(pss > 0.5 && pss < 64.0, "docker pss slope {pss}");
-        assert!(get("cgroup_memory_per_instance_mib").is_some_and(|v| v > 0.0));
+        // The cgroup slope is fitted, not its sign asserted: with counts 0, 1, 2 it rests on two
+        // points, and a cgroup is charged for the page cache it touches first, so the second
+        // instance can be charged less than the first (the readings themselves are checked
+        // above: each instance's own cgroup holds memory).
+        assert!(get("cgroup_memory_per_instance_mib").is_some_and(f64::is_finite));
         assert_eq!(get("instances_exited_early"), Some(0.0));
     });
     drop(own);

@@ -171,6 +171,14 @@ pub trait Backend {
             self.tier()
         )))
     }
+    /// Make what `start_server` needs for this application and keeps for the run (an image, an
+    /// initramfs), so that it is off the server-start clock. The runner calls it once per tier
+    /// and application workload, after `prepare` and before the first round; `start_server`
+    /// must still work (and make it then) when it was not called. Nothing to make: Ok.
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        let _ = task;
+        Ok(())
+    }
 }
 
 /// A tier serving an application: the running instance and where the host reaches it.

@@ -555,6 +555,33 @@ fn record_index(cfg: &ArmsConfig, i: usize) -> usize {
     cfg.arms[..i].iter().filter(|a| a.output == out).count()
 }
 
+/// What each application workload's server needs that the tier keeps for the run (an image,
+/// an initramfs), made before the first round so no server start is timed with it. A failure
+/// is recorded and the launches go on: `start_server` tries again and fails with its own error.
+fn prepare_servers(
+    cfg: &ArmsConfig,
+    backend: &mut dyn Backend,
+    record: &mut TierRecord,
+    arm: &Arm,
+    cancel: &AtomicBool,
+) {
+    for w in cfg.scenario.workloads.iter() {
+        if w.server_app().is_none() || cancel.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = backend.prepare_server(&Task::new(w.clone())) {
+            if !cfg.quiet {
+                eprintln!("{}: preparing {}: {e}", arm_name(arm), w.name());
+            }
+            record.failures.push(Failure {
+                workload: w.name().into(),
+                round: 0,
+                message: format!("preparing the server: {e}"),
+            });
+        }
+    }
+}
+
 /// Prepare, interleave, measure; backends are always finished, whatever happens.
 fn measure(
     cfg: &ArmsConfig,
@@ -584,7 +611,8 @@ fn measure(
             eprintln!("preparing {} ...", arm_name(arm));
         }
         match registry::make(arm.tier, &envs[i]) {
-            Ok(backend) => {
+            Ok(mut backend) => {
+                prepare_servers(cfg, backend.as_mut(), record, arm, cancel);
                 let mut settings = backend.settings();
                 settings.extend(arm.extra_settings.clone());
                 if cfg
