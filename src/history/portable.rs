@@ -221,11 +221,8 @@ mod tests {
         assert_eq!(back.samples.len(), orig.len());
         for (x, y) in back.samples.iter().zip(&orig) {
             assert_eq!((x.tier, &x.metric, x.round), (y.tier, &y.metric, y.round));
-            // serde_json's default float parser may be 1 ulp off (as for results.json itself).
-            assert!(
-                (x.value - y.value).abs() <= 4.0 * f64::EPSILON * y.value.abs(),
-                "{x:?} {y:?}"
-            );
+            // Exact: serde_json parses floats with `float_roundtrip` (Cargo.toml).
+            assert_eq!(x.value.to_bits(), y.value.to_bits(), "{x:?} {y:?}");
         }
 
         let small = RunFilter {

@@ -442,7 +442,8 @@ impl Spec for StartupRatios {
         let (lo, hi) = (lo.min(0.8), hi.max(1.25));
         let n = self.tiers.len();
         let k = self.runs.len();
-        let slots = i32::try_from(n * (k + 1)).unwrap_or(1);
+        // Half-slot units: a bar is 2 wide, so its whisker can sit at its centre (odd x).
+        let slots = i32::try_from(2 * n * (k + 1)).unwrap_or(1);
         let mut chart = ChartBuilder::on(root)
             .caption("noop launch → exit, tier / bare, per run", style(20))
             .margin(12)
@@ -452,14 +453,15 @@ impl Spec for StartupRatios {
             .build_cartesian_2d(0..slots, (lo..hi).log_scale())
             .map_err(err)?;
         let names: Vec<String> = self.tiers.iter().map(|(t, _)| t.to_string()).collect();
-        let per = i32::try_from(k + 1).unwrap_or(1);
+        let per = 2 * i32::try_from(k + 1).unwrap_or(1);
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(slots as usize)
             .x_label_formatter(&|x| {
                 let i = usize::try_from(*x / per).unwrap_or(0);
-                if *x % per == per / 2 {
+                // The centre of the group's k bars (2k half-slots wide).
+                if *x % per == per / 2 - 1 {
                     names.get(i).cloned().unwrap_or_default()
                 } else {
                     String::new()
@@ -476,14 +478,17 @@ impl Spec for StartupRatios {
         for (ti, (_, ratios)) in self.tiers.iter().enumerate() {
             for (ri, r) in ratios.iter().enumerate() {
                 let Some(r) = r else { continue };
-                let x = i32::try_from(ti).unwrap_or(0) * per + i32::try_from(ri).unwrap_or(0);
+                let x = i32::try_from(ti).unwrap_or(0) * per + 2 * i32::try_from(ri).unwrap_or(0);
                 let c = run_colour(ri);
                 chart
-                    .draw_series([Rectangle::new([(x, lo), (x + 1, r.ratio)], c.filled())])
+                    .draw_series([Rectangle::new([(x, lo), (x + 2, r.ratio)], c.filled())])
                     .map_err(err)?;
                 if let Some((a, b)) = r.ci() {
                     chart
-                        .draw_series([PathElement::new([(x, a), (x, b)], BLACK.stroke_width(2))])
+                        .draw_series([PathElement::new(
+                            [(x + 1, a), (x + 1, b)],
+                            BLACK.stroke_width(2),
+                        )])
                         .map_err(err)?;
                 }
             }
