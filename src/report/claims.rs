@@ -423,28 +423,15 @@ fn density_vs_bare(r: &Results, ct: Tier) -> Check {
                 ),
             )
         }
-        (c, b) => {
-            let missing: Vec<String> = [(ct, c.is_none()), (Tier::Bare, b.is_none())]
-                .iter()
-                .filter(|(_, gone)| *gone)
-                .map(|(t, _)| {
-                    if ran(r, *t) {
-                        format!("{t} has no density slope with an interval")
-                    } else {
-                        format!("{t} did not run")
-                    }
-                })
-                .collect();
-            check(
-                &what,
-                Verdict::Inconclusive,
-                format!(
-                    "not measured ({}); {}",
-                    missing.join(", "),
-                    workload_hint(m::DENSITY_PREFIX)
-                ),
-            )
-        }
+        (c, b) => check(
+            &what,
+            Verdict::Inconclusive,
+            format!(
+                "not measured ({}); {}",
+                no_slope(r, &[(ct, c.is_none()), (Tier::Bare, b.is_none())]),
+                workload_hint(m::DENSITY_PREFIX)
+            ),
+        ),
     }
 }
 
@@ -748,25 +735,31 @@ fn memory_check(r: &Results, vm: Tier, ct: Tier) -> Check {
                 format!("{vm} {} vs {ct} {}{ratio}", fmt_slope(v), fmt_slope(c)),
             )
         }
-        (v, c) => {
-            let missing: Vec<String> = [(vm, v.is_none()), (ct, c.is_none())]
-                .iter()
-                .filter(|(_, gone)| *gone)
-                .map(|(t, _)| {
-                    if ran(r, *t) {
-                        format!("{t} has no density slope with an interval")
-                    } else {
-                        format!("{t} did not run")
-                    }
-                })
-                .collect();
-            check(
-                &what,
-                Verdict::Inconclusive,
-                format!("not measured ({})", missing.join(", ")),
-            )
-        }
+        (v, c) => check(
+            &what,
+            Verdict::Inconclusive,
+            format!(
+                "not measured ({})",
+                no_slope(r, &[(vm, v.is_none()), (ct, c.is_none())])
+            ),
+        ),
     }
+}
+
+/// Why the tiers marked missing have no density slope: did not run, or ran without one.
+fn no_slope(r: &Results, tiers: &[(Tier, bool)]) -> String {
+    tiers
+        .iter()
+        .filter(|(_, gone)| *gone)
+        .map(|(t, _)| {
+            if ran(r, *t) {
+                format!("{t} has no density slope with an interval")
+            } else {
+                format!("{t} did not run")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The container tiers claim 3's memory is judged against: docker and container, each where
