@@ -14,6 +14,7 @@ use super::claims::ran_emulated;
 use super::esc;
 use crate::model::results::Results;
 use crate::model::tier::Tier;
+use crate::stats::{self, Ratio};
 
 const FELTER_TOML: &str = include_str!("felter2015.toml");
 const FONT: &str = "sans-serif";
@@ -104,24 +105,57 @@ fn tiers_with(r: &Results, workload: &str) -> Vec<Tier> {
     t
 }
 
-/// A tier's value over bare's at the highest x both have (Redis), or peak over peak (MySQL).
-fn ratio(r: &Results, tier: Tier, workload: &str, prefix: &str, peak: bool) -> Option<f64> {
-    let ours = series(r, tier, workload, prefix);
+/// The values of one metric of `workload` for `tier`, one per measured launch.
+fn values(r: &Results, tier: Tier, workload: &str, metric: &str) -> Vec<f64> {
+    r.samples
+        .iter()
+        .filter(|s| s.tier == tier && s.workload == workload && s.metric == metric)
+        .map(|s| s.value)
+        .collect()
+}
+
+/// A tier's throughput over bare's at the highest x both have (Redis: connections): the ratio
+/// of the two medians, with its bootstrap interval from 5 launches a side up
+/// ([`stats::ratio_of_medians`], as every ratio of the report).
+fn point_ratio(r: &Results, tier: Tier, workload: &str, prefix: &str) -> Option<Ratio> {
     let bare = series(r, Tier::Bare, workload, prefix);
-    let pick = |s: &[(u32, f64)]| -> Option<f64> {
-        if peak {
-            s.iter().map(|p| p.1).reduce(f64::max)
-        } else {
-            let x = ours
-                .iter()
-                .map(|p| p.0)
-                .filter(|x| bare.iter().any(|b| b.0 == *x))
-                .max()?;
-            s.iter().find(|p| p.0 == x).map(|p| p.1)
-        }
-    };
-    let (o, b) = (pick(&ours)?, pick(&bare)?);
-    (b > 0.0).then(|| o / b)
+    let x = series(r, tier, workload, prefix)
+        .iter()
+        .map(|p| p.0)
+        .filter(|x| bare.iter().any(|b| b.0 == *x))
+        .max()?;
+    let metric = format!("{prefix}{x}");
+    stats::ratio_of_medians(
+        &values(r, tier, workload, &metric),
+        &values(r, Tier::Bare, workload, &metric),
+        stats::BOOTSTRAP_RESAMPLES,
+    )
+}
+
+/// Each launch's peak (MySQL: its best tps over the thread sweep), one per round.
+fn peaks(r: &Results, tier: Tier, workload: &str, prefix: &str) -> Vec<f64> {
+    let mut by_round: std::collections::BTreeMap<u32, f64> = Default::default();
+    for s in r.samples.iter().filter(|s| {
+        s.tier == tier
+            && s.workload == workload
+            && s.metric
+                .strip_prefix(prefix)
+                .is_some_and(|x| x.parse::<u32>().is_ok())
+    }) {
+        let e = by_round.entry(s.round).or_insert(f64::NEG_INFINITY);
+        *e = e.max(s.value);
+    }
+    by_round.into_values().collect()
+}
+
+/// A tier's peak over bare's peak, whatever thread count each peaked at (the study's "at
+/// peak"): the ratio of the medians of the launches' peaks, with its bootstrap interval.
+fn peak_ratio(r: &Results, tier: Tier, workload: &str, prefix: &str) -> Option<Ratio> {
+    stats::ratio_of_medians(
+        &peaks(r, tier, workload, prefix),
+        &peaks(r, Tier::Bare, workload, prefix),
+        stats::BOOTSTRAP_RESAMPLES,
+    )
 }
 
 /// An axis label: whole numbers from 10 up, two decimals below.
@@ -225,52 +259,76 @@ fn study_peer(r: &Results, tier: Tier, study: &[(String, f64)], app: &str, volum
         };
     }
     match (app, volume, tier) {
-        ("redis", _, Tier::Docker) => {
-            format!("{} / {}", pick("Docker net=host"), pick("Docker NAT"))
-        }
-        ("redis", _, _) => pick("Docker net=host"),
+        // For Redis `volume` says the tier also ran the NAT path (`redis_nat`).
+        ("redis", true, _) => format!(
+            "direct ~ {}; NAT ~ {}",
+            pick("Docker net=host"),
+            pick("Docker NAT")
+        ),
+        ("redis", false, _) => pick("Docker net=host"),
         (_, true, _) => pick("Docker net=host, volume"),
         (_, false, _) => pick("Docker NAT, layered"),
     }
 }
 
-fn ratio_cell(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
+/// "0.84 [0.80, 0.88]" (the 95% interval), "0.84 (n = 3 vs 3: no interval)", or "–".
+fn ratio_cell(v: &Option<Ratio>) -> String {
+    match v {
+        None => "–".into(),
+        Some(r) => match r.ci() {
+            Some((lo, hi)) => format!("{:.2} [{lo:.2}, {hi:.2}]", r.ratio),
+            None => format!("{:.2} (no interval)", r.ratio),
+        },
+    }
 }
 
 /// What the section shows, as rows: (tier, [our ratios], study peer), per application.
 struct AppTable {
     app: &'static str,
     columns: Vec<String>,
-    rows: Vec<(Tier, Vec<Option<f64>>, String)>,
+    rows: Vec<(Tier, Vec<Option<Ratio>>, String)>,
     study: Vec<(String, f64)>,
 }
 
 fn tables(r: &Results) -> Vec<AppTable> {
     let mut out = vec![];
-    let redis = tiers_with(r, "redis");
+    let mut redis = tiers_with(r, "redis");
+    let nat = tiers_with(r, "redis_nat");
+    redis.extend(nat.iter().copied());
+    redis.sort();
+    redis.dedup();
     if !redis.is_empty() {
-        let max_c = series(r, Tier::Bare, "redis", "get_rps_c")
-            .last()
-            .map(|p| p.0);
-        let at = max_c
-            .map(|c| format!(" at {c} connections"))
-            .unwrap_or_default();
+        let top = |w: &str| {
+            series(r, Tier::Bare, w, "get_rps_c")
+                .last()
+                .map(|p| format!(" at {} connections", p.0))
+                .unwrap_or_default()
+        };
+        let (at, at_nat) = (top("redis"), top("redis_nat"));
         let study = study_ratios("redis");
+        let mut columns = vec![
+            format!("SET / bare{at}, direct"),
+            format!("GET / bare{at}, direct"),
+        ];
+        if !nat.is_empty() {
+            columns.push(format!("SET / bare{at_nat}, NAT"));
+            columns.push(format!("GET / bare{at_nat}, NAT"));
+        }
         out.push(AppTable {
             app: "redis",
-            columns: vec![format!("SET / bare{at}"), format!("GET / bare{at}")],
+            columns,
             rows: redis
                 .iter()
                 .map(|&t| {
-                    (
-                        t,
-                        vec![
-                            ratio(r, t, "redis", "set_rps_c", false),
-                            ratio(r, t, "redis", "get_rps_c", false),
-                        ],
-                        study_peer(r, t, &study, "redis", false),
-                    )
+                    let mut v = vec![
+                        point_ratio(r, t, "redis", "set_rps_c"),
+                        point_ratio(r, t, "redis", "get_rps_c"),
+                    ];
+                    if !nat.is_empty() {
+                        v.push(point_ratio(r, t, "redis_nat", "set_rps_c"));
+                        v.push(point_ratio(r, t, "redis_nat", "get_rps_c"));
+                    }
+                    (t, v, study_peer(r, t, &study, "redis", nat.contains(&t)))
                 })
                 .collect(),
             study,
@@ -299,8 +357,8 @@ fn tables(r: &Results) -> Vec<AppTable> {
                     (
                         t,
                         vec![
-                            ratio(r, t, "mysql", "tps_t", true),
-                            ratio(r, t, "mysql_volume", "tps_t", true),
+                            peak_ratio(r, t, "mysql", "tps_t"),
+                            peak_ratio(r, t, "mysql_volume", "tps_t"),
                         ],
                         peer,
                     )
@@ -389,7 +447,7 @@ pub fn html(r: &Results, out: &mut String) {
         out,
         "<section id=\"apps\">\n<h2>Applications: Redis and MySQL beside the study</h2>"
     );
-    out.push_str("<p class=\"muted\">The server runs inside each tier and the benchmark client on the host, over the tier's own network path (docs/apps.md). Lines are medians per point; the tables give each tier's ratio to bare (Redis: at the highest connection count; MySQL: peak tps over bare's peak, whatever thread count each peaked at), beside the study's ratio to native for its comparable configuration (Felter et al. 2015, from the authors' data). The study ran on a 32-core, 2-machine testbed; this run's host may be small and shared, and its VM tier may be emulated.</p>\n");
+    out.push_str("<p class=\"muted\">The server runs inside each tier and the benchmark client on the host, over the tier's own network path (docs/apps.md). Lines are medians per point; the tables give each tier's ratio to bare with its 95% bootstrap interval from 5 launches a side (Redis: requests/s at the highest connection count, direct and through NAT; MySQL: the median of each launch's peak tps over bare's, whatever thread count each peaked at), beside the study's ratio to native for its comparable configuration (Felter et al. 2015, from the authors' data). The study ran on a 32-core, 2-machine testbed; this run's host may be small and shared, and its VM tier may be emulated.</p>\n");
     for t in &tables {
         let _ = writeln!(out, "<h3>{}</h3>", esc(t.app));
         for (w, prefix, title, x, y) in chart_specs(t.app) {
@@ -415,7 +473,7 @@ pub fn html(r: &Results, out: &mut String) {
                 esc(tier.as_str())
             );
             for v in vals {
-                let _ = write!(out, "<td class=\"n\">{}</td>", ratio_cell(*v));
+                let _ = write!(out, "<td class=\"n\">{}</td>", ratio_cell(v));
             }
             let _ = writeln!(out, "<td>{}</td></tr>", esc(peer));
         }
@@ -450,7 +508,7 @@ pub fn markdown(r: &Results, o: &mut String) {
         );
         let _ = writeln!(o, "|---|{}---|", "---:|".repeat(t.columns.len()));
         for (tier, vals, peer) in &t.rows {
-            let v: Vec<String> = vals.iter().map(|v| ratio_cell(*v)).collect();
+            let v: Vec<String> = vals.iter().map(ratio_cell).collect();
             let _ = writeln!(o, "| {tier} | {} | {peer} |", v.join(" | "));
         }
         let s: Vec<String> = t.study.iter().map(|(l, v)| format!("{l} {v:.3}")).collect();
@@ -461,6 +519,8 @@ pub fn markdown(r: &Results, o: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::results::Sample;
+    use crate::protocol::Better;
 
     #[test]
     fn study_ratios_come_from_the_authors_data() {
@@ -474,5 +534,70 @@ mod tests {
         // (83.0 / 107.3 + 83.3 / 112.9) / 2
         assert!((nat - 0.7556).abs() < 0.001, "{nat}");
         assert!(study_ratios("nginx").is_empty());
+    }
+
+    /// Samples of `metric` for `tier`, one per round, from `values`.
+    fn launches(tier: Tier, workload: &str, metric: &str, values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(round, &value)| Sample {
+                tier,
+                workload: workload.into(),
+                metric: metric.into(),
+                unit: "tps".into(),
+                better: Better::Higher,
+                round: round as u32,
+                value,
+                position: None,
+                previous_tier: None,
+                kind: Default::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mysql_peak_is_each_launchs_best_point_and_has_an_interval() {
+        // Bare peaks at 4 threads (100), the container at 2 (80): peak over peak is 0.8,
+        // although no single thread count gives it.
+        let mut s = vec![];
+        s.extend(launches(Tier::Bare, "mysql", "tps_t2", &[90.0; 6]));
+        s.extend(launches(
+            Tier::Bare,
+            "mysql",
+            "tps_t4",
+            &[100.0, 101.0, 99.0, 100.0, 102.0, 98.0],
+        ));
+        s.extend(launches(
+            Tier::Container,
+            "mysql",
+            "tps_t2",
+            &[80.0, 81.0, 79.0, 80.0, 82.0, 78.0],
+        ));
+        s.extend(launches(Tier::Container, "mysql", "tps_t4", &[60.0; 6]));
+        let mut r = crate::compare::synthetic::results("h", s);
+        r.summarize();
+        let p = peak_ratio(&r, Tier::Container, "mysql", "tps_t").unwrap();
+        assert!((p.ratio - 0.8).abs() < 1e-9, "{p:?}");
+        let (lo, hi) = p.ci().expect("6 launches a side: an interval");
+        assert!(lo <= 0.8 && hi >= 0.8 && lo > 0.7 && hi < 0.9, "{p:?}");
+        assert!(ratio_cell(&Some(p)).starts_with("0.80 ["));
+    }
+
+    #[test]
+    fn redis_ratio_is_at_the_highest_common_point_and_says_when_it_has_no_interval() {
+        let mut s = vec![];
+        s.extend(launches(Tier::Bare, "redis", "set_rps_c1", &[10.0; 3]));
+        s.extend(launches(Tier::Bare, "redis", "set_rps_c120", &[200.0; 3]));
+        s.extend(launches(Tier::Bare, "redis", "set_rps_c200", &[300.0; 3]));
+        s.extend(launches(Tier::Gvisor, "redis", "set_rps_c1", &[5.0; 3]));
+        s.extend(launches(Tier::Gvisor, "redis", "set_rps_c120", &[100.0; 3]));
+        let mut r = crate::compare::synthetic::results("h", s);
+        r.summarize();
+        let p = point_ratio(&r, Tier::Gvisor, "redis", "set_rps_c").unwrap();
+        assert_eq!(p.ratio, 0.5);
+        assert!(p.ci().is_none());
+        assert_eq!(ratio_cell(&Some(p)), "0.50 (no interval)");
+        assert_eq!(ratio_cell(&None), "–");
     }
 }
