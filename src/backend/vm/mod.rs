@@ -538,6 +538,13 @@ fn other(e: impl std::fmt::Display) -> BackendError {
 }
 
 impl Prepared {
+    /// A launch ended uncleanly with the run's disk attached: reformat it before the next use.
+    fn mark_disk_dirty(&mut self) {
+        if let Some(d) = self.disk.as_mut() {
+            d.dirty = true;
+        }
+    }
+
     /// The run's disk image, made (or remade, when a launch left it dirty) on first need.
     fn ensure_disk(&mut self) -> Result<PathBuf, BackendError> {
         match &mut self.disk {
@@ -827,6 +834,10 @@ impl Backend for Vm {
 
     fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
         server::start(self, task)
+    }
+
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        server::prepare(self, task)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
