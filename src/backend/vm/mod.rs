@@ -928,6 +928,14 @@ impl Backend for Vm {
                 ),
             );
             s.insert(
+                "app_data_path".into(),
+                format!(
+                    "an application's data directory (mysql, data = rootfs and volume alike) on \
+                     the same virtio-blk disk at {}: the guest's root is its initramfs in RAM",
+                    disk::GUEST_MOUNT
+                ),
+            );
+            s.insert(
                 "net_path".into(),
                 format!(
                     "tap + virtio-net without vhost, a private /{} in {}/{} (net and net_nat \
