@@ -1,15 +1,18 @@
-//! Application servers inside the VM tiers (issue 12), end to end: `isobench run` with a tiny
-//! `redis` scenario on `emulated` (QEMU TCG; `microvm` is the same code with KVM, which needs a
-//! host with hardware virtualization). The agent, /init of the guest, starts `redis-server`
-//! from the guest's initramfs on the guest's address; `redis-benchmark` runs on the host
-//! against it over the tap. Real metrics are asserted, and a leak census before and after: no
-//! QEMU, no tap, no file of the run left. A server that cannot start in the guest fails its
-//! round with the agent's own reason and leaves nothing either.
+//! Application servers inside the VM tiers (issue 12), end to end: `isobench run` with tiny
+//! `redis` and `mysql` scenarios on `emulated` (QEMU TCG; `microvm` is the same code with KVM,
+//! which needs a host with hardware virtualization). The agent, /init of the guest, starts
+//! `redis-server` or `mariadbd` from the guest's initramfs on the guest's address (mysql's data
+//! directory on the guest's virtio-blk disk, made before ready); `redis-benchmark` or `sysbench`
+//! runs on the host against it over the tap. Real metrics are asserted, and a leak census
+//! before and after: no QEMU, no tap, no file of the run left (initramfs, disk image). A server
+//! that cannot start in the guest fails its round with the agent's own reason and leaves
+//! nothing either. The mysql run also carries `[tier.emulated] app_scale`, which must be in its
+//! results and its report.
 //!
 //! Needs root, QEMU, a cached guest kernel (`isobench fetch-kernel`) and
-//! `apt-get install redis-server redis-tools`; otherwise `SKIPPED <test>: <why>`, or a failure
-//! with `ISOBENCH_REQUIRE_VM=1`. Each test boots one or two guests under TCG (tens of seconds on
-//! a loaded 2-core machine); they run one at a time.
+//! `apt-get install redis-server redis-tools` (`mariadb-server sysbench` for mysql); otherwise
+//! `SKIPPED <test>: <why>`, or a failure with `ISOBENCH_REQUIRE_VM=1`. Each test boots one or
+//! two guests under TCG (tens of seconds on a loaded 2-core machine); they run one at a time.
 
 mod common;
 
@@ -25,21 +28,21 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const REQUIRE: &str = "ISOBENCH_REQUIRE_VM";
 
-/// Whether this host can run the test; says why not (SKIPPED) otherwise.
-fn can_run(test: &str) -> bool {
+const REDIS_BINS: [&str; 2] = ["/usr/bin/redis-server", "/usr/bin/redis-benchmark"];
+const MYSQL_BINS: [&str; 2] = ["/usr/sbin/mariadbd", "/usr/bin/sysbench"];
+
+/// Whether this host can run the test with `bins`; says why not (SKIPPED) otherwise.
+fn can_run(test: &str, bins: &[&str]) -> bool {
     if !common::privileged(test) {
         return false;
     }
-    for b in [
-        "/usr/bin/redis-server",
-        "/usr/bin/redis-benchmark",
-        "/usr/bin/qemu-system-x86_64",
-    ] {
+    for b in bins.iter().chain(&["/usr/bin/qemu-system-x86_64"]) {
         if !Path::new(b).is_file() {
             common::skip(
                 test,
                 &format!(
-                    "{b} is missing (apt-get install redis-server redis-tools qemu-system-x86)"
+                    "{b} is missing (apt-get install redis-server redis-tools mariadb-server \
+                     sysbench qemu-system-x86)"
                 ),
                 REQUIRE,
             );
@@ -60,12 +63,17 @@ fn can_run(test: &str) -> bool {
 /// Run `workload` (TOML lines of a `redis` workload) on `emulated` with its own state and output
 /// directories under `dir`; returns results.json and stderr.
 fn run(dir: &Path, workload: &str) -> (serde_json::Value, String) {
+    run_scenario(dir, &format!("[[workload]]\nkind = \"redis\"\n{workload}"))
+}
+
+/// Run `body` (tier tables and workloads) on `emulated`, one launch each; see [`run`].
+fn run_scenario(dir: &Path, body: &str) -> (serde_json::Value, String) {
     let scenario = dir.join("apps-vm.toml");
     std::fs::write(
         &scenario,
         format!(
             "name = \"apps-vm-test\"\n[defaults]\nruns = 1\nwarmup = 0\n[budget]\ncpus = 1\n\
-             memory_mib = 512\n[[workload]]\nkind = \"redis\"\n{workload}"
+             memory_mib = 512\n{body}"
         ),
     )
     .unwrap();
@@ -133,7 +141,7 @@ fn redis_in_an_emulated_guest_is_served_and_leaves_nothing() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run(test) {
+    if !can_run(test, &REDIS_BINS) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +184,7 @@ fn a_server_that_cannot_start_in_the_guest_says_why_and_leaves_nothing() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !can_run(test) {
+    if !can_run(test, &REDIS_BINS) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -192,6 +200,72 @@ fn a_server_that_cannot_start_in_the_guest_says_why_and_leaves_nothing() {
         failures.contains("ended before the server accepted")
             && failures.contains("exited before accepting"),
         "{failures}\n{stderr}"
+    );
+    assert_nothing_left(test, dir.path(), &before);
+}
+
+#[test]
+fn mysql_in_an_emulated_guest_is_served_from_its_disk_and_leaves_nothing() {
+    let test = "mysql_in_an_emulated_guest_is_served_from_its_disk_and_leaves_nothing";
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !can_run(test, &MYSQL_BINS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let before = common::census(&[&dir.path().join("state")]);
+    // Both data paths (each on the guest's disk); points of 2 s scaled to the 1 s floor.
+    let mysql = |data: &str| {
+        format!(
+            "[[workload]]\nkind = \"mysql\"\ndata = \"{data}\"\nthreads = [1]\n\
+             table_rows = 1000\npoint_s = 2\npoint_timeout_s = 120\n"
+        )
+    };
+    let (r, stderr) = run_scenario(
+        dir.path(),
+        &format!(
+            "[tier.emulated]\napp_scale = 0.5\n{}{}",
+            mysql("rootfs"),
+            mysql("volume")
+        ),
+    );
+    let t = tier(&r);
+    assert_eq!(t["status"], "ran", "{t}\n{stderr}");
+    assert!(
+        t["failures"].as_array().is_none_or(|f| f.is_empty()),
+        "the server must bootstrap, serve and stop cleanly: {t}\n{stderr}"
+    );
+    assert!(
+        t["settings"]["app_data_path"]
+            .as_str()
+            .is_some_and(|s| s.contains("virtio-blk")),
+        "{t}"
+    );
+    let value = |workload: &str, metric: &str| -> Option<f64> {
+        r["samples"].as_array().unwrap().iter().find_map(|s| {
+            (s["tier"] == "emulated" && s["workload"] == workload && s["metric"] == metric)
+                .then(|| s["value"].as_f64().unwrap())
+        })
+    };
+    for w in ["mysql", "mysql_volume"] {
+        let tps = value(w, "tps_t1").unwrap_or_else(|| panic!("{w} tps_t1 missing: {stderr}"));
+        assert!(tps > 0.0, "{w} tps_t1 = {tps}");
+        // READY (guest booted, disk mounted, data directory bootstrapped) -> greeting: the
+        // server's own start, which the boot is not part of.
+        let start = value(w, "server_start_ms").expect("server_start_ms");
+        let tier_start = value(w, "tier_start_ms").expect("tier_start_ms");
+        assert!(
+            start > 0.0 && tier_start > 0.0,
+            "{w}: {start} / {tier_start}"
+        );
+    }
+    // The scale is in the results (the tier's plan) and beside the tier in the report.
+    assert_eq!(t["plan"]["app_scale"], 0.5, "{t}");
+    let summary = std::fs::read_to_string(dir.path().join("out/summary.md")).unwrap();
+    assert!(
+        summary.contains("emulated (points scaled ×0.5)"),
+        "the report must say the points were scaled: {summary}"
     );
     assert_nothing_left(test, dir.path(), &before);
 }

@@ -200,6 +200,12 @@ pub trait IdleInstance {
     fn cgroup_memory_bytes(&self) -> Option<u64> {
         None
     }
+    /// When a server instance signalled ready, where that is not when `start_server` returned
+    /// (a VM waits for its server to accept before returning): an application's start clock
+    /// runs from here. `None`: the return of `start_server`.
+    fn ready_at(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Stop the instance and release everything it holds (timed by nobody; must be complete).
     fn stop(self: Box<Self>) -> Result<(), BackendError>;
 }

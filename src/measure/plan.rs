@@ -409,6 +409,7 @@ mod tests {
             warmup,
             time_budget_s: budget,
             min_runs,
+            app_scale: None,
         }
     }
 

@@ -547,6 +547,8 @@ struct ArmRun {
     rec: usize,
     /// CPUs outside the tier's budget, for an application workload's benchmark client.
     client_cpus: Vec<usize>,
+    /// The tier's `app_scale` (application points shrunk, e.g. under TCG).
+    app_scale: Option<f64>,
 }
 
 /// The tier record of arm `i`: its output's records hold the arms of that output, in order.
@@ -644,6 +646,7 @@ fn measure(
                     out,
                     rec,
                     client_cpus: client_cpus.to_vec(),
+                    app_scale: plan.app_scale,
                 });
                 progress.push(Progress::new(plan, no_warmup.clone()));
             }
@@ -762,7 +765,8 @@ fn interleave(
             break;
         }
         let r = &mut runs[step.arm];
-        let workload = &cfg.scenario.workloads[step.workload];
+        let workload =
+            &crate::model::scenario::scale_app(&cfg.scenario.workloads[step.workload], r.app_scale);
         pb.step(step.round, &r.label, workload.name(), schedule.remaining());
         let start = Instant::now();
         let out = launch_samples(

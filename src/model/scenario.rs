@@ -30,6 +30,11 @@ pub struct RepeatPlan {
     pub time_budget_s: Option<f64>,
     /// Fewest measured launches even when the time budget is spent.
     pub min_runs: Option<u32>,
+    /// Size of every application point (redis requests, mysql point time and events) times
+    /// this, with a floor ([`scale_app`]): `[tier.emulated] app_scale = 0.05`, so a TCG guest
+    /// finishes. 0 < s <= 1; rates per second stay comparable, amounts do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_scale: Option<f64>,
 }
 
 /// A fully resolved plan for one tier.
@@ -39,6 +44,44 @@ pub struct ResolvedPlan {
     pub warmup: u32,
     pub time_budget_s: Option<f64>,
     pub min_runs: u32,
+    /// Application points scaled by this (absent: full size); recorded so that nobody compares
+    /// unlike sizes unknowingly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_scale: Option<f64>,
+}
+
+/// Fewest redis requests per operation and point once scaled.
+pub const MIN_SCALED_REQUESTS: u64 = 100;
+/// Fewest sysbench seconds per mysql point once scaled.
+pub const MIN_SCALED_POINT_S: u64 = 1;
+/// Fewest sysbench transactions (`--events`) per mysql point once scaled.
+pub const MIN_SCALED_EVENTS: u64 = 100;
+
+/// `w` with its application points scaled by `s` (`app_scale`): redis `requests`, mysql
+/// `point_s` and `point_events`, each rounded and held at its floor (never raised above the
+/// original); every other workload, and `None` or 1, unchanged. What a point measures per
+/// second is unchanged; only how long it runs.
+pub fn scale_app(w: &Workload, s: Option<f64>) -> Workload {
+    let Some(s) = s.filter(|s| *s < 1.0) else {
+        return w.clone();
+    };
+    let by = |v: u64, floor: u64| -> u64 {
+        // Lossless enough: point sizes are far below 2^53.
+        let scaled = (v as f64 * s).round() as u64;
+        scaled.max(floor).min(v)
+    };
+    match w {
+        Workload::Redis(p) => Workload::Redis(crate::workload::RedisParams {
+            requests: by(p.requests, MIN_SCALED_REQUESTS),
+            ..p.clone()
+        }),
+        Workload::Mysql(p) => Workload::Mysql(crate::workload::MysqlParams {
+            point_s: by(p.point_s, MIN_SCALED_POINT_S),
+            point_events: by(p.point_events, MIN_SCALED_EVENTS),
+            ..p.clone()
+        }),
+        w => w.clone(),
+    }
 }
 
 /// CPU and memory budget, identical for every tier.
@@ -258,6 +301,7 @@ impl Scenario {
             warmup: t.warmup.or(d.warmup).unwrap_or(2),
             time_budget_s: t.time_budget_s.or(d.time_budget_s),
             min_runs: t.min_runs.or(d.min_runs).unwrap_or(3).min(runs),
+            app_scale: t.app_scale.or(d.app_scale).filter(|s| *s < 1.0),
         }
     }
 
@@ -355,5 +399,76 @@ mod tests {
         assert_eq!(s.plan(Tier::Emulated, None).time_budget_s, Some(60.0));
         assert_eq!(s.plan(Tier::Emulated, Some(50)).runs, 50);
         assert_eq!(s.plan(Tier::Emulated, None).warmup, 1);
+        assert_eq!(s.plan(Tier::Emulated, None).app_scale, None);
+    }
+
+    #[test]
+    fn app_scale_is_per_tier_and_bounded() {
+        let s = Scenario::parse(
+            "name='x'\n[tier.emulated]\napp_scale = 0.05\n[tier.chroot]\napp_scale = 1.0\n[[workload]]\nkind='redis'\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(s.plan(Tier::Emulated, None).app_scale, Some(0.05));
+        assert_eq!(s.plan(Tier::Bare, None).app_scale, None);
+        // 1 is full size: not recorded as a scale.
+        assert_eq!(s.plan(Tier::Chroot, None).app_scale, None);
+        for bad in ["0", "0.0", "-0.5", "1.5", "nan", "inf"] {
+            let e = Scenario::parse(
+                &format!(
+                    "name='x'\n[tier.emulated]\napp_scale = {bad}\n[[workload]]\nkind='noop'\n"
+                ),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("[tier.emulated] app_scale") && e.contains("above 0 and at most 1"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn app_scale_shrinks_application_points_to_a_floor() {
+        use crate::workload::{MysqlParams, RedisParams};
+        let redis = Workload::Redis(RedisParams {
+            requests: 20_000,
+            ..RedisParams::default()
+        });
+        let Workload::Redis(r) = scale_app(&redis, Some(0.05)) else {
+            panic!()
+        };
+        assert_eq!(r.requests, 1_000);
+        assert_eq!(r.connections, RedisParams::default().connections);
+        let Workload::Redis(r) = scale_app(&redis, Some(0.001)) else {
+            panic!()
+        };
+        assert_eq!(r.requests, MIN_SCALED_REQUESTS);
+        // A point already below the floor is never raised.
+        let small = Workload::Redis(RedisParams {
+            requests: 10,
+            ..RedisParams::default()
+        });
+        assert_eq!(scale_app(&small, Some(0.5)), small);
+        let mysql = Workload::Mysql(MysqlParams {
+            point_s: 5,
+            point_events: 1_000_000,
+            ..MysqlParams::default()
+        });
+        let Workload::Mysql(m) = scale_app(&mysql, Some(0.05)) else {
+            panic!()
+        };
+        assert_eq!((m.point_s, m.point_events), (1, 50_000));
+        assert_eq!(m.table_rows, MysqlParams::default().table_rows);
+        let Workload::Mysql(m) = scale_app(&mysql, Some(0.5)) else {
+            panic!()
+        };
+        assert_eq!((m.point_s, m.point_events), (3, 500_000));
+        // Unscaled: the same workload; other workloads untouched.
+        assert_eq!(scale_app(&mysql, None), mysql);
+        assert_eq!(scale_app(&mysql, Some(1.0)), mysql);
+        assert_eq!(scale_app(&Workload::Noop, Some(0.1)), Workload::Noop);
     }
 }

@@ -271,6 +271,26 @@ fn study_peer(r: &Results, tier: Tier, study: &[(String, f64)], app: &str, volum
     }
 }
 
+/// "points scaled ×0.05" when `tier` ran its application points shrunk (`app_scale`).
+pub fn scale_note(r: &Results, tier: Tier) -> Option<String> {
+    let s = r
+        .tiers
+        .iter()
+        .find(|t| t.tier == tier)?
+        .plan
+        .as_ref()?
+        .app_scale?;
+    Some(format!("points scaled ×{s}"))
+}
+
+/// The tier as its row names it: with its scale when its points were shrunk.
+fn tier_label(r: &Results, tier: Tier) -> String {
+    match scale_note(r, tier) {
+        Some(n) => format!("{tier} ({n})"),
+        None => tier.to_string(),
+    }
+}
+
 /// "0.84 [0.80, 0.88]" (the 95% interval), "0.84 (n = 3 vs 3: no interval)", or "–".
 fn ratio_cell(v: &Option<Ratio>) -> String {
     match v {
@@ -447,7 +467,7 @@ pub fn html(r: &Results, out: &mut String) {
         out,
         "<section id=\"apps\">\n<h2>Applications: Redis and MySQL beside the study</h2>"
     );
-    out.push_str("<p class=\"muted\">The server runs inside each tier and the benchmark client on the host, over the tier's own network path (docs/apps.md). Lines are medians per point; the tables give each tier's ratio to bare with its 95% bootstrap interval from 5 launches a side (Redis: requests/s at the highest connection count, direct and through NAT; MySQL: the median of each launch's peak tps over bare's, whatever thread count each peaked at), beside the study's ratio to native for its comparable configuration (Felter et al. 2015, from the authors' data). The study ran on a 32-core, 2-machine testbed; this run's host may be small and shared, and its VM tier may be emulated.</p>\n");
+    out.push_str("<p class=\"muted\">The server runs inside each tier and the benchmark client on the host, over the tier's own network path (docs/apps.md). Lines are medians per point; the tables give each tier's ratio to bare with its 95% bootstrap interval from 5 launches a side (Redis: requests/s at the highest connection count, direct and through NAT; MySQL: the median of each launch's peak tps over bare's, whatever thread count each peaked at), beside the study's ratio to native for its comparable configuration (Felter et al. 2015, from the authors' data). The study ran on a 32-core, 2-machine testbed; this run's host may be small and shared, and its VM tier may be emulated. A tier marked \"points scaled ×s\" ran every point s times as long (redis requests, mysql time and events; `app_scale`): its rates per second compare with the others', its absolute counts do not.</p>\n");
     for t in &tables {
         let _ = writeln!(out, "<h3>{}</h3>", esc(t.app));
         for (w, prefix, title, x, y) in chart_specs(t.app) {
@@ -470,7 +490,7 @@ pub fn html(r: &Results, out: &mut String) {
                 out,
                 "<tr><td><span style=\"color:{}\">■</span> {}</td>",
                 tier_hex(*tier),
-                esc(tier.as_str())
+                esc(&tier_label(r, *tier))
             );
             for v in vals {
                 let _ = write!(out, "<td class=\"n\">{}</td>", ratio_cell(v));
@@ -509,7 +529,12 @@ pub fn markdown(r: &Results, o: &mut String) {
         let _ = writeln!(o, "|---|{}---|", "---:|".repeat(t.columns.len()));
         for (tier, vals, peer) in &t.rows {
             let v: Vec<String> = vals.iter().map(ratio_cell).collect();
-            let _ = writeln!(o, "| {tier} | {} | {peer} |", v.join(" | "));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {peer} |",
+                tier_label(r, *tier),
+                v.join(" | ")
+            );
         }
         let s: Vec<String> = t.study.iter().map(|(l, v)| format!("{l} {v:.3}")).collect();
         let _ = writeln!(o, "\nThe study: {}\n", s.join(" · "));

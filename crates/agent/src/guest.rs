@@ -20,6 +20,16 @@ use nix::mount::{mount, MsFlags};
 
 use crate::protocol::GuestSetup;
 
+/// [`setup`]'s outcome, once made: an application that prepares its data before ready (mysql's
+/// data directory on the guest's disk) sets the guest up before ready; the agent's entry point
+/// then finds it done.
+static SETUP: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// [`setup`], once per boot: a second call returns the first call's outcome.
+pub fn setup_once(g: &GuestSetup) -> Result<(), String> {
+    SETUP.get_or_init(|| setup(g)).clone()
+}
+
 /// Prepare the guest. Errors say which step failed; the agent reports them as its error.
 pub fn setup(g: &GuestSetup) -> Result<(), String> {
     console_canonical();

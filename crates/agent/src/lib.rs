@@ -37,7 +37,7 @@ pub fn main() -> ! {
             let code = task.exit_code.unwrap_or(0);
             guest = task.guest.clone();
             // As /init of a VM: mounts, modules, network, disk before the workload.
-            match task.guest.as_ref().map(guest::setup) {
+            match task.guest.as_ref().map(guest::setup_once) {
                 Some(Err(e)) => (
                     AgentReport {
                         workload: task.workload.name().into(),

@@ -538,6 +538,13 @@ fn other(e: impl std::fmt::Display) -> BackendError {
 }
 
 impl Prepared {
+    /// A launch ended uncleanly with the run's disk attached: reformat it before the next use.
+    fn mark_disk_dirty(&mut self) {
+        if let Some(d) = self.disk.as_mut() {
+            d.dirty = true;
+        }
+    }
+
     /// The run's disk image, made (or remade, when a launch left it dirty) on first need.
     fn ensure_disk(&mut self) -> Result<PathBuf, BackendError> {
         match &mut self.disk {
@@ -829,6 +836,10 @@ impl Backend for Vm {
         server::start(self, task)
     }
 
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        server::prepare(self, task)
+    }
+
     fn finish(&mut self) -> Result<(), BackendError> {
         if std::mem::replace(&mut self.finished, true) {
             return Ok(());
@@ -913,6 +924,14 @@ impl Backend for Vm {
                     p.disk_cfg.mib,
                     p.disk_cfg.cache,
                     p.disk_cfg.aio,
+                    disk::GUEST_MOUNT
+                ),
+            );
+            s.insert(
+                "app_data_path".into(),
+                format!(
+                    "an application's data directory (mysql, data = rootfs and volume alike) on \
+                     the same virtio-blk disk at {}: the guest's root is its initramfs in RAM",
                     disk::GUEST_MOUNT
                 ),
             );

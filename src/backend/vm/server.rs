@@ -1,12 +1,23 @@
-//! Application servers in a VM guest (issue 12): `Backend::start_server` of the VM tiers.
+//! Application servers in a VM guest (issue 12): `Backend::prepare_server` and
+//! `Backend::start_server` of the VM tiers (`emulated` under TCG, `microvm` under KVM: the same
+//! code, only the accelerator differs).
 //!
 //! The guest is booted from its own initramfs: the base one plus the server's programs and
 //! their `ldd` closure, copied by `host::rootfs::install_with_libs` into a staging tree as into
-//! every other tier's rootfs, then archived ([`initramfs::build_with`]); made on the run's first
-//! server launch of that app and kept for the run, so no other launch boots it. Its /init (the
-//! agent) mounts, loads the modules, brings up `eth0` on the run's tap (as for `net`), starts
-//! the server bound on the guest's address and serves until asked to stop. The host reaches the
-//! server at the guest's address over the tap and virtio-net, the VM's own network path.
+//! every other tier's rootfs, then archived ([`initramfs::build_with`]); made by
+//! `prepare_server` before the first round (off every clock), or on the first server launch of
+//! that app when it was not called, and kept for the run. Its /init (the agent) mounts, loads
+//! the modules, brings up `eth0` on the run's tap (as for `net`), starts the server bound on the
+//! guest's address and serves until asked to stop. The host reaches the server at the guest's
+//! address over the tap and virtio-net, the VM's own network path.
+//!
+//! An application with a data directory (`mysql`) has it on the run's data disk (virtio-blk, a
+//! raw ext4 image in the run's scratch, as the fs workload's; [`super::disk`]) for both of its
+//! data paths: the guest's root is the initramfs in RAM, which is not a filesystem a database
+//! would live on. The agent mounts the disk and makes the data directory (`mariadbd
+//! --bootstrap`) before it signals ready, as in every other tier, so READY -> greeting is the
+//! server's own start ([`IdleInstance::ready_at`]); the directory is removed by the agent when
+//! the server stops, and the image with the run.
 //!
 //! `start_server` returns once the agent signalled READY and the server accepts a TCP
 //! connection (a plain connect: any app), or fails with the agent's own error when the guest
@@ -14,10 +25,13 @@
 //! `--set deadline_s`) and by cancellation. Stopping ([`super::idle`]): end of file on the
 //! guest's console, the agent stops the server (SIGTERM, then SIGKILL after 5 s), reports and
 //! powers off; a guest that has not powered off within `SERVER_STOP_GRACE` is killed. The
-//! launch directory is removed and released; the tap stays for the run and goes in `finish`.
+//! launch directory is removed and released; the tap and the disk image stay for the run and go
+//! in `finish`.
 //!
-//! Guest RAM: the tier's budget (`memory_mib`), which must hold the kernel, the archive twice
-//! while it is unpacked, and [`SERVER_HEADROOM_MIB`] for the server's data.
+//! Guest RAM: the tier's budget (`memory_mib`), which must hold the kernel, the archive (twice
+//! while it is unpacked; the packed copy is freed after) and the server's data beside the
+//! unpacked archive ([`server_headroom_mib`]: [`SERVER_HEADROOM_MIB`], or mysql's buffer pool
+//! and [`MYSQL_OVERHEAD_MIB`]).
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -27,16 +41,36 @@ use std::time::{Duration, Instant};
 
 use super::idle::{wait_ready, Console, VmIdle};
 use super::launch::Launch;
-use super::{initramfs, other, record, remove_dir, Prepared, Vm, KERNEL_HEADROOM_MIB};
+use super::qemu::Drive;
+use super::{disk, initramfs, other, record, remove_dir, Prepared, Vm, KERNEL_HEADROOM_MIB};
 use crate::backend::process::Stdio;
 use crate::backend::{BackendError, IdleInstance, ServerInstance};
 use crate::protocol::Task;
 use crate::state::ledger::Resource;
-use crate::workload::ServerApp;
+use crate::workload::{ServerApp, Workload};
 
 /// Guest RAM kept for the server's own data beside the kernel and the unpacked archive: Redis
 /// with the study's 100,000 keys of 50 bytes holds about 20 MiB.
 pub const SERVER_HEADROOM_MIB: u64 = 96;
+/// Guest RAM mariadbd needs beyond its buffer pool, MiB (as the scenario check assumes: RSS 138
+/// MiB measured with a 128 MiB pool serving the 100,000-row table, the pool not full).
+pub const MYSQL_OVERHEAD_MIB: u64 = 128;
+
+/// Guest RAM the server of `w` needs for its data beside its unpacked programs, MiB.
+pub fn server_headroom_mib(w: &Workload) -> u64 {
+    match w {
+        Workload::Mysql(p) => p.buffer_pool_mib + MYSQL_OVERHEAD_MIB,
+        _ => SERVER_HEADROOM_MIB,
+    }
+}
+
+/// The application's data directory field, when it has one (it goes on the guest's disk).
+fn data_dir(w: &mut Workload) -> Option<&mut String> {
+    match w {
+        Workload::Mysql(p) => Some(&mut p.dir),
+        _ => None,
+    }
+}
 
 /// An app's initramfs, made on the run's first launch of it.
 pub(super) struct AppInitrd {
@@ -54,9 +88,35 @@ fn app_archive_name(base: &Path, app: &str) -> String {
     format!("{stem}-{app}.cpio")
 }
 
-/// Guest RAM a server launch needs, MiB, for an archive of `archive_mib`.
-pub fn needed_mib(archive_mib: u64) -> u64 {
-    2 * archive_mib + KERNEL_HEADROOM_MIB + SERVER_HEADROOM_MIB
+/// Guest RAM a server launch needs, MiB, for an archive of `archive_mib` and a server needing
+/// `headroom_mib`: the kernel and the unpacked archive, plus whichever is larger of the packed
+/// copy (freed once unpacked, before the server starts) and the server's data.
+pub fn needed_mib(archive_mib: u64, headroom_mib: u64) -> u64 {
+    KERNEL_HEADROOM_MIB + archive_mib + archive_mib.max(headroom_mib)
+}
+
+/// The one-line error when `memory_mib` cannot hold `w`'s server guest.
+fn check_ram(
+    memory_mib: u64,
+    app: &str,
+    archive_mib: u64,
+    w: &Workload,
+) -> Result<(), BackendError> {
+    let headroom = server_headroom_mib(w);
+    let need = needed_mib(archive_mib, headroom);
+    if memory_mib < need {
+        return Err(BackendError::Other(format!(
+            "{app}: {memory_mib} MiB of guest RAM is too little for the server's guest: its \
+             initramfs is {archive_mib} MiB (unpacked in RAM) and the server needs {headroom} MiB; \
+             give at least {need} MiB ([budget] memory_mib){}",
+            if matches!(w, Workload::Mysql(_)) {
+                " or a smaller buffer_pool_mib"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 impl Prepared {
@@ -88,15 +148,6 @@ impl Prepared {
             let extra = initramfs::tree_size(&staging).map_err(other)?;
             let base = initramfs::estimated_size(&self.agent, &self.kernel).map_err(other)?;
             let mib = (base + extra).div_ceil(1 << 20);
-            let need = needed_mib(mib);
-            if self.memory_mib < need {
-                return Err(BackendError::Other(format!(
-                    "{}: {} MiB of guest RAM is too little for the server's guest: its initramfs \
-                     is {mib} MiB (unpacked in RAM) and the server needs {SERVER_HEADROOM_MIB} \
-                     MiB; give at least {need} MiB ([budget] memory_mib)",
-                    app.name, self.memory_mib
-                )));
-            }
             initramfs::build_with(&self.agent, &self.kernel, Some(&staging), &dest).map_err(
                 |e| BackendError::Other(format!("building the {} initramfs: {e}", app.name)),
             )?;
@@ -123,6 +174,8 @@ impl Prepared {
 /// A VM serving an application; stopped as an idle instance is, after a clean stop request.
 pub struct VmServer {
     idle: VmIdle,
+    /// When the agent's READY line was read (its data prepared, the server about to start).
+    ready: Instant,
 }
 
 impl IdleInstance for VmServer {
@@ -130,19 +183,41 @@ impl IdleInstance for VmServer {
         self.idle.host_pids()
     }
 
+    fn ready_at(&self) -> Option<Instant> {
+        Some(self.ready)
+    }
+
     fn stop(self: Box<Self>) -> Result<(), BackendError> {
         Box::new(self.idle).stop()
     }
 }
 
-/// `Backend::start_server` of a VM tier.
-pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
-    let Some(app) = task.workload.server_app() else {
-        return Err(BackendError::Other(format!(
+fn app_of(task: &Task) -> Result<ServerApp, BackendError> {
+    task.workload.server_app().ok_or_else(|| {
+        BackendError::Other(format!(
             "start_server runs an application workload, not `{}`",
             task.workload.name()
-        )));
-    };
+        ))
+    })
+}
+
+/// `Backend::prepare_server` of a VM tier, off every clock: the app's initramfs (its RAM
+/// checked against the budget), the run's data disk when the app keeps data, and the tap.
+pub fn prepare(vm: &mut Vm, task: &Task) -> Result<(), BackendError> {
+    let app = app_of(task)?;
+    let p = &mut vm.p;
+    let (_, mib) = p.app_initrd(&app)?;
+    check_ram(p.memory_mib, app.name, mib, &task.workload)?;
+    if data_dir(&mut task.workload.clone()).is_some() {
+        p.ensure_disk()?;
+    }
+    p.ensure_net(vm.tier)?;
+    Ok(())
+}
+
+/// `Backend::start_server` of a VM tier.
+pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
+    let app = app_of(task)?;
     let (tier, accel) = (vm.tier, vm.accel);
     let p = &mut vm.p;
     if p.idle.has_server() {
@@ -151,28 +226,47 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
              another"
         )));
     }
-    // Off the server's own start only from the second launch on: both are made once per run.
-    let (initrd, _) = p.app_initrd(&app)?;
+    // Made by `prepare_server` before the first round; here only when it was not called.
+    let (initrd, mib) = p.app_initrd(&app)?;
+    check_ram(p.memory_mib, app.name, mib, &task.workload)?;
+    let mut t = task.clone();
+    let mut g = t.guest.take().unwrap_or_default();
+    // The data directory on the run's disk, whichever data path was asked: the guest's root is
+    // its initramfs in RAM.
+    let mut drive = None;
+    if let Some(dir) = data_dir(&mut t.workload) {
+        *dir = disk::GUEST_MOUNT.into();
+        let path = p.ensure_disk()?;
+        g.disk_device = Some(disk::GUEST_DEVICE.into());
+        g.disk_mount = Some(disk::GUEST_MOUNT.into());
+        drive = Some(Drive {
+            path,
+            cache: p.disk_cfg.cache,
+            aio: p.disk_cfg.aio,
+        });
+    }
     let net = p.ensure_net(tier)?;
     let (guest_cidr, tap) = (net.link.guest_cidr(), net.tap.clone());
     let addr = SocketAddr::from((net.link.guest, app.port));
-    let mut t = task.clone();
-    t.workload = task
+    t.workload = t
         .workload
         .with_endpoint(&net.link.guest.to_string(), app.port);
-    let mut g = t.guest.take().unwrap_or_default();
     g.modules = p.modules.clone();
     g.net_addr = Some(guest_cidr);
     t.guest = Some(g);
     let mut spec = p.spec(accel, &t)?;
     spec.initrd = initrd;
     spec.tap = Some(tap);
+    let uses_disk = drive.is_some();
+    spec.disk = drive;
     vm.launches += 1;
     let n = vm.launches;
     let p = &vm.p;
     let mut process = p.process(&spec);
     process.stdin = Stdio::Pipe;
-    let until = Instant::now() + p.deadline;
+    // The tier's boot deadline plus what the app's own start may take in the guest.
+    let deadline = p.deadline + app_start_bound(&t.workload);
+    let until = Instant::now() + deadline;
     let mut launch = Launch::start(&p.state, &mut process, p.work.join(format!("server-{n}")))?;
     let ready = match &launch.stdout {
         Some(out) => wait_ready(out.as_fd(), until, &p.cancel),
@@ -180,6 +274,12 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
             "the guest console was not piped".into(),
         )),
     };
+    let ready_at = Instant::now();
+    if ready.is_err() && uses_disk {
+        // A guest killed with its disk mounted: the next launch starts from a fresh filesystem.
+        vm.p.mark_disk_dirty();
+    }
+    let p = &vm.p;
     let ask = match (ready, launch.take_stdin()) {
         (Ok(()), Some(ask)) => ask,
         (Ok(()), None) => {
@@ -193,8 +293,11 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
             let said = launch.abort();
             return Err(match e {
                 BackendError::Timeout(_, tail) => BackendError::Timeout(
-                    p.deadline,
-                    format!("{tail}{said} (the {} guest did not boot in time)", app.name),
+                    deadline,
+                    format!(
+                        "{tail}{said} (the {} guest did not boot and prepare in time)",
+                        app.name
+                    ),
                 ),
                 BackendError::Agent(m) => BackendError::Agent(format!("{m}{said}")),
                 other => other,
@@ -202,7 +305,10 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
         }
     };
     let (idle, console) = p.idle.add_server(n, launch, ask);
-    let server = Box::new(VmServer { idle });
+    let server = Box::new(VmServer {
+        idle,
+        ready: ready_at,
+    });
     match wait_accepting(addr, &console, until, &p.cancel) {
         Ok(()) => Ok(ServerInstance {
             instance: server,
@@ -211,11 +317,24 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
         Err(e) => {
             // The stop's own error says less than why it is stopped.
             let _ = server.stop();
+            if uses_disk {
+                vm.p.mark_disk_dirty();
+            }
             Err(match e {
-                BackendError::Timeout(_, m) => BackendError::Timeout(p.deadline, m),
+                BackendError::Timeout(_, m) => BackendError::Timeout(deadline, m),
                 e => e,
             })
         }
+    }
+}
+
+/// What an app's start may add to the tier's boot deadline in the guest: its own
+/// `start_timeout_s`, twice for mysql (the data directory's bootstrap, then the server).
+fn app_start_bound(w: &Workload) -> Duration {
+    match w {
+        Workload::Redis(p) => Duration::from_secs(p.start_timeout_s),
+        Workload::Mysql(p) => Duration::from_secs(2 * p.start_timeout_s),
+        _ => Duration::ZERO,
     }
 }
 
@@ -276,11 +395,26 @@ mod tests {
             ),
             "initramfs-00ff-6.1.0-57-amd64-redis.cpio"
         );
-        // 25 MiB unpacked twice, the kernel, the server's data.
+        // 25 MiB unpacked, the kernel, the server's data (above the packed copy).
         assert_eq!(
-            needed_mib(25),
-            50 + KERNEL_HEADROOM_MIB + SERVER_HEADROOM_MIB
+            needed_mib(25, SERVER_HEADROOM_MIB),
+            25 + KERNEL_HEADROOM_MIB + SERVER_HEADROOM_MIB
         );
+        // An archive bigger than the server's data: held twice while unpacked.
+        assert_eq!(needed_mib(200, 96), 400 + KERNEL_HEADROOM_MIB);
+        let mysql = Workload::Mysql(crate::workload::MysqlParams {
+            buffer_pool_mib: 128,
+            ..Default::default()
+        });
+        assert_eq!(server_headroom_mib(&mysql), 128 + MYSQL_OVERHEAD_MIB);
+        // mariadbd's closure (~45 MiB) and a 128 MiB pool fit the apps scenario's 512 MiB.
+        check_ram(512, "mysql", 45, &mysql).unwrap();
+        let e = check_ram(256, "mysql", 45, &mysql).unwrap_err().to_string();
+        assert!(
+            e.contains("at least 461 MiB") && e.contains("buffer_pool_mib"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -207,7 +207,7 @@ pub fn measure(
     let task = Task::new(Workload::Mysql(p.clone()));
     let t0 = Instant::now();
     let ServerInstance { instance, addr } = backend.start_server(&task)?;
-    let ready = Instant::now();
+    let ready = instance.ready_at().unwrap_or_else(Instant::now);
     let deadline = ready + Duration::from_secs(p.start_timeout_s);
     let res = wait_greeting(addr, deadline, p.start_timeout_s).and_then(|()| {
         let start_ms = ready.elapsed().as_secs_f64() * 1e3;

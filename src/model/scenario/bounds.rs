@@ -111,6 +111,13 @@ pub fn check_scenario(s: &Scenario) -> Result<(), String> {
                 ));
             }
         }
+        if let Some(a) = p.app_scale {
+            if !(a.is_finite() && a > 0.0 && a <= 1.0) {
+                return Err(format!(
+                    "[{name}] app_scale = {a} is out of bounds: give a factor above 0 and at most 1 (e.g. 0.05: every redis/mysql point 5 % as long)"
+                ));
+            }
+        }
     }
     for (i, w) in s.workloads.iter().enumerate() {
         let l = label(i, w);

@@ -9,8 +9,9 @@
 //! (InnoDB's files and the empty `sbtest` database; no grant tables: the server runs with
 //! `--skip-grant-tables`, reachable only on the tier's own address). That happens in
 //! [`prepare_before_ready`], before the agent signals ready, so it is off the host's server
-//! start clock (ready -> the server's greeting); a VM guest, whose data disk is mounted after
-//! ready, prepares it in [`run`] instead.
+//! start clock (ready -> the server's greeting). In a VM guest the data path is the guest's
+//! virtio-blk disk: the guest is set up first (mounts, modules, network, the disk;
+//! [`crate::guest::setup_once`]), also before ready, so the same holds there.
 //!
 //! The server dies with the agent (PR_SET_PDEATHSIG); a killed agent leaves its data directory
 //! on the tier's data path, which the tier removes with its scratch, overlay or volume.
@@ -37,8 +38,10 @@ pub const DATA_DIR: &str = "isobench-mysql";
 /// The data directory prepared before ready (or why it could not be).
 static PREPARED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
-/// Called by the agent's entry point before it signals ready: for a `mysql` task outside a VM
-/// guest, make the data directory now, off the server's start clock.
+/// Called by the agent's entry point before it signals ready: for a `mysql` task, make the
+/// data directory now, off the server's start clock. In a VM guest its data disk is mounted
+/// first (the guest's setup, done once: a failure is reported by the entry point as for any
+/// guest).
 pub fn prepare_before_ready() {
     let Ok(s) = std::env::var(TASK_ENV) else {
         return;
@@ -46,11 +49,18 @@ pub fn prepare_before_ready() {
     let Ok(task) = Task::decode(&s) else {
         return;
     };
-    if let (Workload::Mysql(p), None) = (&task.workload, &task.guest) {
-        if !p.dir.is_empty() {
-            let _ = PREPARED.set(prepare(p));
+    let Workload::Mysql(p) = &task.workload else {
+        return;
+    };
+    if p.dir.is_empty() {
+        return;
+    }
+    if let Some(g) = &task.guest {
+        if crate::guest::setup_once(g).is_err() {
+            return;
         }
     }
+    let _ = PREPARED.set(prepare(p));
 }
 
 /// Options both the bootstrap and the server take: everything in the data directory, no
