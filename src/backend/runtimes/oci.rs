@@ -29,7 +29,7 @@
 //! Not protected against: as with `container`, the agent is root on the host (no user
 //! namespace); with a shared network namespace it reaches every host address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -117,7 +117,7 @@ impl LaunchShape {
             // server share the host's network namespace (loopback).
             share_host_net: matches!(task.workload, Workload::Net(_))
                 || task.workload.server_app().is_some(),
-            volume: matches!(&task.workload, Workload::Fs(p) if p.path == DataPath::Volume),
+            volume: super::data_path(&task.workload) == Some(DataPath::Volume),
         }
     }
 }
@@ -263,6 +263,8 @@ pub struct Bundled {
     launches: u64,
     /// The runtime's stderr of the last launch, when it said anything (for error messages).
     last_stderr: String,
+    /// Applications whose programs are in the bundle rootfs already.
+    installed: BTreeSet<&'static str>,
 }
 
 /// The cgroup directories a runtime may create for `rel`: one per mounted hierarchy (v1
@@ -416,7 +418,26 @@ impl Bundled {
             finished: false,
             launches: 0,
             last_stderr: String::new(),
+            installed: BTreeSet::new(),
         })
+    }
+
+    /// Copy the programs of `task`'s application with their libraries into the run's bundle
+    /// rootfs (every launch of the run shares it), once per application.
+    fn install_app(&mut self, task: &Task) -> Result<(), BackendError> {
+        let app = crate::backend::launch::server_app(task)?;
+        if self.installed.contains(app.name) {
+            return Ok(());
+        }
+        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+        rootfs::install_with_libs(&self.p.rootfs, &programs).map_err(|e| {
+            BackendError::Other(format!(
+                "installing the {} server into the {} rootfs: {e}",
+                app.name, self.tier
+            ))
+        })?;
+        self.installed.insert(app.name);
+        Ok(())
     }
 }
 
@@ -459,8 +480,10 @@ impl Backend for Bundled {
     }
 
     /// An application server: its programs (the host's `redis-server`, ...) copied with their
-    /// libraries into the bundle rootfs (as the container tier's), served on 127.0.0.1 of the
-    /// host's network namespace, which these launches share (runsc: `--network=host`).
+    /// libraries into the bundle rootfs (as the container tier's; by `prepare_server`, off the
+    /// clock, or here if it was not called), served on 127.0.0.1 of the host's network
+    /// namespace, which these launches share (runsc: `--network=host`); its data directory (mysql)
+    /// on the bundle rootfs' /data or the volume.
     fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
         if task.workload.net_path() == crate::workload::NetPath::Nat {
             return Err(BackendError::Unsupported(format!(
@@ -469,19 +492,14 @@ impl Backend for Bundled {
             )));
         }
         let (t, addr) = loopback_server_task(task)?;
-        let app = t
-            .workload
-            .server_app()
-            .expect("checked by loopback_server_task");
-        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
-        rootfs::install_with_libs(&self.p.rootfs, &programs).map_err(|e| {
-            BackendError::Other(format!(
-                "installing the {} server into the {} rootfs: {e}",
-                app.name, self.tier
-            ))
-        })?;
+        self.install_app(&t)?;
         let instance = self.start_idle(&t)?;
         Ok(ServerInstance { instance, addr })
+    }
+
+    /// The server's programs and their ldd closure into the run's bundle rootfs, once per run.
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        self.install_app(task)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -634,6 +652,10 @@ impl Launch for Bundled {
         match &mut task.workload {
             Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
             Workload::Net(net) => net.peer = p.peer_addr.to_string(),
+            // The data directory on the bundle rootfs' /data or on the volume, as fs does.
+            Workload::Mysql(m) => {
+                m.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string()
+            }
             _ => {}
         }
         let task_json = serde_json::to_string(&task).expect("task serialises");
