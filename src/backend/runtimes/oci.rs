@@ -103,21 +103,25 @@ pub fn availability(tier: Tier, bin: &Path, host: &HostFacts) -> Availability {
     }
 }
 
-/// One launch's shape, decided from its task.
+/// One launch's shape, decided from its tier and task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchShape {
     pub share_host_net: bool,
     pub volume: bool,
+    /// Make io_uring's system calls fail with ENOSYS (an OCI seccomp rule): gVisor serving an
+    /// application (see [`gvisor`]: its io_uring is partial).
+    pub no_io_uring: bool,
 }
 
 impl LaunchShape {
-    pub fn of(task: &Task) -> Self {
+    pub fn of(tier: Tier, task: &Task) -> Self {
+        let server = task.workload.server_app().is_some();
         LaunchShape {
             // The runtimes have no network path of their own: `net` and an application
             // server share the host's network namespace (loopback).
-            share_host_net: matches!(task.workload, Workload::Net(_))
-                || task.workload.server_app().is_some(),
+            share_host_net: matches!(task.workload, Workload::Net(_)) || server,
             volume: super::data_path(&task.workload) == Some(DataPath::Volume),
+            no_io_uring: tier == Tier::Gvisor && server,
         }
     }
 }
@@ -199,6 +203,22 @@ pub fn oci_config(
     if let Some(limit) = pids_limit {
         resources["pids"] = json!({ "limit": limit });
     }
+    let mut linux = json!({
+        "resources": resources,
+        "cgroupsPath": cgroups_path,
+        "namespaces": namespaces,
+        "maskedPaths": [
+            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+            "/proc/scsi"
+        ],
+        "readonlyPaths": [
+            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+        ]
+    });
+    if shape.no_io_uring {
+        linux["seccomp"] = gvisor::seccomp_without_io_uring();
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -215,19 +235,7 @@ pub fn oci_config(
         "root": {"path": rootfs.to_string_lossy(), "readonly": false},
         "hostname": "isobench",
         "mounts": mounts,
-        "linux": {
-            "resources": resources,
-            "cgroupsPath": cgroups_path,
-            "namespaces": namespaces,
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
+        "linux": linux
     })
 }
 
@@ -647,7 +655,7 @@ impl Launch for Bundled {
         let tier = self.tier;
         let p = &self.p;
         let id = format!("isobench-{}-{tier}-{n}", p.ctx.state.id);
-        let shape = LaunchShape::of(task);
+        let shape = LaunchShape::of(tier, task);
         let mut task = task.clone();
         match &mut task.workload {
             Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
@@ -688,7 +696,13 @@ impl Launch for Bundled {
             );
             let json = serde_json::to_vec_pretty(&cfg).expect("json");
             let args = if tier == Tier::Gvisor {
-                gvisor::run_args(&p.ctx.state_root, &bundle, &id, shape.share_host_net)
+                gvisor::run_args(
+                    &p.ctx.state_root,
+                    &bundle,
+                    &id,
+                    shape.share_host_net,
+                    shape.no_io_uring,
+                )
             } else {
                 [
                     "--root".as_ref(),
@@ -883,6 +897,7 @@ mod tests {
         let shape = LaunchShape {
             share_host_net: false,
             volume: true,
+            no_io_uring: false,
         };
         let c = oci_config(
             Path::new("/s/rootfs"),
@@ -923,6 +938,7 @@ mod tests {
             LaunchShape {
                 share_host_net: true,
                 volume: false,
+                no_io_uring: true,
             },
             Path::new("/s/volume"),
         );
