@@ -1252,6 +1252,10 @@ impl Backend for Docker {
         let p = &self.p;
         s.insert("image".into(), p.image.tag.clone());
         s.insert("image_id".into(), p.image.id.clone());
+        // Each application's image (the agent's plus the server's programs), once made.
+        for (app, img) in &self.app_images {
+            s.insert(format!("image_id_{app}"), img.id.clone());
+        }
         s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
         s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
         s

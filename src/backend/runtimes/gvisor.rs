@@ -39,9 +39,9 @@ pub fn global_flags(share_host_net: bool, no_io_uring: bool) -> Vec<&'static str
     f
 }
 
-/// The OCI seccomp section that makes io_uring's system calls fail with ENOSYS (runsc may
-/// answer EPERM: either way the program's io_uring setup fails and it falls back) and allows
-/// everything else.
+/// The OCI seccomp section that makes io_uring's system calls fail (ENOSYS asked; mariadbd
+/// reported EPERM under this runsc: either way its io_uring setup fails and it falls back) and
+/// allows everything else.
 pub fn seccomp_without_io_uring() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
