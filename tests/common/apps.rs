@@ -104,7 +104,7 @@ pub fn processes(name: &str, ours: &Path) -> Vec<String> {
             let cmd = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
                 .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
                 .unwrap_or_default();
-            !cmd.split(|c: char| c == ' ' || c == '=')
+            !cmd.split([' ', '='])
                 .any(|w| w.starts_with("/tmp/") && !w.starts_with(&ours))
         })
         .map(str::to_string)
