@@ -1,8 +1,10 @@
 //! The application workloads end to end (issue 12): `isobench run` with a tiny `redis` scenario
 //! on bare, container (direct and NAT), runc, gVisor, LXC and Docker (host network and default
 //! bridge), the server really running inside the tier and redis-benchmark on the host, with a
-//! leak census before and after; a run interrupted mid-benchmark; and bad input, refused in one
-//! line before anything is created.
+//! leak census before and after; a run interrupted mid-benchmark; bad input, refused in one
+//! line before anything is created; and `Backend::prepare_server` (redis and mysql, docker and
+//! runc, in-process): what a server start needs exists before the first start, which then uses
+//! it.
 
 mod common;
 
@@ -10,36 +12,30 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn isobench() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isobench"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
+use common::apps::{
+    assert_docker_settles, docker_leftovers, isobench, processes, run, sample, tier_record,
+};
+use common::tiers::{budget, run_env};
+use isobench::backend::{registry, Backend};
+use isobench::model::tier::Tier;
+use isobench::protocol::Task;
+use isobench::state::ledger::StateDir;
+use isobench::workload::{MysqlParams, RedisParams, Workload};
 
+/// A scenario of one redis workload.
 fn scenario(dir: &Path, workload: &str) -> std::path::PathBuf {
-    let p = dir.join("apps.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"apps-test\"\n[defaults]\nruns = 1\nwarmup = 0\n[budget]\ncpus = 1\nmemory_mib = 256\n[[workload]]\nkind = \"redis\"\n{workload}"
-        ),
-    )
-    .unwrap();
-    p
+    common::apps::scenario(dir, "apps.toml", 256, "redis", &[workload])
 }
 
 /// A scenario of two redis workloads with the same `params`: the direct path and the nat path.
 fn scenario_both_paths(dir: &Path, params: &str) -> std::path::PathBuf {
-    let p = dir.join("apps-both.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"apps-test\"\n[defaults]\nruns = 1\nwarmup = 0\n[budget]\ncpus = 1\nmemory_mib = 256\n\
-             [[workload]]\nkind = \"redis\"\n{params}\n[[workload]]\nkind = \"redis\"\npath = \"nat\"\n{params}"
-        ),
+    common::apps::scenario(
+        dir,
+        "apps-both.toml",
+        256,
+        "redis",
+        &[params, &format!("path = \"nat\"\n{params}")],
     )
-    .unwrap();
-    p
 }
 
 /// The redis binaries are here, else SKIPPED.
@@ -55,52 +51,6 @@ fn have_redis(test: &str) -> bool {
         }
     }
     true
-}
-
-/// `isobench run` of `scenario` on `backends`; returns the exit status, stderr and results.
-fn run(
-    scenario: &Path,
-    backends: &str,
-    state: &Path,
-    out_dir: &Path,
-) -> (std::process::Output, serde_json::Value) {
-    let out = isobench()
-        .arg("run")
-        .arg(scenario)
-        .args([
-            "--backends",
-            backends,
-            "--quiet",
-            "--no-history",
-            "--state-dir",
-        ])
-        .arg(state)
-        .arg("--out")
-        .arg(out_dir)
-        .output()
-        .unwrap();
-    let r = std::fs::read(out_dir.join("results.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| panic!("no results.json: {out:?}"));
-    (out, r)
-}
-
-fn sample(r: &serde_json::Value, tier: &str, workload: &str, metric: &str) -> Option<f64> {
-    r["samples"].as_array().unwrap().iter().find_map(|s| {
-        (s["tier"] == tier && s["workload"] == workload && s["metric"] == metric)
-            .then(|| s["value"].as_f64().unwrap())
-    })
-}
-
-fn tier_record(r: &serde_json::Value, tier: &str) -> serde_json::Value {
-    r["tiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["tier"] == tier)
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Real figures for `workload` on `tier`: requests/s at both connection counts, a latency
@@ -122,47 +72,13 @@ fn assert_served(r: &serde_json::Value, tier: &str, workload: &str, stderr: &str
     );
 }
 
-/// Docker's own NAT rules and isobench's containers (Docker keeps them outside the census).
-fn docker_leftovers() -> (String, String) {
-    (
-        common::sh("iptables", &["-t", "nat", "-S"]),
-        common::sh(
-            "docker",
-            &["ps", "-a", "-q", "--filter", "label=org.isobench.run"],
-        ),
-    )
-}
-
 /// redis-server processes on this host (pid list).
-fn redis_servers() -> Vec<String> {
-    common::sh("pgrep", &["-x", "redis-server"])
-        .lines()
-        .map(str::to_string)
-        .collect()
+fn redis_servers(ours: &Path) -> Vec<String> {
+    processes("redis-server", ours)
 }
 
 fn refused(workload: &str) -> (String, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = isobench()
-        .arg("run")
-        .arg(scenario(dir.path(), workload))
-        .args([
-            "--backends",
-            "bare",
-            "--quiet",
-            "--no-history",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert_eq!(e.lines().count(), 1, "{e}");
-    (e, state.exists() || dir.path().join("out").exists())
+    common::apps::refused(|dir| scenario(dir, workload))
 }
 
 #[test]
@@ -199,7 +115,7 @@ fn redis_on_every_container_tier_leaves_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let servers_before = redis_servers();
+    let servers_before = redis_servers(dir.path());
     let before = common::census(&[&state]);
     let out_dir = dir.path().join("out");
     let (out, r) = run(
@@ -244,7 +160,11 @@ fn redis_on_every_container_tier_leaves_nothing() {
         );
     }
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(redis_servers(), servers_before, "a redis-server was left");
+    assert_eq!(
+        redis_servers(dir.path()),
+        servers_before,
+        "a redis-server was left"
+    );
     common::assert_census_settles(test, &before, &[&state]);
 }
 
@@ -260,7 +180,7 @@ fn redis_on_docker_host_and_bridge_leaves_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let servers_before = redis_servers();
+    let servers_before = redis_servers(dir.path());
     let docker_before = docker_leftovers();
     let before = common::census(&[&state]);
     let out_dir = dir.path().join("out");
@@ -279,16 +199,12 @@ fn redis_on_docker_host_and_bridge_leaves_nothing() {
     assert_served(&r, "docker", "redis", &stderr);
     assert_served(&r, "docker", "redis_nat", &stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(redis_servers(), servers_before, "a redis-server was left");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while docker_leftovers() != docker_before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
-    }
     assert_eq!(
-        docker_leftovers(),
-        docker_before,
-        "a container or a published port's DNAT rule was left"
+        redis_servers(dir.path()),
+        servers_before,
+        "a redis-server was left"
     );
+    assert_docker_settles(&docker_before);
     common::assert_census_settles(test, &before, &[&state]);
 }
 
@@ -302,7 +218,7 @@ fn an_interrupted_benchmark_leaves_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let servers_before = redis_servers();
+    let servers_before = redis_servers(dir.path());
     let before = common::census(&[&state]);
     let p = dir.path().join("long.toml");
     // Far more requests than the test waits for: the benchmark is surely running at the signal.
@@ -355,7 +271,11 @@ fn an_interrupted_benchmark_leaves_nothing() {
     assert_eq!(code, 130, "{err}");
     let gone = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
     assert!(gone(&bench), "redis-benchmark {bench} outlived the run");
-    assert_eq!(redis_servers(), servers_before, "a redis-server was left");
+    assert_eq!(
+        redis_servers(dir.path()),
+        servers_before,
+        "a redis-server was left"
+    );
     common::assert_census_settles(test, &before, &[&state]);
 }
 
@@ -378,31 +298,191 @@ fn a_server_that_never_answers_fails_its_launch_and_leaves_nothing() {
     let before = common::census(&[&state]);
     let out_dir = dir.path().join("out");
     // `true` exits at once: the server never accepts a connection.
-    let out = isobench()
-        .arg("run")
-        .arg(scenario(
+    let (_, r) = run(
+        &scenario(
             dir.path(),
             "connections = [1]\nrequests = 10\nstart_timeout_s = 1\nserver_bin = \"/bin/true\"\n",
-        ))
-        .args([
-            "--backends",
-            "bare",
-            "--quiet",
-            "--no-history",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap())
-            .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        ),
+        "bare",
+        &state,
+        &out_dir,
+    );
     let failures = r["tiers"][0]["failures"].to_string();
     assert!(
         failures.contains("did not accept connections") && failures.contains("start_timeout_s = 1"),
         "{failures}"
     );
     common::assert_census_settles(test, &before, &[&state]);
+}
+
+/// The two application tasks `prepare_server` is tried with (mysql: one thread, the default
+/// buffer pool, within the 512 MiB budget).
+fn app_tasks() -> [Task; 2] {
+    [
+        Task::new(Workload::Redis(RedisParams::default())),
+        Task::new(Workload::Mysql(MysqlParams {
+            threads: vec![1],
+            ..MysqlParams::default()
+        })),
+    ]
+}
+
+/// Both servers' binaries are here, else SKIPPED.
+fn have_servers(test: &str) -> bool {
+    for b in ["/usr/bin/redis-server", "/usr/sbin/mariadbd"] {
+        if !Path::new(b).is_file() {
+            common::skip(
+                test,
+                &format!("{b} is missing (apt-get install redis-server mariadb-server)"),
+                "ISOBENCH_REQUIRE_PRIVILEGED",
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// Prepare `tier` in-process under a fresh state directory, run `body`, finish it (also after
+/// a failed assertion), then: the ledger is empty and the host is as before.
+fn with_backend(test: &str, tier: Tier, body: impl FnOnce(&mut dyn Backend, &str, &Path)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let sd = StateDir::open(tmp.path().join("state")).unwrap();
+    let before = common::census(&[tmp.path()]);
+    let env = run_env(&sd, "apps-prep", tmp.path(), budget(1, 512));
+    let mut b = registry::make(tier, &env).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        body(&mut *b, &env.state.id, &env.state.scratch())
+    }));
+    let fin = b.finish();
+    if let Err(e) = res {
+        std::panic::resume_unwind(e);
+    }
+    fin.unwrap();
+    assert_eq!(
+        env.state.resources(),
+        vec![],
+        "{test}: the ledger is not empty"
+    );
+    common::assert_census_settles(test, &before, &[tmp.path()]);
+}
+
+/// The server accepts a TCP connection at `addr` (within 60 s).
+fn accepts(addr: std::net::SocketAddr) -> bool {
+    common::poll(Duration::from_secs(60), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+    })
+    .is_some()
+}
+
+#[test]
+fn prepare_server_installs_the_server_into_the_runc_rootfs() {
+    let test = "prepare_server_installs_the_server_into_the_runc_rootfs";
+    if !common::privileged(test) || !have_servers(test) {
+        return;
+    }
+    if let isobench::model::availability::Availability::Unavailable { reason, fix } =
+        registry::availability(
+            Tier::Runc,
+            &isobench::model::facts::HostFacts::detect(),
+            &isobench::backend::BackendOptions::default(),
+        )
+    {
+        common::skip(
+            test,
+            &format!("{reason} ({fix})"),
+            "ISOBENCH_REQUIRE_PRIVILEGED",
+        );
+        return;
+    }
+    with_backend(test, Tier::Runc, |b, _, scratch| {
+        for task in app_tasks() {
+            let app = task.workload.server_app().unwrap();
+            let inside = scratch
+                .join("runc/rootfs")
+                .join(app.programs[0].trim_start_matches('/'));
+            assert!(
+                !inside.exists(),
+                "{} before prepare_server",
+                inside.display()
+            );
+            b.prepare_server(&task).unwrap();
+            // Made off the clock: the server's program is in the bundle rootfs before any start.
+            assert!(
+                inside.is_file(),
+                "{} missing after prepare_server",
+                inside.display()
+            );
+            let s = b.start_server(&task).unwrap();
+            assert!(
+                accepts(s.addr),
+                "{} on runc does not accept at {}",
+                app.name,
+                s.addr
+            );
+            s.instance.stop().unwrap();
+        }
+    });
+}
+
+#[test]
+fn prepare_server_builds_the_docker_image_before_the_first_start() {
+    let test = "prepare_server_builds_the_docker_image_before_the_first_start";
+    if !have_servers(test) {
+        return;
+    }
+    let Ok(_own) = common::dockerd::dockerd_if_needed(test, "/tmp/isobench-test-dockerd-prep.log")
+    else {
+        return;
+    };
+    let docker_before = docker_leftovers();
+    with_backend(test, Tier::Docker, |b, run_id, _| {
+        for task in app_tasks() {
+            let app = task.workload.server_app().unwrap();
+            let key = format!("image_id_{}", app.name);
+            assert!(
+                !b.settings().contains_key(&key),
+                "{key} before prepare_server"
+            );
+            b.prepare_server(&task).unwrap();
+            // The image exists once prepare_server returns, before any start.
+            let id = b
+                .settings()
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {key}"));
+            assert!(
+                Command::new("docker")
+                    .args(["image", "inspect", &id])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success(),
+                "{id} does not exist after prepare_server"
+            );
+            let s = b.start_server(&task).unwrap();
+            // The server's container runs exactly that image: start_server made none.
+            let cid = common::sh(
+                "docker",
+                &[
+                    "ps",
+                    "-q",
+                    "--no-trunc",
+                    "--filter",
+                    &format!("label=org.isobench.run={run_id}"),
+                ],
+            );
+            let cid = cid.trim();
+            let image = common::sh("docker", &["inspect", "--format", "{{.Image}}", cid]);
+            assert_eq!(image.trim(), id, "{} ran another image", app.name);
+            assert_eq!(b.settings().get(&key), Some(&id), "{key} was made again");
+            assert!(
+                accepts(s.addr),
+                "{} on docker does not accept at {}",
+                app.name,
+                s.addr
+            );
+            s.instance.stop().unwrap();
+        }
+    });
+    assert_docker_settles(&docker_before);
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod dockerd;
 pub mod tiers;
 

@@ -744,10 +744,9 @@ pub fn run_args(
         // Nothing to reach: no network at all.
         _ => a.extend(["--network".into(), "none".into()]),
     }
-    if let Workload::Fs(p) = &task.workload {
-        if p.path == DataPath::Volume {
-            a.extend(["-v".into(), format!("{}:/volume", volume.display())]);
-        }
+    // fs's files and mysql's data directory on a volume: a bind-mounted host directory.
+    if super::data_path(&task.workload) == Some(DataPath::Volume) {
+        a.extend(["-v".into(), format!("{}:/volume", volume.display())]);
     }
     if stays_until_stdin_closes(task) {
         // The idle agent (and an application's) ends when its stdin closes: keep it attached
@@ -961,16 +960,22 @@ impl IdleInstance for DockerIdle {
     }
 }
 
+/// Where a data path is inside a container: its own `/data` (overlay2, the image's layers
+/// below) or the bind-mounted volume.
+fn data_dir(path: DataPath) -> &'static str {
+    match path {
+        DataPath::Rootfs => "/data",
+        DataPath::Volume => "/volume",
+    }
+}
+
 /// The task as a docker container sees it: its data paths and the peer of its network path.
 fn task_for(p: &Prepared, task: &Task) -> Result<Task, BackendError> {
     let mut task = task.clone();
     match &mut task.workload {
-        Workload::Fs(f) => {
-            f.dir = match f.path {
-                DataPath::Rootfs => "/data".into(),
-                DataPath::Volume => "/volume".into(),
-            }
-        }
+        Workload::Fs(f) => f.dir = data_dir(f.path).into(),
+        // The data directory on the container's own layer (overlay2) or on the volume.
+        Workload::Mysql(m) => m.dir = data_dir(m.data).into(),
         Workload::Net(net) => {
             let peer = match net.path {
                 NetPath::Direct => p.direct_addr,
@@ -1157,6 +1162,13 @@ impl Backend for Docker {
         })
     }
 
+    /// The application's image (the agent's rootfs plus the server's programs and libraries),
+    /// imported or found cached before the first round, so no server start waits for it.
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        let app = server_app(task)?;
+        self.app_image(&app).map(|_| ())
+    }
+
     fn finish(&mut self) -> Result<(), BackendError> {
         if std::mem::replace(&mut self.finished, true) {
             return Ok(());
@@ -1240,6 +1252,10 @@ impl Backend for Docker {
         let p = &self.p;
         s.insert("image".into(), p.image.tag.clone());
         s.insert("image_id".into(), p.image.id.clone());
+        // Each application's image (the agent's plus the server's programs), once made.
+        for (app, img) in &self.app_images {
+            s.insert(format!("image_id_{app}"), img.id.clone());
+        }
         s.insert("cpus".into(), format!("{:?}", p.budget.cpus));
         s.insert("memory_mib".into(), p.budget.memory_mib.to_string());
         s

@@ -30,6 +30,7 @@ use crate::model::availability::Availability;
 use crate::model::facts::HostFacts;
 use crate::model::facts::KvmKind;
 use crate::model::tier::Tier;
+use crate::workload::{DataPath, Workload};
 
 /// The binary each runtime tier drives, and the Debian package that has it.
 pub fn binary_of(tier: Tier) -> Option<(&'static str, &'static str)> {
@@ -112,6 +113,16 @@ pub fn prepare(tier: Tier, env: &RunEnv) -> Result<Box<dyn Backend>, BackendErro
             };
             Err(BackendError::Unavailable { tier, reason })
         }
+    }
+}
+
+/// The data path a workload asks of its tier: `fs`'s and `mysql`'s (its data directory), None
+/// for workloads that keep no data.
+pub fn data_path(w: &Workload) -> Option<DataPath> {
+    match w {
+        Workload::Fs(p) => Some(p.path),
+        Workload::Mysql(p) => Some(p.data),
+        _ => None,
     }
 }
 

@@ -29,7 +29,7 @@
 //! Not protected against: as with `container`, the agent is root on the host (no user
 //! namespace); with a shared network namespace it reaches every host address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -103,21 +103,25 @@ pub fn availability(tier: Tier, bin: &Path, host: &HostFacts) -> Availability {
     }
 }
 
-/// One launch's shape, decided from its task.
+/// One launch's shape, decided from its tier and task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchShape {
     pub share_host_net: bool,
     pub volume: bool,
+    /// Make io_uring's system calls fail with ENOSYS (an OCI seccomp rule): gVisor serving an
+    /// application (see [`gvisor`]: its io_uring is partial).
+    pub no_io_uring: bool,
 }
 
 impl LaunchShape {
-    pub fn of(task: &Task) -> Self {
+    pub fn of(tier: Tier, task: &Task) -> Self {
+        let server = task.workload.server_app().is_some();
         LaunchShape {
             // The runtimes have no network path of their own: `net` and an application
             // server share the host's network namespace (loopback).
-            share_host_net: matches!(task.workload, Workload::Net(_))
-                || task.workload.server_app().is_some(),
-            volume: matches!(&task.workload, Workload::Fs(p) if p.path == DataPath::Volume),
+            share_host_net: matches!(task.workload, Workload::Net(_)) || server,
+            volume: super::data_path(&task.workload) == Some(DataPath::Volume),
+            no_io_uring: tier == Tier::Gvisor && server,
         }
     }
 }
@@ -199,6 +203,22 @@ pub fn oci_config(
     if let Some(limit) = pids_limit {
         resources["pids"] = json!({ "limit": limit });
     }
+    let mut linux = json!({
+        "resources": resources,
+        "cgroupsPath": cgroups_path,
+        "namespaces": namespaces,
+        "maskedPaths": [
+            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+            "/proc/scsi"
+        ],
+        "readonlyPaths": [
+            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+        ]
+    });
+    if shape.no_io_uring {
+        linux["seccomp"] = gvisor::seccomp_without_io_uring();
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -215,19 +235,7 @@ pub fn oci_config(
         "root": {"path": rootfs.to_string_lossy(), "readonly": false},
         "hostname": "isobench",
         "mounts": mounts,
-        "linux": {
-            "resources": resources,
-            "cgroupsPath": cgroups_path,
-            "namespaces": namespaces,
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-                "/proc/scsi"
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
-            ]
-        }
+        "linux": linux
     })
 }
 
@@ -263,6 +271,8 @@ pub struct Bundled {
     launches: u64,
     /// The runtime's stderr of the last launch, when it said anything (for error messages).
     last_stderr: String,
+    /// Applications whose programs are in the bundle rootfs already.
+    installed: BTreeSet<&'static str>,
 }
 
 /// The cgroup directories a runtime may create for `rel`: one per mounted hierarchy (v1
@@ -416,7 +426,26 @@ impl Bundled {
             finished: false,
             launches: 0,
             last_stderr: String::new(),
+            installed: BTreeSet::new(),
         })
+    }
+
+    /// Copy the programs of `task`'s application with their libraries into the run's bundle
+    /// rootfs (every launch of the run shares it), once per application.
+    fn install_app(&mut self, task: &Task) -> Result<(), BackendError> {
+        let app = crate::backend::launch::server_app(task)?;
+        if self.installed.contains(app.name) {
+            return Ok(());
+        }
+        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
+        rootfs::install_with_libs(&self.p.rootfs, &programs).map_err(|e| {
+            BackendError::Other(format!(
+                "installing the {} server into the {} rootfs: {e}",
+                app.name, self.tier
+            ))
+        })?;
+        self.installed.insert(app.name);
+        Ok(())
     }
 }
 
@@ -459,8 +488,10 @@ impl Backend for Bundled {
     }
 
     /// An application server: its programs (the host's `redis-server`, ...) copied with their
-    /// libraries into the bundle rootfs (as the container tier's), served on 127.0.0.1 of the
-    /// host's network namespace, which these launches share (runsc: `--network=host`).
+    /// libraries into the bundle rootfs (as the container tier's; by `prepare_server`, off the
+    /// clock, or here if it was not called), served on 127.0.0.1 of the host's network
+    /// namespace, which these launches share (runsc: `--network=host`); its data directory (mysql)
+    /// on the bundle rootfs' /data or the volume.
     fn start_server(&mut self, task: &Task) -> Result<ServerInstance, BackendError> {
         if task.workload.net_path() == crate::workload::NetPath::Nat {
             return Err(BackendError::Unsupported(format!(
@@ -469,19 +500,14 @@ impl Backend for Bundled {
             )));
         }
         let (t, addr) = loopback_server_task(task)?;
-        let app = t
-            .workload
-            .server_app()
-            .expect("checked by loopback_server_task");
-        let programs: Vec<PathBuf> = app.programs.iter().map(PathBuf::from).collect();
-        rootfs::install_with_libs(&self.p.rootfs, &programs).map_err(|e| {
-            BackendError::Other(format!(
-                "installing the {} server into the {} rootfs: {e}",
-                app.name, self.tier
-            ))
-        })?;
+        self.install_app(&t)?;
         let instance = self.start_idle(&t)?;
         Ok(ServerInstance { instance, addr })
+    }
+
+    /// The server's programs and their ldd closure into the run's bundle rootfs, once per run.
+    fn prepare_server(&mut self, task: &Task) -> Result<(), BackendError> {
+        self.install_app(task)
     }
 
     fn finish(&mut self) -> Result<(), BackendError> {
@@ -629,11 +655,15 @@ impl Launch for Bundled {
         let tier = self.tier;
         let p = &self.p;
         let id = format!("isobench-{}-{tier}-{n}", p.ctx.state.id);
-        let shape = LaunchShape::of(task);
+        let shape = LaunchShape::of(tier, task);
         let mut task = task.clone();
         match &mut task.workload {
             Workload::Fs(f) => f.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string(),
             Workload::Net(net) => net.peer = p.peer_addr.to_string(),
+            // The data directory on the bundle rootfs' /data or on the volume, as fs does.
+            Workload::Mysql(m) => {
+                m.dir = if shape.volume { VOLUME_DIR } else { DATA_DIR }.to_string()
+            }
             _ => {}
         }
         let task_json = serde_json::to_string(&task).expect("task serialises");
@@ -666,7 +696,13 @@ impl Launch for Bundled {
             );
             let json = serde_json::to_vec_pretty(&cfg).expect("json");
             let args = if tier == Tier::Gvisor {
-                gvisor::run_args(&p.ctx.state_root, &bundle, &id, shape.share_host_net)
+                gvisor::run_args(
+                    &p.ctx.state_root,
+                    &bundle,
+                    &id,
+                    shape.share_host_net,
+                    shape.no_io_uring,
+                )
             } else {
                 [
                     "--root".as_ref(),
@@ -861,6 +897,7 @@ mod tests {
         let shape = LaunchShape {
             share_host_net: false,
             volume: true,
+            no_io_uring: false,
         };
         let c = oci_config(
             Path::new("/s/rootfs"),
@@ -901,6 +938,7 @@ mod tests {
             LaunchShape {
                 share_host_net: true,
                 volume: false,
+                no_io_uring: true,
             },
             Path::new("/s/volume"),
         );
