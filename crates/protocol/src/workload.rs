@@ -331,30 +331,53 @@ impl Default for RedisParams {
     }
 }
 
+/// A parameter within `lo..=hi`, or the one-line message naming it.
+fn bounded(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if v < lo || v > hi {
+        Err(format!("{name} = {v} is out of bounds: give {lo} to {hi}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A sweep of client counts (Redis connections, MySQL threads): 1 to 64 entries, each 1 to
+/// `max`; the message names the field and gives `example`.
+fn check_sweep(
+    name: &str,
+    values: &[u32],
+    max: u32,
+    what: &str,
+    unit: &str,
+    example: &str,
+) -> Result<(), String> {
+    if values.is_empty() || values.len() > 64 {
+        return Err(format!(
+            "{name} has {} entries: give 1 to 64 {what}, e.g. {name} = {example}",
+            values.len()
+        ));
+    }
+    if let Some(v) = values.iter().find(|&&v| v == 0 || v > max) {
+        return Err(format!(
+            "{name} entry = {v} is out of bounds: give 1 to {max} {unit}"
+        ));
+    }
+    Ok(())
+}
+
 /// What installs the Redis binaries on Debian.
 pub const REDIS_INSTALL: &str = "apt-get install redis-server redis-tools";
 
 impl RedisParams {
     /// Bounds of the parameters (no I/O): a one-line message naming the field.
     pub fn check(&self) -> Result<(), String> {
-        if self.connections.is_empty() || self.connections.len() > 64 {
-            return Err(format!(
-                "connections has {} entries: give 1 to 64 connection counts, e.g. connections = [1, 4, 10, 30, 50, 100, 120]",
-                self.connections.len()
-            ));
-        }
-        if let Some(c) = self.connections.iter().find(|&&c| c == 0 || c > 10_000) {
-            return Err(format!(
-                "connections entry = {c} is out of bounds: give 1 to 10000 client connections"
-            ));
-        }
-        let bounded = |name: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                Err(format!("{name} = {v} is out of bounds: give {lo} to {hi}"))
-            } else {
-                Ok(())
-            }
-        };
+        check_sweep(
+            "connections",
+            &self.connections,
+            10_000,
+            "connection counts",
+            "client connections",
+            "[1, 4, 10, 30, 50, 100, 120]",
+        )?;
         bounded("requests", self.requests, 1, 100_000_000)?;
         bounded("value_bytes", u64::from(self.value_bytes), 1, 1 << 20)?;
         bounded("keyspace", self.keyspace, 1, 1_000_000_000)?;
@@ -456,24 +479,14 @@ pub const MYSQL_INSTALL: &str = "apt-get install mariadb-server sysbench";
 impl MysqlParams {
     /// Bounds of the parameters (no I/O): a one-line message naming the field.
     pub fn check(&self) -> Result<(), String> {
-        if self.threads.is_empty() || self.threads.len() > 64 {
-            return Err(format!(
-                "threads has {} entries: give 1 to 64 thread counts, e.g. threads = [1, 2, 4, 8, 16, 32]",
-                self.threads.len()
-            ));
-        }
-        if let Some(t) = self.threads.iter().find(|&&t| t == 0 || t > 1_000) {
-            return Err(format!(
-                "threads entry = {t} is out of bounds: give 1 to 1000 client threads"
-            ));
-        }
-        let bounded = |name: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                Err(format!("{name} = {v} is out of bounds: give {lo} to {hi}"))
-            } else {
-                Ok(())
-            }
-        };
+        check_sweep(
+            "threads",
+            &self.threads,
+            1_000,
+            "thread counts",
+            "client threads",
+            "[1, 2, 4, 8, 16, 32]",
+        )?;
         bounded("table_rows", self.table_rows, 1, 100_000_000)?;
         bounded("point_s", self.point_s, 1, 3_600)?;
         bounded("point_events", self.point_events, 1, 100_000_000)?;
