@@ -545,6 +545,19 @@ impl Prepared {
         }
     }
 
+    /// The run's data disk for one launch: the image made on first need, the guest told where
+    /// to mount it, and the drive QEMU attaches.
+    fn attach_disk(&mut self, g: &mut crate::protocol::GuestSetup) -> Result<Drive, BackendError> {
+        let path = self.ensure_disk()?;
+        g.disk_device = Some(disk::GUEST_DEVICE.into());
+        g.disk_mount = Some(disk::GUEST_MOUNT.into());
+        Ok(Drive {
+            path,
+            cache: self.disk_cfg.cache,
+            aio: self.disk_cfg.aio,
+        })
+    }
+
     /// The run's disk image, made (or remade, when a launch left it dirty) on first need.
     fn ensure_disk(&mut self) -> Result<PathBuf, BackendError> {
         match &mut self.disk {
@@ -689,15 +702,8 @@ impl Launch for Vm {
         match &mut task.workload {
             Workload::Fs(f) => {
                 disk::check_fits(f.file_mib, p.disk_cfg.mib).map_err(other)?;
-                let path = p.ensure_disk()?;
+                drive = Some(p.attach_disk(&mut g)?);
                 f.dir = disk::GUEST_MOUNT.into();
-                g.disk_device = Some(disk::GUEST_DEVICE.into());
-                g.disk_mount = Some(disk::GUEST_MOUNT.into());
-                drive = Some(Drive {
-                    path,
-                    cache: p.disk_cfg.cache,
-                    aio: p.disk_cfg.aio,
-                });
             }
             Workload::Net(np) => {
                 let net = p.ensure_net(tier)?;

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use super::idle::{wait_ready, Console, VmIdle};
 use super::launch::Launch;
-use super::qemu::Drive;
 use super::{disk, initramfs, other, record, remove_dir, Prepared, Vm, KERNEL_HEADROOM_MIB};
 use crate::backend::process::Stdio;
 use crate::backend::{BackendError, IdleInstance, ServerInstance};
@@ -236,14 +235,7 @@ pub fn start(vm: &mut Vm, task: &Task) -> Result<ServerInstance, BackendError> {
     let mut drive = None;
     if let Some(dir) = data_dir(&mut t.workload) {
         *dir = disk::GUEST_MOUNT.into();
-        let path = p.ensure_disk()?;
-        g.disk_device = Some(disk::GUEST_DEVICE.into());
-        g.disk_mount = Some(disk::GUEST_MOUNT.into());
-        drive = Some(Drive {
-            path,
-            cache: p.disk_cfg.cache,
-            aio: p.disk_cfg.aio,
-        });
+        drive = Some(p.attach_disk(&mut g)?);
     }
     let net = p.ensure_net(tier)?;
     let (guest_cidr, tap) = (net.link.guest_cidr(), net.tap.clone());
